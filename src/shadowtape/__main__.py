@@ -1,0 +1,3 @@
+from shadowtape.cli import main
+
+main()

@@ -1,0 +1,95 @@
+"""The `shadowtape` command line: click commands that parse, call one stage function, print.
+
+Each stage's commands live in their own module and are imported only when used, so
+`shadowtape --help` stays fast and a stage's heavy imports (mitmproxy, Presidio) load only for
+the command that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from shadowtape import __version__
+from shadowtape.errors import ShadowtapeError
+
+# name -> "module:attribute"; the order is the order of `--help`, which follows the flow.
+COMMANDS: dict[str, str] = {
+    "demo": "shadowtape.cli.demo_cmds:demo",
+    "capture": "shadowtape.cli.capture_cmds:capture",
+    "import": "shadowtape.cli.capture_cmds:import_files",
+    "inspect": "shadowtape.cli.capture_cmds:inspect",
+    "policy": "shadowtape.cli.sanitize_cmds:policy",
+    "sanitize": "shadowtape.cli.sanitize_cmds:sanitize",
+    "verify": "shadowtape.cli.sanitize_cmds:verify",
+    "correlate": "shadowtape.cli.replay_cmds:correlate",
+    "replay": "shadowtape.cli.replay_cmds:replay",
+    "diff": "shadowtape.cli.report_cmds:diff",
+    "report": "shadowtape.cli.report_cmds:report",
+    "config": "shadowtape.cli.demo_cmds:config",
+}
+
+
+class StageGroup(click.Group):
+    """Imports a command's module on first use and turns expected errors into one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            try:
+                cmd = self.get_command(ctx, name)
+            except ImportError:
+                continue
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=70)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShadowtapeError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"shadowtape: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shadowtape")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors instead of one line.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Record production HTTP traffic, scrub it, replay it against staging, diff the answers.
+
+    \b
+    The flow, one command per stage:
+      shadowtape capture --upstream http://127.0.0.1:8000 --out raw/
+      shadowtape sanitize raw/ clean/
+      shadowtape replay clean/ --target http://staging.local:8000 --out results/
+      shadowtape diff results/ && shadowtape report results/ --html report.html
+
+    Every stage reads and writes Parquet datasets of one schema; open them with polars.
+    Run `shadowtape demo` to see the whole flow on built-in sample services.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
