@@ -87,6 +87,9 @@ SUBSTITUTION = pa.struct(
 _REPLAY_FIELDS = [
     pa.field("run_id", pa.string()),
     pa.field("replay_id", pa.string()),
+    # 1 for the replay proper; 2 for the second send of a sample (--noise-sample), which the
+    # diff stage uses to tell fields that differ between two staging answers (noise) from drift.
+    pa.field("replay_pass", pa.int32()),
     pa.field("trace_id", pa.string()),
     pa.field("span_id", pa.string()),
     pa.field("outcome", pa.string()),  # sent | skipped | failed
