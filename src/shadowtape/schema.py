@@ -331,7 +331,13 @@ def open_file(path: Path, kind: str | None = None) -> tuple[pq.ParquetFile, Data
         raise DatasetError(
             f"{path}: not a readable Parquet file ({exc}); it may be truncated or not Parquet"
         ) from None
+    # Key/value metadata added at finalize lives in the footer, not in the Arrow schema.
     meta = _decode_metadata(pf.schema_arrow.metadata)
+    meta.update(
+        (k, v)
+        for k, v in _decode_metadata(pf.metadata.metadata).items()
+        if k.startswith(META_PREFIX)
+    )
     if META_VERSION not in meta:
         raise DatasetError(
             f"{path}: a Parquet file without shadowtape metadata; "
@@ -498,13 +504,24 @@ class DatasetWriter:
             batch = pa.RecordBatch.from_arrays(
                 [batch.column(n) for n in self.schema.names], schema=self.schema
             )
-        self._pending.append(batch)
-        self._pending_rows += batch.num_rows
-        self._pending_bytes += batch.nbytes
-        if self._pending_rows >= self.roll.row_group_rows:
-            self._flush_row_group()
-        if self._file_rows >= self.roll.max_rows or self._file_bytes >= self.roll.max_bytes:
-            self.finalize_file()
+        # Slice at row-group and file boundaries so both limits hold whatever the batch size.
+        offset = 0
+        while offset < batch.num_rows:
+            room_group = self.roll.row_group_rows - self._pending_rows
+            room_file = self.roll.max_rows - self._file_rows - self._pending_rows
+            take = max(1, min(room_group, room_file, batch.num_rows - offset))
+            part = batch.slice(offset, take)
+            offset += take
+            self._pending.append(part)
+            self._pending_rows += take
+            self._pending_bytes += part.nbytes
+            if self._pending_rows >= self.roll.row_group_rows:
+                self._flush_row_group()
+            if (
+                self._file_rows + self._pending_rows >= self.roll.max_rows
+                or self._file_bytes >= self.roll.max_bytes
+            ):
+                self.finalize_file()
 
     def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.write_batch(rows_to_batch(rows, self.schema))
