@@ -588,6 +588,8 @@ class DatasetWriter:
         self.files.append(self._final)
         final = self._final
         self._tmp = self._final = None
+        self._file_rows = 0
+        self._file_bytes = 0
         return final
 
     def close(self) -> list[Path]:
