@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from shadowtape import __version__
+from shadowtape.config import CONFIG_ENV, Config, build_default_map, find_config, load_config
 from shadowtape.errors import ShadowtapeError
 
 # name -> "module:attribute"; the order is the order of `--help`, which follows the flow.
@@ -73,8 +74,21 @@ class StageGroup(click.Group):
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="shadowtape")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors instead of one line.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar=CONFIG_ENV,
+    help="Defaults for every command from this TOML file [default: ./shadowtape.toml if present].",
+)
+@click.option(
+    "--no-config",
+    is_flag=True,
+    envvar="SHADOWTAPE_NO_CONFIG",
+    help="Ignore shadowtape.toml; use only flags and built-in defaults.",
+)
 @click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
+def main(ctx: click.Context, debug: bool, config_path: str | None, no_config: bool) -> None:
     """Record production HTTP traffic, scrub it, replay it against staging, diff the answers.
 
     \b
@@ -86,9 +100,20 @@ def main(ctx: click.Context, debug: bool) -> None:
 
     Every stage reads and writes Parquet datasets of one schema; open them with polars.
     Run `shadowtape demo` to see the whole flow on built-in sample services.
+    Flags override shadowtape.toml; `shadowtape config show` prints what applies.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    config = Config()
+    path = None if no_config else find_config(config_path)
+    if path is not None:
+        config = load_config(path, COMMANDS)
+    ctx.obj["config"] = config
+    # Only the command about to run is checked and mapped: importing every stage to check the
+    # whole file would slow down every call (`config show` checks all of it).
+    if config.sections and ctx.invoked_subcommand:
+        assert isinstance(ctx.command, click.Group)
+        ctx.default_map = build_default_map(config, ctx.command, ctx, only=ctx.invoked_subcommand)
 
 
 if __name__ == "__main__":  # pragma: no cover

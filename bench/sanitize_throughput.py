@@ -1,0 +1,342 @@
+"""Sanitize throughput: `shadowtape sanitize` vs a naive per-field Presidio pass, same data.
+
+The dataset is synthetic API traffic: a pool of Faker users (seeded) browsing, logging in,
+listing orders and paying, with their emails, phones, cards, addresses, IPs and tokens in
+headers, cookies, query strings, gzip JSON bodies, form bodies and free text, plus per-request
+unique ids and timestamps. The naive pass is what one would write first: Presidio's
+AnalyzerEngine + AnonymizerEngine on every string field of every record (bodies decoded to
+text), with the same recognizers shadowtape uses. It is timed on a sample of rows and
+extrapolated (it is far too slow for the whole dataset); the JSON line says so.
+
+Each shadowtape run is a fresh process (so its peak RSS is its own): --workers 1 and 2 on the
+main dataset, and --workers 1 on a dataset 10x larger to show that memory stays flat.
+
+    python bench/sanitize_throughput.py            # 100k and 1M rows (several minutes)
+    python bench/sanitize_throughput.py --quick    # 10k and 100k rows, under a minute or two
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+from shadowtape import schema
+
+BENCH_KEY = "bench-key-0123456789abcdef-0123456789"
+
+
+@dataclass(frozen=True)
+class Person:
+    email: str
+    phone: str
+    name: str
+    street: str
+    city: str
+    card: str
+    ip: str
+    password: str
+    session: str
+
+
+def _people(n: int, seed: int) -> list[Person]:
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    out = []
+    for i in range(n):
+        out.append(
+            Person(
+                email=f"{fake.user_name()}{i}@{fake.free_email_domain()}",
+                phone=f"+1 {fake.random_element(('415', '212', '646', '312'))}-"
+                f"{fake.random_int(200, 999)}-{fake.random_int(0, 9999):04d}",
+                name=fake.name(),
+                street=fake.street_address(),
+                city=fake.city(),
+                card=fake.credit_card_number(card_type="visa16"),
+                ip=fake.ipv4_public(),
+                password=fake.password(length=12),
+                session="stk_"
+                + "".join(fake.random_choices("abcdefghijklmnopqrstuvwxyz234567", 26)),
+            )
+        )
+    return out
+
+
+_COMMON_REQ = [
+    ("Host", "api.shop.internal"),
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0"),
+    ("Accept", "application/json"),
+    ("Accept-Encoding", "gzip, br"),
+]
+
+
+def _exchange(i: int, p: Person, rng: random.Random) -> schema.Exchange:
+    """One request/response; the kind is drawn so the mix resembles a shop's API traffic."""
+    rid = f"{rng.getrandbits(32):08x}-{rng.getrandbits(16):04x}-4{rng.getrandbits(12):03x}-a{rng.getrandbits(12):03x}-{rng.getrandbits(48):012x}"
+    ts = f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(i * 7) % 60:02d}Z"
+    req_h = [
+        *_COMMON_REQ,
+        ("X-Request-Id", rid),
+        ("X-Forwarded-For", p.ip),
+        ("Cookie", f"session={p.session}; theme=dark"),
+    ]
+    resp_h = [
+        ("Content-Type", "application/json"),
+        ("Date", "Thu, 26 Nov 2026 06:34:46 GMT"),
+        ("Server", "shop/1.4"),
+    ]
+    kind = rng.random()
+    query: list[tuple[str, str]] = []
+    req_body = None
+    method = "GET"
+    if kind < 0.35:
+        path = f"/api/orders/{rid}"
+        body = {
+            "id": rid,
+            "created_at": ts,
+            "status": "shipped",
+            "amount": round(rng.random() * 200, 2),
+            "customer": {"name": p.name, "email": p.email},
+            "shipping": {"name": p.name, "street": p.street, "city": p.city},
+            "items": [
+                {"sku": f"SKU-{rng.randint(1000, 9999)}", "qty": rng.randint(1, 3)}
+                for _ in range(3)
+            ],
+        }
+    elif kind < 0.6:
+        path = "/api/orders"
+        query = [("page", str(rng.randint(1, 20))), ("email", p.email), ("sort", "-created_at")]
+        body = {
+            "items": [
+                {"id": f"{rid[:-4]}{k:04d}", "created_at": ts, "total": rng.randint(5, 900)}
+                for k in range(5)
+            ],
+            "next": None,
+        }
+    elif kind < 0.75:
+        path = "/api/me"
+        body = {
+            "user": {
+                "name": p.name,
+                "email": p.email,
+                "phone": p.phone,
+                "address": {"street": p.street, "city": p.city},
+            },
+            "notes": f"Prefers calls at {p.phone}; billing contact {p.email}.",
+            "last_login": ts,
+            "login_ip": p.ip,
+        }
+    elif kind < 0.85:
+        method, path = "POST", "/api/payments"
+        req_body = json.dumps(
+            {
+                "card": p.card,
+                "amount": rng.randint(100, 90000),
+                "currency": "USD",
+                "note": f"order {rid}",
+            }
+        ).encode()
+        req_h = [
+            *req_h,
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(req_body))),
+        ]
+        body = {"payment_id": rid, "status": "authorized", "created_at": ts}
+    elif kind < 0.92:
+        method, path = "POST", "/login"
+        req_body = urlencode([("username", p.email), ("password", p.password)]).encode()
+        req_h = [*req_h, ("Content-Type", "application/x-www-form-urlencoded")]
+        body = {"access_token": p.session, "expires_in": 3600, "user": {"email": p.email}}
+    else:
+        path = "/api/search"
+        query = [
+            ("q", rng.choice(("shoes", "red dress", "lamp", "usb cable"))),
+            ("page", str(rng.randint(1, 5))),
+        ]
+        body = {
+            "results": [
+                {"sku": f"SKU-{rng.randint(1000, 9999)}", "title": "Thing", "price": 9.99}
+                for _ in range(4)
+            ],
+            "took_ms": rng.randint(2, 80),
+        }
+    raw = json.dumps(body).encode()
+    resp_body = gzip.compress(raw, mtime=0) if len(raw) > 300 else raw
+    if resp_body is not raw:
+        resp_h = [*resp_h, ("Content-Encoding", "gzip")]
+    return schema.Exchange(
+        id=f"{i:012d}",
+        session_id=f"s{hash(p.email) & 0xFFFFFF:06x}",
+        seq=i,
+        started_at=1_764_000_000_000_000 + i * 1000,
+        method=method,
+        host="api.shop.internal",
+        port=443,
+        scheme="https",
+        path=path,
+        query=query,
+        request_headers=req_h,
+        request_body=req_body,
+        status=200,
+        reason="OK",
+        response_headers=[*resp_h, ("Content-Length", str(len(resp_body)))],
+        response_body=resp_body,
+        capture_id="bench",
+    )
+
+
+def make_dataset(directory: Path, rows: int, people: list[Person], seed: int = 7) -> None:
+    rng = random.Random(seed)
+    roll = schema.RollPolicy(max_rows=250_000, row_group_rows=10_000)
+    with schema.DatasetWriter(directory, roll=roll) as writer:
+        chunk: list[schema.Exchange] = []
+        for i in range(rows):
+            chunk.append(_exchange(i, people[rng.randrange(len(people))], rng))
+            if len(chunk) == 10_000:
+                writer.write_exchanges(chunk)
+                chunk = []
+        if chunk:
+            writer.write_exchanges(chunk)
+
+
+# --- timed runs ---------------------------------------------------------------------------
+
+
+def run_sanitize_here(src: str, dst: str, workers: int) -> dict:
+    """Inside a fresh process: one sanitize run, timed, with this process's peak RSS."""
+    from shadowtape.keyed import Key
+    from shadowtape.sanitize.pipeline import SanitizeConfig, sanitize_dataset
+    from shadowtape.sanitize.policy import default_policy
+
+    config = SanitizeConfig(default_policy(), Key(BENCH_KEY.encode(), "bench"))
+    start = time.perf_counter()
+    result = sanitize_dataset(src, dst, config, workers=workers)
+    seconds = time.perf_counter() - start
+    return {
+        "rows": result.rows,
+        "seconds": seconds,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def run_sanitize(src: Path, dst: Path, workers: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "_run", str(src), str(dst), str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def naive_rows_per_s(src: Path, sample: int) -> float:
+    """Presidio on every string field of every record: the pass shadowtape is compared to."""
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_anonymizer import AnonymizerEngine
+
+    from shadowtape.sanitize.detectors import build_recognizers, nlp_engine
+    from shadowtape.sanitize.policy import default_policy
+
+    entities = list(default_policy().entities)
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for _, r in build_recognizers(entities):
+        registry.add_recognizer(r)
+    analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine(None))
+    anonymizer = AnonymizerEngine()
+    rows = []
+    for ex in schema.iter_exchanges(src):
+        rows.append(ex)
+        if len(rows) >= sample:
+            break
+
+    def fields(ex: schema.Exchange) -> list[str]:
+        out = [ex.path or "", ex.error or ""]
+        out += [v for _, v in ex.query]
+        out += [v for _, v in ex.request_headers + ex.response_headers]
+        for side in ("request", "response"):
+            body = getattr(ex, f"{side}_body")
+            if body:
+                headers = dict((n.lower(), v) for n, v in getattr(ex, f"{side}_headers"))
+                if headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                out.append(body.decode("utf-8", "replace"))
+        return [f for f in out if f]
+
+    start = time.perf_counter()
+    for ex in rows:
+        for text in fields(ex):
+            results = analyzer.analyze(
+                text=text, language="en", entities=entities, score_threshold=0.4
+            )
+            anonymizer.anonymize(text=text, analyzer_results=results)
+    return len(rows) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute or two")
+    parser.add_argument("--rows", type=int, help="main dataset size [100k; quick 10k]")
+    parser.add_argument("--big-rows", type=int, help="size for the RSS check [1M; quick 100k]")
+    parser.add_argument(
+        "--naive-sample", type=int, help="rows the naive pass runs [2000; quick 300]"
+    )
+    parser.add_argument("--people", type=int, default=2000, help="distinct users in the traffic")
+    parser.add_argument("--workdir", type=Path, help="where datasets go [a temp dir]")
+    args = parser.parse_args()
+    rows = args.rows or (10_000 if args.quick else 100_000)
+    big = args.big_rows or (100_000 if args.quick else 1_000_000)
+    sample = args.naive_sample or (300 if args.quick else 2_000)
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        people = _people(args.people, seed=11)
+        make_dataset(work / "main", rows, people)
+        make_dataset(work / "big", big, people, seed=8)
+        w1 = run_sanitize(work / "main", work / "out1", 1)
+        w2 = run_sanitize(work / "main", work / "out2", 2)
+        w1_big = run_sanitize(work / "big", work / "out3", 1)
+        naive = naive_rows_per_s(work / "main", sample)
+
+    ours1 = w1["rows"] / w1["seconds"]
+    ours2 = w2["rows"] / w2["seconds"]
+    print(
+        json.dumps(
+            {
+                "bench": "sanitize_throughput",
+                "rows": rows,
+                "distinct_users": args.people,
+                "shadowtape_w1_rows_per_s": round(ours1, 1),
+                "shadowtape_w2_rows_per_s": round(ours2, 1),
+                "naive_presidio_rows_per_s": round(naive, 2),
+                "naive_sampled_rows": sample,
+                "naive_extrapolated": True,
+                "ratio_w1_vs_naive": round(ours1 / naive, 1),
+                "scaling_w2_vs_w1": round(ours2 / ours1, 2),
+                f"rss_mb_w1_at_{rows}": round(w1["rss_mb"], 1),
+                f"rss_mb_w1_at_{big}": round(w1_big["rss_mb"], 1),
+                f"rss_mb_w2_worker_at_{rows}": round(w2["worker_rss_mb"], 1),
+                "big_rows_per_s_w1": round(w1_big["rows"] / w1_big["seconds"], 1),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "_run":
+        print(json.dumps(run_sanitize_here(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    else:
+        main()

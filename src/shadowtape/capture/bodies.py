@@ -1,0 +1,46 @@
+"""Body rules shared by live capture and the importers: truncation and decoded-body headers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shadowtape.schema import Pairs
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class KeptBody:
+    body: bytes | None
+    truncated: bool
+    size: int | None
+
+
+def keep_body(content: bytes | None, max_body: int) -> KeptBody:
+    """Truncate to max_body, remembering the full size so the loss is visible."""
+    if content is None:
+        return KeptBody(None, False, None)
+    size = len(content)
+    if size > max_body:
+        return KeptBody(content[:max_body], True, size)
+    return KeptBody(content, False, size)
+
+
+def headers_for_decoded_body(headers: Pairs, length: int) -> Pairs:
+    """Headers to go with a body stored decoded: no Content-Encoding, a true Content-Length.
+
+    Stored bodies are what sanitize scans and diff compares, so they are kept decoded; the
+    header goes with the decoding, as in mitmproxy's own `decode()`, so replay never sends a
+    plain body labelled as gzip.
+    """
+    out: Pairs = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "content-encoding":
+            continue
+        out.append((name, str(length)) if lower == "content-length" else (name, value))
+    return out
+
+
+def has_content_encoding(headers: Pairs) -> bool:
+    return any(name.lower() == "content-encoding" and value for name, value in headers)

@@ -1,0 +1,187 @@
+"""`shadowtape inspect`: what a dataset holds, and what the capture lost on the way.
+
+Streams the few columns it needs row group by row group; the drop and skip counters come from
+the files' metadata, where the capture writer keeps its running figures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shadowtape.capture.writer import META_CAPTURE_ID, CaptureCounters
+from shadowtape.schema import (
+    KIND_EXCHANGES,
+    META_SANITIZED,
+    iter_batches,
+    read_files,
+)
+
+TOP = 10
+_COLUMNS = [
+    "session_id",
+    "started_at",
+    "method",
+    "host",
+    "path",
+    "route",
+    "status",
+    "error",
+    "request_body_truncated",
+    "response_body_truncated",
+]
+# Path segments that are ids rather than names: one route, many values.
+_ID_SEGMENT = re.compile(
+    r"^(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}|[A-Za-z0-9_-]{24,})$"
+)
+
+
+def route_of(method: str, path: str | None) -> str:
+    """A rough endpoint template for paths without a recorded route: ids become {id}."""
+    segments = (path or "/").split("/")
+    templ = "/".join("{id}" if _ID_SEGMENT.match(s) else s for s in segments)
+    return f"{method} {templ or '/'}"
+
+
+def status_class(status: int | None) -> str:
+    return "no response" if status is None else f"{status // 100}xx"
+
+
+@dataclass(slots=True)
+class InspectReport:
+    path: str
+    files: int = 0
+    rows: int = 0
+    first_at: str | None = None
+    last_at: str | None = None
+    sessions: int = 0
+    sanitized: bool = False
+    captures: list[str] = field(default_factory=list)
+    methods: dict[str, int] = field(default_factory=dict)
+    status_mix: dict[str, int] = field(default_factory=dict)
+    top_hosts: list[tuple[str, int]] = field(default_factory=list)
+    top_routes: list[tuple[str, int]] = field(default_factory=list)
+    error_rows: int = 0
+    truncated_bodies: int = 0
+    capture_counters: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["top_hosts"] = [{"host": h, "count": n} for h, n in self.top_hosts]
+        out["top_routes"] = [{"route": r, "count": n} for r, n in self.top_routes]
+        return out
+
+
+def _iso(us: int | None) -> str | None:
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def capture_counters(metas: list[dict[str, str]]) -> dict[str, int]:
+    """Counters only grow within a capture, so its latest figures are the largest ones;
+    captures sharing a directory add up."""
+    per_capture: dict[str, dict[str, int]] = {}
+    for meta in metas:
+        counters = CaptureCounters.from_metadata(meta)
+        if counters is None:
+            continue
+        latest = per_capture.setdefault(meta.get(META_CAPTURE_ID, ""), {})
+        for name, value in asdict(counters).items():
+            latest[name] = max(latest.get(name, 0), value)
+    totals: Counter[str] = Counter()
+    for latest in per_capture.values():
+        totals.update(latest)
+    return dict(totals)
+
+
+def inspect_dataset(path: str | os.PathLike[str]) -> InspectReport:
+    infos = read_files(path, KIND_EXCHANGES)
+    report = InspectReport(path=str(path), files=len(infos))
+    if not infos:
+        return report
+    metas = [i.metadata for i in infos]
+    report.sanitized = all(m.get(META_SANITIZED) == "true" for m in metas)
+    report.captures = sorted({m[META_CAPTURE_ID] for m in metas if META_CAPTURE_ID in m})
+    report.capture_counters = capture_counters(metas)
+    sessions: set[str] = set()
+    hosts: Counter[str] = Counter()
+    routes: Counter[str] = Counter()
+    methods: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    first = last = None
+    for batch in iter_batches(
+        path, KIND_EXCHANGES, columns=_COLUMNS, files=[i.path for i in infos]
+    ):
+        report.rows += batch.num_rows
+        started = batch.column("started_at").cast(pa.int64())
+        lo, hi = pc.min(started).as_py(), pc.max(started).as_py()
+        first = lo if first is None or (lo is not None and lo < first) else first
+        last = hi if last is None or (hi is not None and hi > last) else last
+        sessions.update(batch.column("session_id").to_pylist())
+        cols = {n: batch.column(n).to_pylist() for n in _COLUMNS if n != "started_at"}
+        for i in range(batch.num_rows):
+            method = cols["method"][i]
+            methods[method] += 1
+            hosts[cols["host"][i] or "(none)"] += 1
+            routes[cols["route"][i] or route_of(method, cols["path"][i])] += 1
+            statuses[status_class(cols["status"][i])] += 1
+            report.error_rows += cols["error"][i] is not None
+            report.truncated_bodies += bool(cols["request_body_truncated"][i]) + bool(
+                cols["response_body_truncated"][i]
+            )
+    report.first_at, report.last_at = _iso(first), _iso(last)
+    report.sessions = len(sessions)
+    report.methods = dict(methods.most_common())
+    report.status_mix = dict(sorted(statuses.items()))
+    report.top_hosts = hosts.most_common(TOP)
+    report.top_routes = routes.most_common(TOP)
+    return report
+
+
+def format_report(report: InspectReport) -> str:
+    lines = [f"{report.path}: {report.rows} exchanges in {report.files} files"]
+    if not report.files:
+        lines.append("  no finalized files yet (a running capture finalizes on its roll interval)")
+        return "\n".join(lines)
+    lines.append(f"  time span   {report.first_at} .. {report.last_at}")
+    lines.append(f"  sessions    {report.sessions}")
+    lines.append(f"  sanitized   {'yes' if report.sanitized else 'no'}")
+    if report.captures:
+        lines.append(f"  captures    {', '.join(report.captures)}")
+    lines.append("  methods     " + ", ".join(f"{m} {n}" for m, n in report.methods.items()))
+    lines.append("  status      " + ", ".join(f"{s} {n}" for s, n in report.status_mix.items()))
+    lines.append(f"  errors      {report.error_rows} exchanges without a normal response")
+    lines.append(f"  truncated   {report.truncated_bodies} bodies")
+    lines.append("  top hosts")
+    lines.extend(f"    {n:>8}  {h}" for h, n in report.top_hosts)
+    lines.append("  top routes")
+    lines.extend(f"    {n:>8}  {r}" for r, n in report.top_routes)
+    if report.capture_counters:
+        c = report.capture_counters
+        lines.append(
+            "  capture     "
+            f"recorded {c.get('recorded', 0)}, "
+            f"dropped (queue full) {c.get('dropped_queue_full', 0)}, "
+            f"dropped (write error) {c.get('dropped_write_error', 0)}, "
+            f"dropped (unconvertible) {c.get('dropped_conversion_error', 0)}, "
+            f"skipped by filter {c.get('skipped_filter', 0)}, "
+            f"skipped by sampling {c.get('skipped_sample', 0)}, "
+            f"invalid {c.get('skipped_invalid', 0)}, "
+            f"streamed bodies not kept {c.get('streamed_bodies', 0)}"
+        )
+        lost = c.get("recorded", 0) - report.rows
+        if lost > 0:
+            lines.append(
+                f"  note        {lost} recorded exchanges are not in finalized files "
+                "(capture still running, or stopped without finalizing)"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,367 @@
+"""`shadowtape replay` and `shadowtape correlate`: parse, call one replay function, print."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import click
+
+from shadowtape.cli.progress import LiveLine
+from shadowtape.errors import InputError, ShadowtapeError
+from shadowtape.replay import ReplayConfig, ReplayPlan, ReplaySummary, plan_replay, run_replay
+from shadowtape.replay.config import (
+    BreakerPolicy,
+    RetryPolicy,
+    Timeouts,
+    parse_header,
+    parse_rewrite,
+    parse_shard,
+    parse_timing,
+)
+from shadowtape.replay.correlate import correlate_dataset
+from shadowtape.replay.runner import Progress
+
+# Defaults come from the config dataclasses: one source of truth for the CLI and for callers.
+_CFG = {f.name: f.default for f in dataclasses.fields(ReplayConfig)}
+_TIMEOUTS, _RETRY, _BREAKER = Timeouts(), RetryPolicy(), BreakerPolicy()
+
+
+def _ms(us: int) -> str:
+    return f"{us / 1000:.1f} ms"
+
+
+def _counter(values: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(values.items())) or "none"
+
+
+def _progress_printer(line: LiveLine) -> Any:
+    def show(p: Progress) -> None:
+        line.update(
+            f"replay {p.done}/{p.total} rows  sent {p.sent}  in flight {p.in_flight}  "
+            f"errors {p.errors}  {p.rate:,.0f} req/s  lateness p99 {_ms(p.lateness_p99_us)}"
+        )
+
+    return show
+
+
+def _print_summary(summary: ReplaySummary, out: str) -> None:
+    c = summary.counts
+    files = len(summary.files)
+    click.echo(
+        f"replay {summary.status}: {c.rows} results rows -> {out} "
+        f"({files} file{'s' if files != 1 else ''})"
+        + (f"; {summary.reason}" if summary.reason else "")
+    )
+    click.echo(
+        f"  sent {c.sent} ({_counter(dict(c.status_classes))}), failed {c.failed}, "
+        f"skipped {sum(c.skipped.values())} ({_counter(dict(c.skipped))})"
+    )
+    click.echo(
+        f"  retries {c.retries}, sessions {c.sessions}, lateness p50 "
+        f"{_ms(summary.lateness_p50_us)} p99 {_ms(summary.lateness_p99_us)} "
+        f"max {_ms(summary.lateness_max_us)}, elapsed {summary.elapsed_s:.1f} s"
+    )
+    if summary.correlation_rules or c.substitutions or c.misses:
+        click.echo(
+            f"  correlation: {summary.correlation_rules} rules, "
+            f"{sum(c.substitutions.values())} substitutions, {sum(c.misses.values())} misses"
+            + (f" ({_counter(dict(c.misses))})" if c.misses else "")
+            + (
+                f", {c.sessions_skipped_on_miss} sessions stopped on a miss"
+                if c.sessions_skipped_on_miss
+                else ""
+            )
+        )
+    extras = {
+        "out of session order": c.out_of_order,
+        "released early from the reorder buffer": c.reorder_forced,
+        "staging bodies truncated at --max-body": c.staging_body_truncated,
+        "staging bodies undecodable": c.undecodable_bodies,
+        "rows not written (second Ctrl-C)": c.rows_not_written,
+    }
+    for label, n in extras.items():
+        if n:
+            click.echo(f"  {label}: {n}")
+    if c.noise_sent or c.noise_failed:
+        click.echo(f"  noise pass: {c.noise_sent} sent a second time, {c.noise_failed} failed")
+
+
+def _print_plan(plan: ReplayPlan) -> None:
+    click.echo(
+        f"plan: {plan.sessions} sessions, {plan.requests} requests, {plan.timing} "
+        f"(shard {plan.shard}); nothing sent (--dry-run)"
+    )
+    click.echo(
+        f"  send {plan.to_send}, skip {plan.skipped_writes} writes"
+        + (" (pass --allow-writes to send them)" if plan.skipped_writes else "")
+        + f", {plan.skipped_limit} over --limit, {plan.not_sampled} not sampled"
+    )
+    duration = "depends on the target" if plan.duration_s is None else f"{plan.duration_s:.1f} s"
+    click.echo(f"  dispatch takes {duration}; {plan.correlation_rules} correlation rules")
+
+
+def _split_hosts(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  shadowtape replay clean/ --target http://127.0.0.1:8000 --out results/ --speed 5
+  shadowtape replay clean/ --target http://staging.local --out results/ --speed max \\
+      --concurrency 64 --allow-writes --noise-sample 50
+  shadowtape replay clean/ --target http://staging.local --out results/ --dry-run"""
+)
+@click.argument("source", metavar="IN", type=click.Path(exists=True))
+@click.option("--target", required=True, metavar="URL", help="Base URL of the staging system.")
+@click.option("--out", required=True, metavar="DIR", help="Results dataset directory.")
+@click.option(
+    "--speed",
+    metavar="X|max",
+    help="Recorded inter-arrival times divided by X (1 = real time); `max` = no waiting.",
+)
+@click.option(
+    "--rate",
+    type=float,
+    metavar="N",
+    help="N requests/s overall (split across --shard senders) instead of --speed.",
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=_CFG["concurrency"],
+    show_default=True,
+    help="Requests in flight at most (and connections).",
+)
+@click.option("--limit", type=int, help="Send at most N requests; the rest are skipped.")
+@click.option("--sessions", type=int, help="Replay a seeded sample of N sessions.")
+@click.option(
+    "--seed",
+    type=int,
+    default=_CFG["seed"],
+    show_default=True,
+    help="Seed for session sampling, retry jitter and the noise sample.",
+)
+@click.option("--duration", type=float, metavar="SECONDS", help="Stop dispatching after T s.")
+@click.option(
+    "--max-gap",
+    type=float,
+    metavar="SECONDS",
+    help="Cut idle gaps in the recording to at most T recorded seconds.",
+)
+@click.option(
+    "--http",
+    "http_version",
+    type=click.Choice(["auto", "1.1", "2"]),
+    default=_CFG["http"],
+    show_default=True,
+    help="auto: HTTP/2 where TLS negotiates it; 2: HTTP/2 prior knowledge.",
+)
+@click.option("--keep-host", is_flag=True, help="Send the recorded Host header unchanged.")
+@click.option("--insecure", is_flag=True, help="Do not verify the target's TLS certificate.")
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Add or override a request header (repeatable).",
+)
+@click.option(
+    "--rewrite",
+    "rewrites",
+    multiple=True,
+    metavar="FROM=TO",
+    help="HOST=URL sends a recorded host elsewhere; /old/=/new/ swaps a path prefix.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="PATTERN",
+    help="Allowed target hosts (glob; repeatable). Replaces the default: loopback "
+    "and names containing staging, test or dev.",
+)
+@click.option(
+    "--allow-unsanitized",
+    is_flag=True,
+    help="Replay a dataset that `shadowtape sanitize` has not scrubbed.",
+)
+@click.option("--allow-writes", is_flag=True, help="Send POST/PUT/PATCH/DELETE too.")
+@click.option("--connect-timeout", type=float, default=_TIMEOUTS.connect, show_default=True)
+@click.option("--read-timeout", type=float, default=_TIMEOUTS.read, show_default=True)
+@click.option(
+    "--total-timeout",
+    type=float,
+    default=_TIMEOUTS.total,
+    show_default=True,
+    help="Seconds for one attempt, from send to the last body byte.",
+)
+@click.option(
+    "--retries",
+    type=int,
+    default=_RETRY.attempts - 1,
+    show_default=True,
+    help="Retries of idempotent requests on 502/503/504, and of connect failures.",
+)
+@click.option(
+    "--breaker-error-rate",
+    type=float,
+    default=_BREAKER.error_rate,
+    show_default=True,
+    help="Stop when this share of recent attempts fail or get 5xx.",
+)
+@click.option(
+    "--breaker-failures",
+    type=int,
+    default=_BREAKER.connection_failures,
+    show_default=True,
+    help="Stop after this many connection failures in a row.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=_CFG["grace"],
+    show_default=True,
+    help="Seconds Ctrl-C waits for requests in flight.",
+)
+@click.option(
+    "--max-body",
+    type=int,
+    default=_CFG["max_body"],
+    show_default=True,
+    help="Bytes of each staging body kept (the rest is cut and counted).",
+)
+@click.option(
+    "--correlate",
+    default=_CFG["correlate"],
+    show_default=True,
+    metavar="auto|off|FILE",
+    help="Carry server-minted values (tokens, ids) into later requests.",
+)
+@click.option(
+    "--on-miss",
+    type=click.Choice(["send-recorded", "skip-session"]),
+    default=_CFG["on_miss"],
+    show_default=True,
+    help="When staging did not return a value a later request needs.",
+)
+@click.option(
+    "--noise-sample",
+    type=int,
+    default=_CFG["noise_sample"],
+    show_default=True,
+    help="Send N sampled GETs a second time (for the diff stage's noise detection).",
+)
+@click.option("--shard", metavar="I/N", help="Replay only sessions of shard I of N.")
+@click.option(
+    "--start-at",
+    type=float,
+    metavar="EPOCH_SECONDS",
+    help="Shared schedule origin, so several senders keep one schedule.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace earlier results in --out.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; send nothing.")
+def replay(source: str, **opts: Any) -> None:
+    """Replay recorded sessions against a staging target and record its answers.
+
+    Sessions run concurrently; the requests of one session keep their recorded order and
+    each waits for the previous answer. Every recorded request gives one row in the results
+    dataset: sent, skipped (with the reason) or failed.
+    """
+    config = _build_config(source, opts)
+    if opts["dry_run"]:
+        _print_plan(plan_replay(config))
+        return
+    line = LiveLine()
+    try:
+        summary = run_replay(config, progress=_progress_printer(line))
+    finally:
+        line.clear()
+    _print_summary(summary, config.out)
+    if summary.status == "circuit_open":
+        raise ShadowtapeError(
+            f"circuit breaker opened ({summary.reason}); dispatch stopped, results kept in "
+            f"{config.out}; check {config.target} or loosen --breaker-error-rate"
+        )
+    if summary.status == "interrupted":
+        click.echo(f"shadowtape: interrupted; results so far are in {config.out}", err=True)
+        raise click.exceptions.Exit(summary.exit_code)
+
+
+def _build_config(source: str, o: dict[str, Any]) -> ReplayConfig:
+    for name in ("concurrency", "limit", "sessions", "noise_sample", "max_body"):
+        if o[name] is not None and o[name] < (1 if name in ("concurrency", "max_body") else 0):
+            raise InputError(f"--{name.replace('_', '-')} {o[name]}: must not be negative")
+    for name in ("duration", "max_gap", "grace"):
+        if o[name] is not None and o[name] < 0:
+            raise InputError(f"--{name.replace('_', '-')} {o[name]}: must not be negative")
+    if o["retries"] < 0:
+        raise InputError(f"--retries {o['retries']}: must not be negative")
+    shard_index, shard_count = parse_shard(o["shard"])
+    return ReplayConfig(
+        source=source,
+        target=o["target"],
+        out=o["out"],
+        timing=parse_timing(o["speed"], o["rate"]),
+        concurrency=o["concurrency"],
+        limit=o["limit"],
+        sessions=o["sessions"],
+        seed=o["seed"],
+        duration=o["duration"],
+        max_gap=o["max_gap"],
+        http=o["http_version"],
+        keep_host=o["keep_host"],
+        tls_verify=not o["insecure"],
+        headers=tuple(parse_header(h) for h in o["headers"]),
+        rewrites=tuple(parse_rewrite(r) for r in o["rewrites"]),
+        allow_hosts=_split_hosts(o["allow_hosts"]) or _CFG["allow_hosts"],
+        allow_unsanitized=o["allow_unsanitized"],
+        allow_writes=o["allow_writes"],
+        timeouts=Timeouts(o["connect_timeout"], o["read_timeout"], o["total_timeout"]),
+        retry=dataclasses.replace(_RETRY, attempts=o["retries"] + 1),
+        breaker=dataclasses.replace(
+            _BREAKER,
+            error_rate=o["breaker_error_rate"],
+            connection_failures=o["breaker_failures"],
+        ),
+        grace=o["grace"],
+        max_body=o["max_body"],
+        correlate=o["correlate"],
+        on_miss=o["on_miss"],
+        noise_sample=o["noise_sample"],
+        shard_index=shard_index,
+        shard_count=shard_count,
+        start_at=o["start_at"],
+        overwrite=o["overwrite"],
+    )
+
+
+@click.command(
+    epilog="""\b
+Example:
+  shadowtape correlate clean/ --out rules.yaml
+  shadowtape replay clean/ --target http://127.0.0.1:8000 --out results/ --correlate rules.yaml"""
+)
+@click.argument("source", metavar="IN", type=click.Path(exists=True))
+@click.option("--out", metavar="FILE", help="Write the rules here (YAML); else print only.")
+@click.option(
+    "--min-support",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Sessions that must show a correlation before it becomes a rule.",
+)
+def correlate(source: str, out: str | None, min_support: int) -> None:
+    """Learn which server-minted values (tokens, created ids, ETags) later requests reuse.
+
+    A value first seen in a response and later sent in a request of the same session
+    becomes a rule: during replay, staging's value from the same place is sent instead.
+    The rules file is plain YAML: read it, edit it, pass it to `replay --correlate FILE`.
+    """
+    rules = correlate_dataset(source, out, min_support=min_support)
+    for r in rules:
+        click.echo(f"{r.name}: {r.step} {r.source} -> {', '.join(r.targets)} (support {r.support})")
+    where = f"; written to {out}" if out else ""
+    click.echo(f"{len(rules)} correlation rules from {source}{where}")

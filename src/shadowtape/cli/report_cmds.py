@@ -1,0 +1,209 @@
+"""`shadowtape diff` and `shadowtape report`: parse, call the stage, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shadowtape.cli.progress import LiveLine
+from shadowtape.diff.pipeline import DiffSummary, default_out, run_diff
+from shadowtape.diff.settings import build_options, diff_is_current
+from shadowtape.report import html, junit, terminal
+from shadowtape.report.aggregate import load_report
+from shadowtape.report.gates import METRICS, evaluate, parse_gates
+from shadowtape.report.output import report_json, write_text_atomic
+
+_DIFF_OPTIONS = [
+    click.option(
+        "--ignore-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="YAML of pinned rules: `ignore:`, `noise:` or `drift:` lists of JSON paths "
+        "($.meta.generated_at), `header: NAME` or `{path: ..., route: 'GET /x'}`.",
+    ),
+    click.option(
+        "--routes",
+        "routes_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Endpoint templates to group by: an OpenAPI/Swagger file, or a list such as "
+        "'GET /users/{id}' (one a line). Unmatched paths get inferred templates.",
+    ),
+    click.option(
+        "--headers",
+        metavar="A,B,...",
+        help="Headers to compare, replacing the default set "
+        "(content-type, cache-control, location, etag, vary, ...).",
+    ),
+    click.option(
+        "--header",
+        "extra_headers",
+        multiple=True,
+        metavar="NAME",
+        help="Compare this header as well as the set (repeatable).",
+    ),
+    click.option(
+        "--key-field",
+        "key_fields",
+        multiple=True,
+        metavar="FIELD",
+        help="Match array elements by this field (e.g. id) instead of by position (repeatable).",
+    ),
+    click.option(
+        "--min-request-rate",
+        type=float,
+        help="Drift needs (R-S)/N at least this (default 0.01): R requests differing, "
+        "S differing between two staging replays, N requests of the route.",
+    ),
+    click.option(
+        "--min-contrast",
+        type=float,
+        help="Drift needs (R-S)/(R+S) at least this (default 0.5).",
+    ),
+    click.option(
+        "--max-diffs",
+        type=int,
+        help="Differences listed per response before the rest is counted in one row (default 200).",
+    ),
+]
+
+
+def _diff_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_DIFF_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _run_diff(results: Path, out: Path | None, opts: dict[str, Any]) -> DiffSummary:
+    options = build_options(**opts)
+    line = LiveLine()
+    try:
+        return run_diff(
+            results, out, options, progress=lambda n: line.update(f"diff: {n:,} rows read")
+        )
+    finally:
+        line.clear()
+
+
+def _diff_line(summary: DiffSummary) -> str:
+    t = summary.payload["totals"]
+    return (
+        f"diff: {t['rows']} rows, {t['compared']} requests compared on {len(summary.routes)} "
+        f"routes; {t['diff_rows']} differences ({t['drift_diffs']} drift, {t['noise_diffs']} "
+        f"noise, {t['ignored_diffs']} ignored) on {len(summary.decisions)} paths "
+        f"({t['drift_paths']} drift); {t['skipped']} skipped, {t['failed']} failed, "
+        f"{t['not_compared']} without recorded response, {t['noise_pairs']} noise pairs "
+        f"-> {summary.out}"
+    )
+
+
+@click.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the diff dataset (default RESULTS/_diff, where `report` looks).",
+)
+@_diff_options
+def diff(results: Path, out: Path | None, **opts: Any) -> None:
+    """Compare every staging response with its recording; write the differences.
+
+    Reads a results dataset (from `shadowtape replay`), compares status, chosen headers and
+    bodies (JSON path by path, text line by line, binary by digest) and writes one row per
+    difference to a Parquet dataset, each marked drift, noise or ignored. Noise is decided per
+    route and JSON path over all requests: a field that also differs between two staging
+    replays of one request (replay --noise-sample), or is a timestamp, UUID, request id or
+    ETag, is noise.
+
+    \b
+    Example:
+      shadowtape diff results/ --key-field id --ignore-file noise.yaml
+    """
+    summary = _run_diff(results, out, opts)
+    click.echo(_diff_line(summary))
+
+
+@click.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option(
+    "--diff",
+    "diff_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Diff dataset to report on (default RESULTS/_diff; computed there if missing or "
+    "older than the results).",
+)
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a self-contained HTML report here.")  # fmt: skip
+@click.option("--junit", "junit_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write JUnit XML here: one test case per route, failing on drift.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON on stdout instead of the table.")  # fmt: skip
+@click.option(
+    "--fail-on",
+    "fail_on",
+    multiple=True,
+    metavar="RULE",
+    help="Exit 1 when a rule trips, for CI gates (repeatable), e.g. 'status_mismatch>0', "
+    "'drift_rate>1%', 'p99_latency_ratio>1.5', 'error_rate>0.5%'. Checked for the whole "
+    f"run and for each route. Metrics: {', '.join(METRICS)}.",
+)
+@click.option(
+    "--notebook",
+    "notebook_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Execute the drift-analysis notebook against RESULTS and save it here (.ipynb).",
+)
+@_diff_options
+def report(
+    results: Path,
+    diff_dir: Path | None,
+    html_out: Path | None,
+    junit_out: Path | None,
+    as_json: bool,
+    fail_on: tuple[str, ...],
+    notebook_out: Path | None,
+    **opts: Any,
+) -> None:
+    """Summarise a replay: drift per route and path, noise, errors and latency.
+
+    Prints a table per route (requests, status mismatches, body and header drift, noise,
+    error rate, latency p50/p95/p99 recorded vs staging), then every drifting path with an
+    example. Runs `shadowtape diff` first when RESULTS has no up-to-date diff (the diff
+    options below apply then). Exit 0 when no --fail-on rule trips, 1 when one does, 2 on
+    bad input.
+
+    \b
+    Example:
+      shadowtape report results/ --html report.html --junit junit.xml \\
+          --fail-on 'status_mismatch>0' --fail-on 'p99_latency_ratio>1.5'
+    """
+    gates = parse_gates(fail_on)
+    target = diff_dir or default_out(results)
+    if not diff_is_current(results, target):
+        click.echo(f"report: no up-to-date diff in {target}; running diff", err=True)
+        click.echo(_diff_line(_run_diff(results, target, opts)), err=True)
+    data = load_report(target)
+    verdicts = evaluate(gates, data)
+    if as_json:
+        click.echo(json.dumps(report_json(data, verdicts), indent=2, sort_keys=True))
+    else:
+        click.echo(terminal.render(data, verdicts), nl=False)
+    written = []
+    if html_out is not None:
+        written.append(str(write_text_atomic(html_out, html.render(data, verdicts))))
+    if junit_out is not None:
+        written.append(str(write_text_atomic(junit_out, junit.render(data, verdicts))))
+    if notebook_out is not None:
+        from shadowtape.report.notebook import execute_notebook  # Jupyter loads only if asked
+
+        written.append(str(execute_notebook(results, notebook_out)))
+    if written:
+        click.echo(f"report: wrote {', '.join(written)}", err=True)
+    tripped = [v for v in verdicts if v.tripped]
+    for v in tripped:
+        click.echo(f"shadowtape: gate tripped: {v.describe()}", err=True)
+    if tripped:
+        sys.exit(1)

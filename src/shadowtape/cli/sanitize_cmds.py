@@ -1,0 +1,266 @@
+"""`shadowtape policy`, `shadowtape sanitize` and `shadowtape verify`: parse, call, print."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from shadowtape.cli.progress import LiveLine
+from shadowtape.errors import InputError, KeyMissingError
+from shadowtape.keyed import DEFAULT_KEY_ENV, Key
+from shadowtape.sanitize.manifest import MANIFEST_NAME, totals_by
+from shadowtape.sanitize.pipeline import Progress, SanitizeConfig, sanitize_dataset
+from shadowtape.sanitize.policy import default_policy_text, load_policy
+from shadowtape.sanitize.verify import verify_dataset
+
+DEFAULT_POLICY_FILE = "shadowtape-policy.yaml"
+
+policy_option = click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(dir_okay=False),
+    help="Policy file (YAML, or TOML by its .toml suffix) [default: the built-in policy].",
+)
+nlp_option = click.option(
+    "--nlp-model",
+    metavar="NAME",
+    help="An installed spaCy model (e.g. en_core_web_lg) to also find PERSON, LOCATION, ...; "
+    "without one a blank pipeline is used and nothing is downloaded.",
+)
+
+
+@contextmanager
+def _live_progress(verb: str) -> Iterator[Progress]:
+    """A progress callback that redraws one terminal line and clears it when done."""
+    line = LiveLine()
+
+    def show(done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        line.update(f"{verb} {done:,}/{total:,} exchanges ({pct}%)")
+
+    try:
+        yield show
+    finally:
+        line.clear()
+
+
+@click.group()
+def policy() -> None:
+    """Write out or check a sanitize policy (what to keep, drop, redact or pseudonymize where).
+
+    \b
+    Example:
+      shadowtape policy init my-policy.yaml     # the built-in policy, to edit
+      shadowtape policy check my-policy.yaml
+      shadowtape sanitize raw/ clean/ --policy my-policy.yaml
+    """
+
+
+@policy.command("init")
+@click.argument("file", default=DEFAULT_POLICY_FILE, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def policy_init(file: str, force: bool) -> None:
+    """Write the built-in policy to FILE (default shadowtape-policy.yaml; - for stdout).
+
+    The file is commented: every action and section is explained where it is used.
+
+    \b
+    Example:
+      shadowtape policy init my-policy.yaml
+    """
+    text = default_policy_text()
+    if file == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(file)
+    if path.exists() and not force:
+        raise InputError(f"{path}: already exists; pass --force to overwrite it")
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {path}: the built-in policy; edit it, then `shadowtape policy check {path}`")
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def policy_check(file: str) -> None:
+    """Validate a policy file; exit 2 with the file, line and problem if it is wrong.
+
+    \b
+    Example:
+      shadowtape policy check my-policy.yaml
+    """
+    p = load_policy(file)
+    sections = {
+        "headers": len(p.headers),
+        "cookies": len(p.cookies),
+        "query": len(p.query),
+        "form": len(p.form),
+        "json": len(p.json),
+        "paths": len(p.paths),
+    }
+    rules = ", ".join(f"{n} {name}" for name, n in sections.items())
+    click.echo(
+        f"ok: {file}: {rules} rules; default {p.default.action}; fingerprint {p.fingerprint}"
+    )
+    click.echo(f"  detects: {', '.join(p.entities) or '(nothing)'}")
+
+
+def _load_key(key_file: str | None, key_env: str, ephemeral: bool) -> Key:
+    try:
+        return Key.load(key_file=key_file, env=key_env, ephemeral=ephemeral)
+    except KeyMissingError as exc:
+        if key_file is not None:
+            raise
+        raise KeyMissingError(
+            f"{exc}; or pass --ephemeral-key for a one-off run whose pseudonyms match nothing else"
+        ) from None
+
+
+@click.command()
+@click.argument("src", metavar="IN", type=click.Path())
+@click.argument("dst", metavar="OUT", type=click.Path())
+@policy_option
+@click.option(
+    "--key-env",
+    default=DEFAULT_KEY_ENV,
+    show_default=True,
+    metavar="NAME",
+    help="Environment variable that holds the pseudonym key.",
+)
+@click.option("--key-file", type=click.Path(dir_okay=False), help="Read the key from this file.")
+@click.option(
+    "--ephemeral-key",
+    is_flag=True,
+    help="With no key given, use a random one: consistent within this run only.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes."
+)
+@nlp_option
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def sanitize(
+    src: str,
+    dst: str,
+    policy_path: str | None,
+    key_env: str,
+    key_file: str | None,
+    ephemeral_key: bool,
+    workers: int,
+    nlp_model: str | None,
+    overwrite: bool,
+) -> None:
+    """Scrub a captured dataset IN into OUT, safe to take to staging.
+
+    Every value is handled by the policy: credentials become keyed tokens, personal data
+    becomes keyed pseudonyms that keep their format (an email stays an email, a card a
+    Luhn-valid card), and what no rule names is scanned with Presidio. The same value gets
+    the same pseudonym everywhere, so recorded sessions still replay. Bodies that cannot be
+    decoded are dropped (fail-closed) and counted. OUT appears only when complete, with a
+    manifest of counts (never values) in OUT/_manifest.json.
+
+    \b
+    Example:
+      export SHADOWTAPE_KEY=$(openssl rand -hex 32)   # keep it: same key, same pseudonyms
+      shadowtape sanitize raw/ clean/ --workers 2
+      shadowtape verify clean/
+    """
+    config = SanitizeConfig(
+        policy=load_policy(policy_path),
+        key=_load_key(key_file, key_env, ephemeral_key),
+        nlp_model=nlp_model,
+    )
+    with _live_progress("sanitizing") as progress:
+        result = sanitize_dataset(
+            src, dst, config, workers=workers, overwrite=overwrite, progress=progress
+        )
+    m = result.manifest
+    counts = m.counts
+    click.echo(
+        f"sanitized {m.rows:,} exchanges in {len(m.files)} files -> {result.output} "
+        f"(policy {m.policy_fingerprint}, key {m.key_fingerprint}"
+        f"{', ephemeral' if config.key.source == 'ephemeral' else ''})"
+    )
+    _echo_totals("found", totals_by(counts, "detected"))
+    _echo_totals("rules", totals_by(counts, "actions"))
+    _echo_totals("bodies", totals_by(counts, "bodies"))
+    if m.unavailable_entities:
+        click.echo(
+            f"  warning: no detector for {', '.join(m.unavailable_entities)} "
+            "(needs --nlp-model); only policy rules covered them",
+            err=True,
+        )
+    click.echo(f"  manifest: {Path(result.output) / MANIFEST_NAME}")
+
+
+def _echo_totals(label: str, totals: dict[str, int]) -> None:
+    text = ", ".join(f"{name} {n:,}" for name, n in totals.items()) or "none"
+    click.echo(f"  {label + ':':<8} {text}")
+
+
+@click.command()
+@click.argument("directory", metavar="DIR", type=click.Path())
+@policy_option
+@nlp_option
+@click.option(
+    "--allow-unsanitized",
+    is_flag=True,
+    help="Scan a dataset that is not flagged sanitized (e.g. raw capture) instead of refusing.",
+)
+@click.option(
+    "--max-findings",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Findings to list; all are counted.",
+)
+def verify(
+    directory: str,
+    policy_path: str | None,
+    nlp_model: str | None,
+    allow_unsanitized: bool,
+    max_findings: int,
+) -> None:
+    """Re-scan a sanitized dataset; exit 1 with locations if anything sensitive remains.
+
+    Runs the detectors over every value the policy does not keep, and checks that credential
+    locations hold keyed tokens. Prints one line per finding: row id, field, entity type
+    (never the value). Exit 0 when clean, 1 when something is found, 2 when DIR is not a
+    sanitized dataset. Give the --policy sanitize used.
+
+    \b
+    Example:
+      shadowtape verify clean/ --policy my-policy.yaml
+    """
+    policy_obj = load_policy(policy_path)
+    with _live_progress("verifying") as progress:
+        report = verify_dataset(
+            directory,
+            policy_obj,
+            nlp_model=nlp_model,
+            allow_unsanitized=allow_unsanitized,
+            progress=progress,
+        )
+    if report.policy_mismatch:
+        click.echo(
+            "  note: DIR was sanitized under another policy; pass the same --policy "
+            "for an exact check",
+            err=True,
+        )
+    for f in report.findings[:max_findings]:
+        click.echo(f"{f.row_id}\t{f.field}\t{f.entity}")
+    shown = min(len(report.findings), max_findings)
+    if report.total_findings > shown:
+        click.echo(f"... and {report.total_findings - shown:,} more findings")
+    summary = (
+        f"verified {report.rows:,} exchanges, {report.values_scanned:,} values: "
+        f"{report.total_findings:,} findings"
+    )
+    if report.by_entity:
+        summary += " (" + ", ".join(f"{e} {n:,}" for e, n in sorted(report.by_entity.items())) + ")"
+    if report.unscanned_bodies:
+        summary += f"; {report.unscanned_bodies:,} bodies could not be decoded and were not scanned"
+    click.echo(summary)
+    if not report.clean:
+        click.get_current_context().exit(1)

@@ -1,0 +1,110 @@
+"""Response bodies as the comparison needs them: decoded from their Content-Encoding and
+sorted into JSON, text or binary by their Content-Type (and, failing that, by their bytes).
+
+The recorded body is stored as it crossed the wire (gzip, br, ...); the staging body was
+already decoded by httpx, so its Content-Encoding header is informational only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterable
+
+import brotli
+
+try:  # zstd is optional on the wire and optional here; zstandard ships with many stacks.
+    import zstandard
+except ImportError:  # pragma: no cover - depends on the environment
+    zstandard = None
+
+JSON = "json"
+TEXT = "text"
+BINARY = "binary"
+EMPTY = "empty"
+
+_TEXT_TYPES = (
+    "application/xml",
+    "application/javascript",
+    "application/ecmascript",
+    "application/x-www-form-urlencoded",
+    "application/graphql",
+    "application/yaml",
+    "application/x-yaml",
+    "application/csv",
+    "image/svg+xml",
+)
+
+
+class BodyDecodeError(ValueError):
+    """A body whose Content-Encoding does not decode; it is compared as bytes and counted."""
+
+
+def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The header's values joined as HTTP allows (`a, b`), or None when absent."""
+    values = [v for n, v in headers if n.lower() == name]
+    return ", ".join(values) if values else None
+
+
+def decode_content(body: bytes, encoding: str | None) -> bytes:
+    """Undo Content-Encoding (applied in order, so undone in reverse)."""
+    if not body or not encoding:
+        return body
+    for coding in reversed([c.strip().lower() for c in encoding.split(",") if c.strip()]):
+        try:
+            if coding in ("gzip", "x-gzip"):
+                body = gzip.decompress(body)
+            elif coding == "deflate":
+                try:
+                    body = zlib.decompress(body)
+                except zlib.error:  # servers that send raw deflate without the zlib header
+                    body = zlib.decompress(body, -zlib.MAX_WBITS)
+            elif coding == "br":
+                body = brotli.decompress(body)
+            elif coding == "zstd" and zstandard is not None:
+                body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+            elif coding == "identity":
+                continue
+            else:
+                raise BodyDecodeError(f"unsupported content-encoding {coding!r}")
+        except BodyDecodeError:
+            raise
+        except Exception as exc:
+            raise BodyDecodeError(f"content-encoding {coding!r} does not decode: {exc}") from None
+    return body
+
+
+def media_type(content_type: str | None) -> str:
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def charset(content_type: str | None) -> str:
+    if content_type:
+        for param in content_type.split(";")[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "charset" and value.strip():
+                return value.strip().strip('"').lower()
+    return "utf-8"
+
+
+def body_class(content_type: str | None, body: bytes) -> str:
+    """JSON, text or binary: by declared type first; undeclared bodies by their bytes."""
+    if not body:
+        return EMPTY
+    mt = media_type(content_type)
+    if mt == "application/json" or mt.endswith("+json") or mt.endswith("/json"):
+        return JSON
+    if mt.startswith("text/") or mt in _TEXT_TYPES or mt.endswith("+xml"):
+        return TEXT
+    if mt:
+        return BINARY
+    head = body.lstrip()[:1]
+    if head in (b"{", b"["):
+        return JSON
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return BINARY
+    return TEXT

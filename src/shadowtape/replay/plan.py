@@ -1,0 +1,218 @@
+"""Which recorded requests are replayed and when: pure functions and small state machines.
+
+Nothing here touches a socket, a file or a clock, so ordering and offsets are tested directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from shadowtape.replay.config import WRITE_METHODS, Timing
+
+_ID_SEGMENT = re.compile(
+    r"""^(
+        \d+                                   # numbers
+      | [0-9a-fA-F]{8}-[0-9a-fA-F-]{27}       # UUIDs
+      | [0-9a-fA-F]{12,}                      # hex digests
+      | stk_[a-z2-7]+                         # shadowtape tokens
+      | (?=[^/]*\d)[A-Za-z0-9_.~-]{10,}       # long mixed ids such as ord_8f3k2a91
+    )$""",
+    re.VERBOSE,
+)
+
+
+def stable_hash(*parts: str | int) -> int:
+    """A 64-bit hash that is the same on every machine and run (Python's hash() is salted)."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(str(p).encode("utf-8", "surrogateescape"))
+        h.update(b"\x00")
+    return int.from_bytes(h.digest(), "big")
+
+
+def in_shard(session_id: str, index: int, count: int) -> bool:
+    return count == 1 or stable_hash("shard", session_id) % count == index
+
+
+def is_write(method: str) -> bool:
+    return method.upper() in WRITE_METHODS
+
+
+def step_key(method: str, path: str | None, route: str | None = None) -> str:
+    """What makes two requests 'the same step' in different sessions: the route template when
+    capture or sanitize knew it, else the path with id-like segments folded to {id}."""
+    if route:
+        return route if " " in route else f"{method.upper()} {route}"
+    raw = (path or "/").split("?", 1)[0]
+    segments = ["{id}" if _ID_SEGMENT.match(s) else s for s in raw.split("/")]
+    return f"{method.upper()} {'/'.join(segments) or '/'}"
+
+
+class SessionSampler:
+    """Picks `n` sessions reproducibly: the n smallest seeded hashes of distinct session ids.
+
+    Streaming and O(n): a session is kept only while its hash is among the n smallest seen.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self._heap: list[tuple[int, str]] = []  # max-heap by negated hash
+        self._members: set[str] = set()
+
+    def offer(self, session_id: str) -> None:
+        if session_id in self._members or self.n <= 0:
+            return
+        h = stable_hash("sample", self.seed, session_id)
+        if len(self._heap) < self.n:
+            heapq.heappush(self._heap, (-h, session_id))
+            self._members.add(session_id)
+        elif h < -self._heap[0][0]:
+            _, dropped = heapq.heapreplace(self._heap, (-h, session_id))
+            self._members.discard(dropped)
+            self._members.add(session_id)
+
+    def selected(self) -> frozenset[str]:
+        return frozenset(self._members)
+
+
+@dataclass(slots=True)
+class OrderTracker:
+    """How far back in time records jump in storage order: the reorder window that makes a
+    bounded buffer emit them exactly sorted."""
+
+    count: int = 0
+    first_us: int | None = None
+    last_us: int | None = None
+    running_max: int | None = None
+    disorder_us: int = 0
+
+    def add(self, started_at: Iterable[int]) -> None:
+        for v in started_at:
+            self.count += 1
+            if self.first_us is None or v < self.first_us:
+                self.first_us = v
+            if self.last_us is None or v > self.last_us:
+                self.last_us = v
+            if self.running_max is None or v > self.running_max:
+                self.running_max = v
+            elif self.running_max - v > self.disorder_us:
+                self.disorder_us = self.running_max - v
+
+
+@dataclass(order=True, slots=True)
+class _Held:
+    started_at: int
+    session_id: str
+    seq: int
+    arrival: int
+    row: Any = field(compare=False)
+
+
+class ReorderBuffer:
+    """Puts rows back in recorded order (started_at, then session and seq).
+
+    A row is released once no row still to come can sort before it: rows arrive at most
+    `window_us` earlier than the latest seen (measured in a first pass). `max_rows` caps memory
+    for datasets stored in a wildly different order; rows released early that way are counted.
+    """
+
+    def __init__(self, window_us: int, max_rows: int) -> None:
+        self.window_us = window_us
+        self.max_rows = max_rows
+        self._heap: list[_Held] = []
+        self._latest: int | None = None
+        self._arrivals = 0
+        self._released_at: int | None = None
+        self.forced = 0  # released before their window closed (buffer full)
+        self.late = 0  # arrived after a later row was already released
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        started = row["started_at"]
+        if self._released_at is not None and started < self._released_at:
+            self.late += 1
+        self._arrivals += 1
+        heapq.heappush(
+            self._heap, _Held(started, row["session_id"], row["seq"], self._arrivals, row)
+        )
+        if self._latest is None or started > self._latest:
+            self._latest = started
+        while self._heap and (
+            self._heap[0].started_at <= self._latest - self.window_us
+            or len(self._heap) > self.max_rows
+        ):
+            if self._heap[0].started_at > self._latest - self.window_us:
+                self.forced += 1
+            yield self._release()
+
+    def drain(self) -> Iterator[dict[str, Any]]:
+        while self._heap:
+            yield self._release()
+
+    def _release(self) -> dict[str, Any]:
+        held = heapq.heappop(self._heap)
+        self._released_at = held.started_at
+        return held.row
+
+
+class OffsetClock:
+    """Recorded time -> seconds after the replay origin, for rows given in recorded order.
+
+    Offsets come from one fixed origin (never from summed sleeps), so small oversleeps cannot
+    add up to drift. Idle gaps longer than `max_gap` are cut to `max_gap` before scaling.
+    """
+
+    def __init__(self, timing: Timing, origin_us: int, max_gap: float | None = None) -> None:
+        self.timing = timing
+        self.origin_us = origin_us
+        self.max_gap_us = None if max_gap is None else int(max_gap * 1_000_000)
+        self._prev_us: int | None = None
+        self._compressed_us = 0
+        self._count = 0
+
+    def offset(self, started_at_us: int) -> float:
+        """Seconds after the origin at which this row is due (0 for `max`)."""
+        if self._prev_us is None:
+            # The first row of a shard may come after the shared origin; keep that gap too.
+            gap = max(0, started_at_us - self.origin_us)
+        else:
+            gap = max(0, started_at_us - self._prev_us)
+        if self.max_gap_us is not None:
+            gap = min(gap, self.max_gap_us)
+        self._prev_us = (
+            started_at_us if self._prev_us is None else max(self._prev_us, started_at_us)
+        )
+        self._compressed_us += gap
+        index = self._count
+        self._count += 1
+        if self.timing.mode == "speed":
+            return self._compressed_us / 1_000_000 / self.timing.speed
+        if self.timing.mode == "rate":
+            return index / self.timing.rate
+        return 0.0
+
+    @property
+    def recorded_span(self) -> float:
+        """Recorded seconds covered so far, after gap capping."""
+        return self._compressed_us / 1_000_000
+
+
+def planned_duration(
+    timing: Timing, started_at_sorted: Iterable[int], origin_us: int, max_gap: float | None
+) -> float | None:
+    """How long dispatch takes at this timing; None for `max` (it depends on the target)."""
+    if timing.mode == "max":
+        return None
+    clock = OffsetClock(timing, origin_us, max_gap)
+    last = 0.0
+    for v in started_at_sorted:
+        last = clock.offset(v)
+    return last

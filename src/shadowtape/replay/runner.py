@@ -1,0 +1,715 @@
+"""The replay loop: read, order, schedule, send, record; `run_replay(config)` is the one entry.
+
+Rows stream from the dataset (a worker thread reads row groups), pass a reorder buffer, and are
+handed to per-session lanes at their due time; every row yields exactly one results row, sent,
+skipped or failed, even when the run stops early. The loop takes a frozen, picklable
+`ReplayConfig`, so a CLI, a test or a remote worker (a Ray actor) run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shadowtape.errors import InputError
+from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
+from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
+from shadowtape.replay.guardrails import (
+    CircuitBreaker,
+    check_sanitized,
+    check_target_allowed,
+)
+from shadowtape.replay.plan import (
+    OffsetClock,
+    ReorderBuffer,
+    in_shard,
+    is_write,
+    planned_duration,
+    stable_hash,
+    step_key,
+)
+from shadowtape.replay.results import ResultSink, prepare_out_dir, result_row, same_dataset
+from shadowtape.replay.scan import DatasetScan, iter_rows, scan_dataset
+from shadowtape.replay.scheduler import Clock, Lane, MonotonicClock, SessionScheduler, Work
+from shadowtape.replay.sender import (
+    RequestParts,
+    Sender,
+    SendOutcome,
+    TargetMap,
+    build_request,
+)
+from shadowtape.replay.stats import Quantiles, ReplayCounts, ReplaySummary
+from shadowtape.replay.substitute import Correlator, SessionBindings, Substitution
+from shadowtape.replay.traceparent import span_id, trace_id, traceparent
+from shadowtape.schema import (
+    KIND_EXCHANGES,
+    META_POLICY,
+    META_SANITIZED,
+    batch_to_rows,
+    dataset_metadata,
+    iter_batches,
+    uuid7,
+)
+
+REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
+NOISE_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """What a run would do, for `--dry-run`: nothing is sent."""
+
+    sessions: int
+    requests: int
+    to_send: int
+    skipped_writes: int
+    skipped_limit: int
+    not_sampled: int
+    duration_s: float | None
+    timing: str
+    correlation_rules: int
+    shard: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    done: int
+    total: int
+    sent: int
+    in_flight: int
+    errors: int
+    rate: float
+    lateness_p99_us: int
+    elapsed_s: float
+
+
+# --- checks before anything is read or sent --------------------------------------------------
+
+
+def check_config(config: ReplayConfig) -> dict[str, str]:
+    """Every refusal that needs no sending; returns the input dataset's metadata."""
+    check_target_url(config.target)
+    targets = TargetMap(config.target, config.rewrites)
+    for base in targets.bases():
+        check_target_allowed(base, config.allow_hosts)
+    if config.concurrency < 1:
+        raise InputError("--concurrency must be at least 1")
+    if config.on_miss not in ("send-recorded", "skip-session"):
+        raise InputError(f"--on-miss {config.on_miss!r}: use skip-session or send-recorded")
+    meta = dataset_metadata(config.source, KIND_EXCHANGES)
+    if not meta:
+        raise InputError(f"{config.source}: dataset has no Parquet files")
+    check_sanitized(config.source, meta.get(META_SANITIZED) == "true", config.allow_unsanitized)
+    return meta
+
+
+def load_correlation(config: ReplayConfig) -> list[CorrelationRule]:
+    mode = config.correlate
+    if mode == "off":
+        return []
+    if mode == "auto":
+        return learn_rules(iter_rows(config.source))
+    return load_rules(mode)
+
+
+def plan_replay(config: ReplayConfig) -> ReplayPlan:
+    check_config(config)
+    scan = scan_dataset(config, with_times=True)
+    rules = load_correlation(config)
+    times = scan.send_times_us or ()
+    sendable = scan.selected_rows - (0 if config.allow_writes else scan.writes)
+    return ReplayPlan(
+        sessions=scan.sessions,
+        requests=scan.shard_rows,
+        to_send=len(times),
+        skipped_writes=0 if config.allow_writes else scan.writes,
+        skipped_limit=sendable - len(times),
+        not_sampled=scan.shard_rows - scan.selected_rows,
+        duration_s=planned_duration(config.timing, times, scan.origin_us, config.max_gap),
+        timing=config.timing.describe(),
+        correlation_rules=len(rules),
+        shard=f"{config.shard_index}/{config.shard_count}",
+    )
+
+
+def run_replay(
+    config: ReplayConfig,
+    progress: Callable[[Progress], None] | None = None,
+    clock: Clock | None = None,
+) -> ReplaySummary:
+    """Replay `config.source` against `config.target`; results land in `config.out`.
+
+    Raises InputError for refusals (nothing is sent then). A run stopped by the circuit
+    breaker or by Ctrl-C returns normally with its status; its results are complete files.
+    """
+    meta = check_config(config)
+    if same_dataset(config.source, config.out):
+        raise InputError(f"--out {config.out}: is the input dataset; write results elsewhere")
+    scan = scan_dataset(config)
+    rules = load_correlation(config)
+    out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
+    run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
+    return asyncio.run(run.run())
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _SessionState:
+    trace_id: str
+    bindings: SessionBindings = field(default_factory=SessionBindings)
+    last_seq: int = -(2**62)
+    aborted: str | None = None
+
+
+@dataclass(slots=True)
+class _NoiseCandidate:
+    exchange_id: str
+    session_id: str
+    parts: RequestParts
+    substitutions: list[dict[str, str]]
+
+
+class _Replay:
+    def __init__(
+        self,
+        config: ReplayConfig,
+        scan: DatasetScan,
+        rules: list[CorrelationRule],
+        out_dir: Path,
+        input_meta: dict[str, str],
+        progress: Callable[[Progress], None] | None,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.scan = scan
+        self.rules = rules
+        self.correlator = Correlator(rules)
+        self.out_dir = out_dir
+        self.input_meta = input_meta
+        self.progress = progress
+        self.clock = clock
+        self.run_id = config.run_id or uuid7()
+        self.targets = TargetMap(config.target, config.rewrites)
+        self.counts = ReplayCounts()
+        self.lateness = Quantiles()
+        self.stop_reason: str | None = None
+        self.interrupted = False
+        self.abandon_tail = False
+        self.sendable = 0
+        self.pass1_rows = 0
+        self.noise: dict[str, list[tuple[int, str, _NoiseCandidate]]] = {}
+        self.timer: asyncio.Future[None] | None = None
+
+    # time: one origin, monotonic for scheduling and wall clock for the results
+    def _set_origin(self) -> None:
+        """Fix the schedule origin (and start the --duration timer from it)."""
+        mono = self.clock.now()
+        wall_us = time.time_ns() // 1000
+        self._mono0, self._wall0_us = mono, wall_us
+        if self.config.start_at is not None:
+            self.origin = mono + (self.config.start_at - wall_us / 1_000_000)
+        else:
+            self.origin = mono
+        if self.config.duration is not None and self.timer is None:
+            self.timer = asyncio.ensure_future(self._stop_after(self.origin + self.config.duration))
+
+    def wall_us(self, t: float | None) -> int | None:
+        if t is None:
+            return None
+        return self._wall0_us + round((t - self._mono0) * 1_000_000)
+
+    async def run(self) -> ReplaySummary:
+        cfg = self.config
+        started = time.monotonic()
+        self.stop = asyncio.Event()
+        self.breaker = CircuitBreaker(cfg.breaker)
+        self.sender = Sender(cfg, self.breaker, now=self.clock.now)
+        metadata = {"shadowtape.run_id": self.run_id}
+        for key in (META_SANITIZED, META_POLICY):
+            if key in self.input_meta:
+                metadata[key] = self.input_meta[key]
+        self.sink = ResultSink(self.out_dir, cfg.prefix, metadata)
+        self.sink.set_summary({"run_id": self.run_id, "status": "running", "config": cfg.to_json()})
+        self.scheduler = SessionScheduler(
+            self.clock,
+            self._handle,
+            new_state=lambda sid: _SessionState(trace_id(self.run_id, sid)),
+            abandon=self._abandon,
+            max_pending=max(1024, cfg.concurrency * 8),
+            idle_us=int(cfg.session_timeout * 1_000_000),
+            stop=self.stop,
+        )
+        restore = self._install_signals()
+        ticker = asyncio.ensure_future(self._tick(started))
+        try:
+            await self._dispatch_all()
+            await self.scheduler.join()
+            if self.scheduler.failure is not None:
+                raise self.scheduler.failure
+            if cfg.noise_sample > 0 and not self.stop_reason:
+                await self._noise_pass()
+        except BaseException:
+            self.scheduler.cancel_all()
+            await self.scheduler.join_cancelled()
+            await self.sender.aclose()
+            self.sink.abort()
+            raise
+        finally:
+            restore()
+            ticker.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
+        await self.sender.aclose()
+        self.counts.sessions = self.scheduler.lanes_created
+        if self.abandon_tail:
+            self.counts.rows_not_written = self.scan.shard_rows - self.pass1_rows
+        summary = self._summary(time.monotonic() - started, [])
+        self.sink.set_summary(self._metadata(summary))
+        files = await self.sink.close()
+        summary.files = [str(f) for f in files]
+        if self.progress is not None:
+            self.progress(self._snapshot(time.monotonic() - started, 0.0))
+        return summary
+
+    def _summary(self, elapsed: float, files: list[str]) -> ReplaySummary:
+        if self.interrupted:
+            status, reason = "interrupted", "interrupted (Ctrl-C)"
+        elif self.breaker.trip is not None:
+            status, reason = "circuit_open", self.breaker.trip.reason
+        else:
+            status = "complete"
+            reason = "duration reached" if self.stop_reason == "duration" else None
+        return ReplaySummary(
+            run_id=self.run_id,
+            status=status,
+            reason=reason,
+            counts=self.counts,
+            lateness_p50_us=self.lateness.quantile(0.5),
+            lateness_p99_us=self.lateness.quantile(0.99),
+            lateness_max_us=self.lateness.max,
+            elapsed_s=round(elapsed, 3),
+            files=files,
+            config=self.config.to_json(),
+            correlation_rules=len(self.rules),
+        )
+
+    def _metadata(self, summary: ReplaySummary) -> dict[str, Any]:
+        data = summary.to_json()
+        data.pop("files")
+        data["schedule"] = {
+            "origin_recorded_us": self.scan.origin_us,
+            "origin_wall_us": self.wall_us(self.origin),
+            "reorder_window_us": self.scan.disorder_us,
+        }
+        data["correlation"] = [r.to_yaml() for r in self.rules]
+        data["staging_body"] = "decoded (Content-Encoding removed by the client)"
+        data["complete"] = self.counts.rows_not_written == 0
+        return data
+
+    # --- signals, timers, progress ------------------------------------------------------
+
+    def _install_signals(self) -> Callable[[], None]:
+        if not self.config.handle_signals or threading.current_thread() is not (
+            threading.main_thread()
+        ):
+            return lambda: None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigint)
+
+        def restore() -> None:
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+
+        return restore
+
+    def _on_sigint(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.interrupted:
+            # First Ctrl-C: stop dispatching, let in-flight requests finish within the grace.
+            self.interrupted = True
+            self._request_stop("interrupted")
+            loop.call_later(self.config.grace, self.scheduler.cancel_all)
+        else:
+            # Second: stop now; rows not yet accounted are counted as not written.
+            self.abandon_tail = True
+            self.scheduler.cancel_all()
+
+    def _request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop.set()
+
+    async def _stop_after(self, deadline: float) -> None:
+        await self.clock.sleep_until(deadline)
+        self._request_stop("duration")
+
+    def _snapshot(self, elapsed: float, rate: float) -> Progress:
+        return Progress(
+            done=self.pass1_rows,
+            total=self.scan.shard_rows,
+            sent=self.counts.sent,
+            in_flight=self.sender.in_flight,
+            errors=self.counts.failed + self.counts.status_classes.get("5xx", 0),
+            rate=rate,
+            lateness_p99_us=self.lateness.quantile(0.99),
+            elapsed_s=elapsed,
+        )
+
+    async def _tick(self, started: float) -> None:
+        if self.progress is None:
+            return
+        last_t, last_sent = time.monotonic(), 0
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            rate = (self.counts.sent - last_sent) / max(now - last_t, 1e-9)
+            last_t, last_sent = now, self.counts.sent
+            self.progress(self._snapshot(now - started, rate))
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[list[dict[str, Any]]]:
+        cfg = self.config
+        for batch in iter_batches(cfg.source, KIND_EXCHANGES):
+            rows = batch_to_rows(batch)
+            if cfg.shard_count > 1:
+                rows = [
+                    r for r in rows if in_shard(r["session_id"], cfg.shard_index, cfg.shard_count)
+                ]
+            yield rows
+
+    async def _dispatch_all(self) -> None:
+        cfg = self.config
+        reorder = ReorderBuffer(self.scan.disorder_us, cfg.reorder_limit)
+        timing = cfg.timing
+        if timing.mode == "rate" and cfg.shard_count > 1:
+            # --rate is the overall rate: each of N senders takes its share.
+            timing = Timing("rate", rate=timing.rate / cfg.shard_count)
+        self.offsets = OffsetClock(timing, self.scan.origin_us, cfg.max_gap)
+        sampled = self.scan.sampled
+        batches = self._batches()
+        first = True
+        while not self.abandon_tail:
+            rows = await asyncio.to_thread(next, batches, None)
+            if first:
+                # The origin is set once the first rows are here, so reading the first row
+                # group does not make the first requests late.
+                self._set_origin()
+                first = False
+            if rows is None:
+                break
+            for row in rows:
+                if self.abandon_tail:
+                    break
+                if sampled is not None and row["session_id"] not in sampled:
+                    await self._skip(row, "not_sampled")
+                    continue
+                for ready in reorder.push(row):
+                    await self._dispatch(ready)
+        for ready in reorder.drain():
+            if self.abandon_tail:
+                break
+            await self._dispatch(ready)
+        self.counts.reorder_forced = reorder.forced
+
+    async def _dispatch(self, row: dict[str, Any]) -> None:
+        cfg = self.config
+        if self.stop_reason is not None:
+            await self._skip(row, self.stop_reason)
+            return
+        sid = row["session_id"]
+        skip = None
+        if is_write(row["method"]) and not cfg.allow_writes:
+            skip = "write_not_allowed"
+        elif row.get("request_body_truncated"):
+            skip = "request_body_truncated"
+        if skip is not None:
+            # Through the lane, so the session's later requests know this step gave no value.
+            await self.scheduler.submit(Work(sid, row, None, skip), row["started_at"])
+            return
+        if cfg.limit is not None and self.sendable >= cfg.limit:
+            await self._skip(row, "limit")
+            return
+        self.sendable += 1
+        offset = self.offsets.offset(row["started_at"])
+        due = None
+        if cfg.timing.mode != "max":
+            if cfg.duration is not None and offset > cfg.duration:
+                self._request_stop("duration")
+                await self._skip(row, "duration")
+                return
+            due = self.origin + offset
+        if not await self.scheduler.submit(Work(sid, row, due), row["started_at"]):
+            await self._skip(row, self.stop_reason or "interrupted")
+
+    # --- per request ---------------------------------------------------------------------
+
+    async def _skip(
+        self,
+        row: dict[str, Any],
+        reason: str,
+        substitutions: list[dict[str, str]] | None = None,
+    ) -> None:
+        await self.sink.add(self._skip_row(row, reason, substitutions))
+
+    def _skip_row(
+        self, row: dict[str, Any], reason: str, substitutions: list[dict[str, str]] | None = None
+    ) -> dict[str, Any]:
+        self.counts.skipped[reason] += 1
+        self.counts.rows += 1
+        self.pass1_rows += 1
+        return result_row(
+            row,
+            run_id=self.run_id,
+            replay_pass=1,
+            outcome="skipped",
+            skip_reason=reason,
+            attempts=0,
+            retries=0,
+            substitutions=substitutions or [],
+        )
+
+    def _abandon(self, lane: Lane, work: Work) -> None:
+        self.sink.add_nowait(self._skip_row(work.row, work.skip_reason or "interrupted"))
+
+    def _learn(self, lane: Lane, row: dict[str, Any], outcome: SendOutcome | None) -> None:
+        if not self.correlator:
+            return
+        staged = outcome is not None and outcome.status is not None
+        self.correlator.learn(
+            lane.state.bindings,
+            step_key(row["method"], row.get("path"), row.get("route")),
+            row.get("response_headers") or [],
+            row.get("response_body"),
+            outcome.headers if staged else None,
+            outcome.body if staged else None,
+        )
+
+    async def _handle(self, lane: Lane, work: Work) -> None:
+        row, state = work.row, lane.state
+        reason = work.skip_reason or state.aborted or self.stop_reason
+        if reason is not None:
+            self._learn(lane, row, None)
+            await self._skip(row, reason)
+            return
+        if row["seq"] < state.last_seq:
+            self.counts.out_of_order += 1
+        state.last_seq = max(state.last_seq, row["seq"])
+        parts = parts_of(row)
+        subs: list[Substitution] = []
+        if self.correlator:
+            subs = self.correlator.apply(state.bindings, parts)
+            for s in subs:
+                (self.counts.misses if s.outcome == "miss" else self.counts.substitutions)[
+                    s.rule
+                ] += 1
+        sub_rows = [s.as_row() for s in subs]
+        if self.config.on_miss == "skip-session" and any(s.outcome == "miss" for s in subs):
+            state.aborted = "session_aborted"  # the rest of the session, after the miss
+            self.counts.sessions_skipped_on_miss += 1
+            self._learn(lane, row, None)
+            await self._skip(row, "correlation_miss", sub_rows)
+            return
+        outcome = await self._send(row, parts, state.trace_id, 1, work.scheduled, sub_rows)
+        self._learn(lane, row, outcome)
+        if (
+            self.config.noise_sample > 0
+            and outcome.status is not None
+            and row["method"].upper() in NOISE_METHODS
+        ):
+            self._offer_noise(row, parts, sub_rows)
+
+    async def _send(
+        self,
+        row: dict[str, Any],
+        parts: RequestParts,
+        trace: str,
+        replay_pass: int,
+        scheduled: float | None,
+        sub_rows: list[dict[str, str]],
+    ) -> SendOutcome:
+        cfg = self.config
+        replay_id = uuid7()
+        span = span_id(self.run_id, row["id"], replay_pass)
+        extra = (
+            *cfg.headers,
+            ("traceparent", traceparent(trace, span)),
+            (REPLAY_ID_HEADER, replay_id),
+        )
+        request = build_request(parts, self.targets, keep_host=cfg.keep_host, extra_headers=extra)
+        common = {
+            "run_id": self.run_id,
+            "replay_id": replay_id,
+            "replay_pass": replay_pass,
+            "trace_id": trace,
+            "span_id": span,
+            "target_url": request.url,
+            "scheduled_at": self.wall_us(scheduled),
+            "substitutions": sub_rows,
+        }
+        try:
+            outcome = await self.sender.send(request, retry_key=f"{row['id']}/{replay_pass}")
+        except asyncio.CancelledError:
+            if replay_pass == 1:
+                self.counts.failed += 1
+            self._count_row(replay_pass)
+            self.sink.add_nowait(
+                result_row(
+                    row,
+                    **common,
+                    outcome="failed",
+                    staging_error="interrupted: still in flight when the grace period ended",
+                    attempts=1,
+                    retries=0,
+                )
+            )
+            raise
+        if self.breaker.open:
+            self._request_stop("circuit_open")
+        fields = self._outcome_fields(outcome, scheduled, replay_pass)
+        await self.sink.add(result_row(row, **common, **fields))
+        self._count_row(replay_pass)
+        return outcome
+
+    def _count_row(self, replay_pass: int) -> None:
+        self.counts.rows += 1
+        if replay_pass == 1:
+            self.pass1_rows += 1
+        else:
+            self.counts.noise_rows += 1
+
+    def _outcome_fields(
+        self, outcome: SendOutcome, scheduled: float | None, replay_pass: int
+    ) -> dict[str, Any]:
+        c = self.counts
+        c.retries += outcome.retries
+        sent_us = self.wall_us(outcome.sent_at)
+        scheduled_us = self.wall_us(scheduled)
+        lateness = None
+        main_pass = replay_pass == 1
+        if sent_us is not None and scheduled_us is not None:
+            lateness = sent_us - scheduled_us
+            if main_pass:  # the noise pass has no schedule to keep
+                self.lateness.add(lateness)
+        error = outcome.error
+        if outcome.status is None:
+            c.failed += main_pass
+            c.noise_failed += not main_pass
+            result = "failed"
+        else:
+            if main_pass:
+                c.sent += 1
+                c.status_classes[f"{outcome.status // 100}xx"] += 1
+            else:
+                c.noise_sent += 1
+            result = "sent"
+            if outcome.body_truncated:
+                c.staging_body_truncated += 1
+            if outcome.undecodable:
+                c.undecodable_bodies += 1
+                error = "staging body has a Content-Encoding this client cannot decode; not kept"
+        return {
+            "outcome": result,
+            "sent_at": sent_us,
+            "first_byte_at": self.wall_us(outcome.first_byte_at),
+            "done_at": self.wall_us(outcome.done_at),
+            "lateness_us": lateness,
+            "attempts": outcome.attempts,
+            "retries": outcome.retries,
+            "staging_status": outcome.status,
+            "staging_reason": outcome.reason,
+            "staging_http_version": outcome.http_version,
+            "staging_headers": outcome.headers,
+            "staging_body": outcome.body,
+            "staging_body_truncated": outcome.body_truncated,
+            "staging_error": error,
+        }
+
+    # --- noise pass: a seeded sample of GETs sent a second time -------------------------
+
+    def _offer_noise(
+        self, row: dict[str, Any], parts: RequestParts, sub_rows: list[dict[str, str]]
+    ) -> None:
+        step = step_key(row["method"], row.get("path"), row.get("route"))
+        heap = self.noise.get(step)
+        if heap is None:
+            if len(self.noise) >= 10_000:
+                return
+            heap = self.noise[step] = []
+        priority = stable_hash("noise", self.config.seed, row["id"])
+        item = (
+            -priority,
+            row["id"],
+            _NoiseCandidate(row["id"], row["session_id"], parts, sub_rows),
+        )
+        # Keep the n smallest priorities per step: any step can give all n if it must.
+        if len(heap) < self.config.noise_sample:
+            heapq.heappush(heap, item)
+        elif -heap[0][0] > priority:
+            heapq.heapreplace(heap, item)
+
+    def _choose_noise(self) -> dict[str, _NoiseCandidate]:
+        """Round robin over steps (sorted), smallest priority first: a spread sample."""
+        queues = {
+            step: [c for _, _, c in sorted(heap, key=lambda e: (-e[0], e[1]))]
+            for step, heap in sorted(self.noise.items())
+        }
+        chosen: dict[str, _NoiseCandidate] = {}
+        while len(chosen) < self.config.noise_sample and any(queues.values()):
+            for queue in queues.values():
+                if queue and len(chosen) < self.config.noise_sample:
+                    c = queue.pop(0)
+                    chosen[c.exchange_id] = c
+        return chosen
+
+    async def _noise_pass(self) -> None:
+        chosen = self._choose_noise()
+        self.noise.clear()
+        if not chosen:
+            return
+        wanted = set(chosen)
+
+        def collect() -> list[dict[str, Any]]:
+            found = []
+            for row in iter_rows(self.config.source):
+                if row["id"] in wanted:
+                    found.append(row)
+                    wanted.discard(row["id"])
+                    if not wanted:
+                        break
+            return found
+
+        rows = await asyncio.to_thread(collect)
+
+        async def resend(row: dict[str, Any]) -> None:
+            if self.stop.is_set():
+                return
+            c = chosen[row["id"]]
+            parts = RequestParts(
+                c.parts.method,
+                c.parts.host,
+                c.parts.path,
+                list(c.parts.query),
+                list(c.parts.headers),
+                c.parts.body,
+            )
+            await self._send(
+                row,
+                parts,
+                trace_id(self.run_id, c.session_id),
+                2,
+                self.clock.now(),
+                c.substitutions,
+            )
+
+        await asyncio.gather(*(resend(r) for r in rows))

@@ -1,0 +1,103 @@
+"""A first, cheap pass over a dataset (a few small columns): what a replay will see.
+
+It gives the schedule origin (the earliest recorded request, over all shards, so independent
+senders agree), how far rows are stored out of order (the reorder window), which sessions a
+`--sessions` sample and a `--shard` select, and the figures of a dry run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from shadowtape.errors import InputError
+from shadowtape.replay.config import ReplayConfig
+from shadowtape.replay.plan import OrderTracker, SessionSampler, in_shard, is_write
+from shadowtape.schema import KIND_EXCHANGES, batch_to_rows, iter_batches
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetScan:
+    total_rows: int
+    shard_rows: int  # rows this sender accounts for (one results row each)
+    selected_rows: int  # of those, in the --sessions sample
+    sessions: int  # distinct selected sessions (dry runs only; 0 otherwise)
+    writes: int  # selected rows with a write method
+    origin_us: int
+    disorder_us: int
+    sampled: frozenset[str] | None
+    send_times_us: tuple[int, ...] | None = None  # sorted; only when asked for (dry run)
+
+
+def _column(batch: pa.RecordBatch, name: str) -> list:
+    col = batch.column(name)
+    if pa.types.is_timestamp(col.type):
+        col = col.cast(pa.int64())
+    return col.to_pylist()
+
+
+def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
+    columns = ["session_id", "started_at", "method"]
+    tracker = OrderTracker()
+    sampler = SessionSampler(config.sessions, config.seed) if config.sessions else None
+    if sampler is not None:
+        for batch in iter_batches(config.source, KIND_EXCHANGES, columns=columns):
+            for sid in batch.column("session_id").to_pylist():
+                sampler.offer(sid)
+    sampled = sampler.selected() if sampler is not None else None
+    shard_rows = selected = writes = 0
+    sessions: set[str] = set()
+    times: list[np.ndarray] = []
+    for batch in iter_batches(config.source, KIND_EXCHANGES, columns=columns):
+        started = _column(batch, "started_at")
+        tracker.add(started)
+        keep: list[int] = []
+        for sid, start, method in zip(
+            batch.column("session_id").to_pylist(),
+            started,
+            batch.column("method").to_pylist(),
+            strict=True,
+        ):
+            if not in_shard(sid, config.shard_index, config.shard_count):
+                continue
+            shard_rows += 1
+            if sampled is not None and sid not in sampled:
+                continue
+            selected += 1
+            if with_times:  # distinct sessions cost memory per session: dry runs only
+                sessions.add(sid)
+            write = is_write(method)
+            writes += write
+            if with_times and (config.allow_writes or not write):
+                keep.append(start)
+        if keep:
+            times.append(np.asarray(keep, dtype=np.int64))
+    if tracker.count == 0 or tracker.first_us is None:
+        raise InputError(f"{config.source}: dataset has no exchanges to replay")
+    send_times = None
+    if with_times:
+        merged = np.sort(np.concatenate(times)) if times else np.empty(0, dtype=np.int64)
+        if config.limit is not None:
+            merged = merged[: config.limit]
+        send_times = tuple(int(v) for v in merged)
+    return DatasetScan(
+        total_rows=tracker.count,
+        shard_rows=shard_rows,
+        selected_rows=selected,
+        sessions=len(sessions),
+        writes=writes,
+        origin_us=tracker.first_us,
+        disorder_us=tracker.disorder_us,
+        sampled=sampled,
+        send_times_us=send_times,
+    )
+
+
+def iter_rows(source: str) -> Iterator[dict[str, Any]]:
+    """Every row of a dataset as a dict, row group by row group."""
+    for batch in iter_batches(source, KIND_EXCHANGES):
+        yield from batch_to_rows(batch)

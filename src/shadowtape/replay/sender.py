@@ -1,0 +1,330 @@
+"""How a recorded request is sent: rebuilt faithfully, sent with httpx, retried when safe.
+
+`build_request` is pure (recorded parts in, the exact request out); `Sender` owns the one
+shared `httpx.AsyncClient`, the in-flight bound and the tenacity retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_result,
+    stop_after_attempt,
+)
+
+from shadowtape.replay.config import ReplayConfig, RewriteRule
+from shadowtape.replay.guardrails import CircuitBreaker
+from shadowtape.replay.plan import stable_hash
+from shadowtape.replay.transport import ShardedPoolTransport
+
+Pairs = list[tuple[str, str]]
+
+# Connection-level headers describe the recorded hop, not the request; httpx sets its own.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    }
+)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Failures where the request never reached the server, so a retry cannot repeat a side effect.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(slots=True)
+class RequestParts:
+    """The parts of a recorded request that replay may change (correlation, rewrites)."""
+
+    method: str
+    host: str | None
+    path: str
+    query: Pairs
+    headers: Pairs
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRequest:
+    method: str
+    url: str
+    headers: Pairs
+    body: bytes | None
+
+
+class TargetMap:
+    """Recorded host and path -> the URL to send to, by --target and --rewrite rules."""
+
+    def __init__(self, target: str, rewrites: tuple[RewriteRule, ...] = ()) -> None:
+        self.default = target.rstrip("/")
+        self.hosts = {r.match: r.replace for r in rewrites if r.kind == "host"}
+        # Longest prefix first, so /api/v1/ wins over /api/.
+        self.paths = sorted((r for r in rewrites if r.kind == "path"), key=lambda r: -len(r.match))
+
+    def bases(self) -> list[str]:
+        return [self.default, *self.hosts.values()]
+
+    def resolve(self, host: str | None, path: str) -> tuple[str, str]:
+        base = self.hosts.get((host or "").lower(), self.default)
+        for rule in self.paths:
+            if path.startswith(rule.match):
+                path = rule.replace + path[len(rule.match) :]
+                break
+        return base, path
+
+
+def _netloc(base: str) -> str:
+    parts = urlsplit(base)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return host if parts.port in (None, default) else f"{host}:{parts.port}"
+
+
+def set_header(headers: Pairs, name: str, value: str) -> None:
+    """Override a header in place: the first occurrence keeps its position, repeats go."""
+    lower = name.lower()
+    found = False
+    out: Pairs = []
+    for n, v in headers:
+        if n.lower() == lower:
+            if not found:
+                out.append((n, value))
+                found = True
+            continue
+        out.append((n, v))
+    if not found:
+        out.append((name, value))
+    headers[:] = out
+
+
+def build_request(
+    parts: RequestParts,
+    targets: TargetMap,
+    *,
+    keep_host: bool = False,
+    extra_headers: tuple[tuple[str, str], ...] = (),
+) -> OutgoingRequest:
+    """The request as staging will see it: recorded header order and repeats kept."""
+    raw_path = parts.path or "/"
+    query = list(parts.query)
+    if "?" in raw_path:
+        raw_path, _, inline = raw_path.partition("?")
+        if not query and inline:
+            # A path that still carries its query string: send the string as it was.
+            raw_path = f"{raw_path}?{inline}"
+    if not raw_path.startswith("/"):
+        raw_path = "/" + raw_path
+    base, path = targets.resolve(parts.host, raw_path)
+    base_path = urlsplit(base).path.rstrip("/")
+    url = base.rstrip("/")[: len(base.rstrip("/")) - len(base_path)] + base_path + path
+    if query:
+        url += ("&" if "?" in path else "?") + urlencode(query)
+    body = parts.body
+    headers: Pairs = []
+    for name, value in parts.headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or name.startswith(":"):
+            continue
+        if lower == "host" and not keep_host:
+            value = _netloc(base)
+        elif lower == "content-length":
+            # Bodies change (sanitize, correlation): the length must describe what is sent.
+            value = str(len(body or b""))
+        headers.append((name, value))
+    for name, value in extra_headers:
+        set_header(headers, name, value)
+    return OutgoingRequest(parts.method.upper(), url, headers, body)
+
+
+@dataclass(slots=True)
+class SendOutcome:
+    """What happened to one request, final attempt; times are monotonic seconds."""
+
+    sent_at: float | None = None
+    first_byte_at: float | None = None
+    done_at: float | None = None
+    status: int | None = None
+    reason: str | None = None
+    http_version: str | None = None
+    headers: Pairs = field(default_factory=list)
+    body: bytes | None = None
+    body_truncated: bool = False
+    undecodable: bool = False
+    error: str | None = None
+    attempts: int = 0
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - 1)
+
+
+class _AttemptFailed(Exception):
+    """Carries a transport failure out of one attempt so tenacity can decide on a retry."""
+
+    def __init__(self, exc: BaseException, not_sent: bool) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+        self.not_sent = not_sent
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+class Sender:
+    """Sends requests over one shared client, at most `concurrency` in flight."""
+
+    def __init__(
+        self,
+        config: ReplayConfig,
+        breaker: CircuitBreaker,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.breaker = breaker
+        self.now = now
+        self.slots = asyncio.Semaphore(config.concurrency)
+        self.in_flight = 0
+        t = config.timeouts
+        http1, http2 = {"1.1": (True, False), "2": (False, True)}.get(config.http, (True, True))
+        self.client = httpx.AsyncClient(
+            transport=ShardedPoolTransport(
+                config.concurrency, http1=http1, http2=http2, verify=config.tls_verify
+            ),
+            timeout=httpx.Timeout(t.read, connect=t.connect, pool=t.total),
+            follow_redirects=False,
+            # Staging's cookies belong to replayed sessions (correlation handles them); a
+            # shared jar would leak them across sessions and grow without bound.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def send(self, request: OutgoingRequest, retry_key: str) -> SendOutcome:
+        outcome = SendOutcome()
+        idempotent = request.method in IDEMPOTENT
+        policy = self.config.retry
+
+        def should_retry_exc(exc: BaseException) -> bool:
+            if self.breaker.open or not isinstance(exc, _AttemptFailed):
+                return False
+            return exc.not_sent or (idempotent and isinstance(exc.exc, httpx.TransportError))
+
+        def should_retry_result(result: SendOutcome) -> bool:
+            return idempotent and result.status in RETRY_STATUSES and not self.breaker.open
+
+        def wait(state: RetryCallState) -> float:
+            # Seeded jitter: the same run config waits the same way; concurrency cannot change it.
+            n = state.attempt_number
+            rng = random.Random(stable_hash("backoff", self.config.seed, retry_key, n))
+            step = min(policy.max_backoff, policy.backoff * 2 ** (n - 1))
+            return step * (0.5 + 0.5 * rng.random())
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, policy.attempts)),
+            wait=wait,
+            retry=retry_if_exception(should_retry_exc) | retry_if_result(should_retry_result),
+            retry_error_callback=lambda state: state.outcome.result(),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    result = await self._attempt(request, outcome)
+                if not attempt.retry_state.outcome.failed:
+                    attempt.retry_state.set_result(result)
+        except _AttemptFailed as failed:
+            outcome.error = _describe(failed.exc)
+            outcome.status = outcome.reason = outcome.http_version = outcome.body = None
+            outcome.first_byte_at = None
+            outcome.headers = []
+            outcome.done_at = self.now()
+        return outcome
+
+    async def _attempt(self, request: OutgoingRequest, outcome: SendOutcome) -> SendOutcome:
+        cfg = self.config
+        async with self.slots:
+            outcome.attempts += 1
+            start = self.now()
+            if outcome.sent_at is None:
+                outcome.sent_at = start
+            self.in_flight += 1
+            try:
+                async with asyncio.timeout(cfg.timeouts.total):
+                    # A bare Request, not client.build_request: the client's default headers
+                    # (User-Agent, Accept...) would be merged in and change what was recorded.
+                    response = await self.client.send(
+                        httpx.Request(
+                            request.method,
+                            request.url,
+                            headers=request.headers,
+                            content=request.body,
+                        ),
+                        stream=True,
+                    )
+                    try:
+                        outcome.first_byte_at = self.now()
+                        await self._read(response, outcome)
+                    finally:
+                        await response.aclose()
+            except (httpx.HTTPError, TimeoutError, OSError) as exc:
+                not_sent = isinstance(exc, _NOT_SENT)
+                self.breaker.record(error=True, connect_failure=not_sent)
+                if isinstance(exc, TimeoutError):
+                    exc = TimeoutError(f"no complete answer within {cfg.timeouts.total:g} s")
+                raise _AttemptFailed(exc, not_sent) from None
+            finally:
+                self.in_flight -= 1
+        outcome.done_at = self.now()
+        outcome.error = None
+        self.breaker.record(error=(outcome.status or 0) >= 500)
+        return outcome
+
+    async def _read(self, response: httpx.Response, outcome: SendOutcome) -> None:
+        outcome.status = response.status_code
+        outcome.reason = response.reason_phrase
+        outcome.http_version = response.http_version
+        outcome.headers = [
+            (k.decode("utf-8", "replace"), v.decode("utf-8", "replace"))
+            for k, v in response.headers.raw
+        ]
+        limit = self.config.max_body
+        chunks: list[bytes] = []
+        size = 0
+        outcome.body_truncated = False
+        outcome.undecodable = False
+        try:
+            async for chunk in response.aiter_bytes():
+                if size + len(chunk) > limit:
+                    chunks.append(chunk[: limit - size])
+                    outcome.body_truncated = True
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except httpx.DecodingError:
+            # A Content-Encoding this client cannot decode: keep nothing rather than garbage.
+            outcome.undecodable = True
+            chunks = []
+        outcome.body = b"".join(chunks)

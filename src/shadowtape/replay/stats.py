@@ -1,0 +1,100 @@
+"""Counters and latency figures of a run, and the summary `run_replay` returns.
+
+Everything that is dropped, skipped, retried or failed is counted here; the CLI prints these
+figures and the results files carry them in their metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# Log-spaced buckets (2% wide) keep quantiles of millions of samples in a few hundred ints.
+_GROWTH = 1.02
+_LOG_GROWTH = math.log(_GROWTH)
+
+
+class Quantiles:
+    """Streaming quantiles of non-negative integers (µs) within 2%; negatives count as 0."""
+
+    def __init__(self) -> None:
+        self._buckets: Counter[int] = Counter()
+        self.count = 0
+        self.max = 0
+
+    def add(self, value: int) -> None:
+        value = max(0, value)
+        self.count += 1
+        self.max = max(self.max, value)
+        self._buckets[0 if value < 1 else 1 + int(math.log(value) / _LOG_GROWTH)] += 1
+
+    def quantile(self, q: float) -> int:
+        if not self.count:
+            return 0
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for bucket in sorted(self._buckets):
+            seen += self._buckets[bucket]
+            if seen >= rank:
+                if bucket == 0:
+                    return 0
+                return min(self.max, int(_GROWTH ** (bucket - 1) * _GROWTH))
+        return self.max
+
+
+@dataclass(slots=True)
+class ReplayCounts:
+    rows: int = 0  # results rows written, noise pass included
+    sent: int = 0
+    failed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    status_classes: Counter[str] = field(default_factory=Counter)
+    sessions: int = 0
+    substitutions: Counter[str] = field(default_factory=Counter)  # per rule
+    misses: Counter[str] = field(default_factory=Counter)  # per rule
+    sessions_skipped_on_miss: int = 0
+    out_of_order: int = 0  # rows whose session had already sent a later seq
+    reorder_forced: int = 0  # rows released before their reorder window closed
+    staging_body_truncated: int = 0
+    undecodable_bodies: int = 0
+    noise_sent: int = 0  # second sends (--noise-sample) that got an answer
+    noise_failed: int = 0
+    noise_rows: int = 0
+    rows_not_written: int = 0  # only when a second Ctrl-C cut the final accounting short
+
+    def to_json(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting pairs.
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = dict(sorted(value.items())) if isinstance(value, Counter) else value
+        return data
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    """What a run did; picklable so a remote worker can hand it back."""
+
+    run_id: str
+    status: str  # complete | interrupted | circuit_open
+    reason: str | None
+    counts: ReplayCounts
+    lateness_p50_us: int
+    lateness_p99_us: int
+    lateness_max_us: int
+    elapsed_s: float
+    files: list[str]
+    config: dict[str, Any]
+    correlation_rules: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return {"complete": 0, "circuit_open": 1, "interrupted": 130}.get(self.status, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in self.__slots__ if k != "counts"}
+        data["counts"] = self.counts.to_json()
+        return data

@@ -1,0 +1,54 @@
+"""Writing report files whole or not at all, and the machine-readable (--json) form."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from shadowtape.report.aggregate import ReportData, RouteFigures
+from shadowtape.report.gates import GateResult
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Temp file, fsync, rename: a reader (a CI job, a browser) never sees half a report."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, p)
+    return p
+
+
+def _route_json(fig: RouteFigures) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in asdict(fig).items() if k != "latency"}
+    out.update(
+        drift_rate=fig.drift_rate,
+        status_mismatch_rate=fig.status_mismatch_rate,
+        error_rate=fig.error_rate,
+        noise_rate=fig.noise_rate,
+    )
+    for q in (50, 95, 99):
+        out[f"p{q}_recorded_ms"] = fig.latency_ms("recorded", q / 100)
+        out[f"p{q}_staging_ms"] = fig.latency_ms("staging", q / 100)
+        out[f"p{q}_latency_ratio"] = fig.latency_ratio(q / 100)
+    return out
+
+
+def report_json(data: ReportData, gates: Sequence[GateResult] = ()) -> dict[str, Any]:
+    return {
+        "results": data.results,
+        "totals": data.totals,
+        "overall": _route_json(data.overall),
+        "routes": [_route_json(r) for r in data.routes],
+        "paths": [asdict(p) for p in data.paths],
+        "gates": [
+            {"rule": g.gate.text, "tripped": g.tripped, "where": [list(w) for w in g.where]}
+            for g in gates
+        ],
+    }

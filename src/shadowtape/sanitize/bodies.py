@@ -1,0 +1,133 @@
+"""Bodies as content: undo Content-Encoding, tell JSON / form / text / binary apart, and put a
+changed body back together in the encoding it came in.
+
+Re-encoding is deterministic (gzip with mtime 0, fixed levels) so that the same input always
+gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import brotli
+
+KNOWN_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate", "br")
+
+JSON = "json"
+FORM = "form"
+TEXT = "text"
+BINARY = "binary"
+
+
+class Undecodable(Exception):
+    """A body we cannot read as content; the policy decides what happens to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContentType:
+    kind: str  # json | form | text | binary
+    charset: str
+
+
+def split_encodings(header: str | None) -> list[str]:
+    if not header:
+        return []
+    return [c.strip().lower() for c in header.split(",") if c.strip().lower() != "identity"]
+
+
+def decode_content(body: bytes, encodings: list[str]) -> bytes:
+    """Undo the encodings, last applied first."""
+    data = body
+    for coding in reversed(encodings):
+        try:
+            if coding in ("gzip", "x-gzip"):
+                data = gzip.decompress(data)
+            elif coding == "deflate":
+                # "deflate" is meant to be zlib-wrapped, but raw deflate is common in the wild.
+                try:
+                    data = zlib.decompress(data)
+                except zlib.error:
+                    data = zlib.decompress(data, -zlib.MAX_WBITS)
+            elif coding == "br":
+                data = brotli.decompress(data)
+            else:
+                raise Undecodable(f"unknown content-encoding {coding!r}")
+        except (OSError, EOFError, zlib.error, brotli.error) as exc:
+            raise Undecodable(f"bad {coding} data ({exc})") from None
+    return data
+
+
+def encode_content(data: bytes, encodings: list[str]) -> bytes:
+    for coding in encodings:
+        if coding in ("gzip", "x-gzip"):
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        elif coding == "deflate":
+            data = zlib.compress(data, 6)
+        elif coding == "br":
+            data = brotli.compress(data, quality=5)
+    return data
+
+
+def classify(content_type: str | None, data: bytes) -> ContentType:
+    """What the body is, from its Content-Type, or sniffed when there is none."""
+    mime, _, params = (content_type or "").partition(";")
+    mime = mime.strip().lower()
+    charset = "utf-8"
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip('"').lower()
+    if mime == "application/json" or mime.endswith("+json") or mime.endswith("/json"):
+        return ContentType(JSON, charset)
+    if mime == "application/x-www-form-urlencoded":
+        return ContentType(FORM, charset)
+    if (
+        mime.startswith("text/")
+        or mime.endswith("+xml")
+        or mime
+        in ("application/xml", "application/javascript", "application/graphql", "application/csv")
+    ):
+        return ContentType(TEXT, charset)
+    if not mime:
+        head = data.lstrip()[:1]
+        if head in (b"{", b"["):
+            return ContentType(JSON, charset)
+        return ContentType(TEXT, charset)
+    return ContentType(BINARY, charset)
+
+
+def decode_text(data: bytes, charset: str) -> str:
+    try:
+        return data.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        raise Undecodable(f"not {charset} text") from None
+
+
+def parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise Undecodable(f"broken JSON ({exc})") from None
+
+
+def dump_json(value: Any, like: str) -> str:
+    """Serialise in the style of the original: compact stays compact."""
+    compact = ", " not in like and ": " not in like
+    separators = (",", ":") if compact else (", ", ": ")
+    return json.dumps(value, ensure_ascii=False, separators=separators)
+
+
+def parse_form(text: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Undecodable(f"bad form body ({exc})") from None
+
+
+def dump_form(pairs: list[tuple[str, str]]) -> str:
+    return urlencode(pairs)
