@@ -4,7 +4,7 @@ The peer is the budget itself (the issue names no other tool): the figure that m
 `ratio` = median demo seconds / 60. Each step's share is timed from when its header line
 appears in the transcript, so a slow stage stands out. Not a test: figures vary with load.
 
-    python bench/demo_runtime.py            # 3 runs of the default 400 requests
+    python bench/demo_runtime.py            # 3 runs of the demo's default request count
     python bench/demo_runtime.py --quick    # 1 run of 150 requests (< 60 s)
 """
 
@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from shadowtape.demo.defaults import DEFAULT_REQUESTS
 
 BUDGET_S = 60.0
 _HEADER = re.compile(r"^\[(\d+)/\d+\] ")
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int)
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
-    requests = args.requests or (150 if args.quick else 400)
+    requests = args.requests or (150 if args.quick else DEFAULT_REQUESTS)
     totals, last_steps = [], {}
     for _ in range(runs):
         total, last_steps = run_once(requests)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import secrets
 import time
@@ -179,13 +180,17 @@ _PAIR_COLUMNS = {"query", "request_headers", "response_headers", "staging_header
 _EXCHANGE_DATACLASS_FIELDS = {f.name for f in fields(Exchange)}
 
 
+_EXCHANGE_ROW = operator.attrgetter(*(f.name for f in _EXCHANGE_FIELDS))
+
+
 def exchanges_to_batch(records: Sequence[Exchange]) -> pa.RecordBatch:
-    """Build one record batch column by column (much faster than row dicts)."""
-    columns = []
-    for f in _EXCHANGE_FIELDS:
-        values = [getattr(r, f.name) for r in records]
-        columns.append(pa.array(values, type=f.type))
-    return pa.RecordBatch.from_arrays(columns, schema=EXCHANGE_SCHEMA)
+    """Records to one batch, transposed in C: one attrgetter call per row and a zip, 2-3x
+    faster than a Python loop per column (measured; capture's writer hot path)."""
+    if not records:
+        return pa.RecordBatch.from_pylist([], schema=EXCHANGE_SCHEMA)
+    columns = zip(*map(_EXCHANGE_ROW, records), strict=True)
+    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, _EXCHANGE_FIELDS, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=EXCHANGE_SCHEMA)
 
 
 def _pairs(value: list[dict[str, str]] | None) -> Pairs:
@@ -480,7 +485,7 @@ class DatasetWriter:
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
         self._final: Path | None = None
-        self._opened_at = 0.0
+        self._first_row_at: float | None = None
         self._file_rows = 0
         self._file_bytes = 0
         self._pending: list[pa.RecordBatch] = []
@@ -512,6 +517,10 @@ class DatasetWriter:
             take = max(1, min(room_group, room_file, batch.num_rows - offset))
             part = batch.slice(offset, take)
             offset += take
+            if self._first_row_at is None:
+                # The roll interval bounds how long a row waits unfinalized, so it runs from
+                # the first row of a file, not from when the writer was made.
+                self._first_row_at = self._clock()
             self._pending.append(part)
             self._pending_rows += take
             self._pending_bytes += part.nbytes
@@ -533,8 +542,10 @@ class DatasetWriter:
         """Whether the roll interval has passed for the open file."""
         if self.roll.max_seconds is None:
             return False
-        has_data = self._writer is not None or self._pending_rows
-        return bool(has_data) and self._clock() - self._opened_at >= self.roll.max_seconds
+        return (
+            self._first_row_at is not None
+            and self._clock() - self._first_row_at >= self.roll.max_seconds
+        )
 
     def _open(self) -> None:
         self._index += 1
@@ -551,7 +562,6 @@ class DatasetWriter:
             compression=self.compression,
             write_statistics=True,
         )
-        self._opened_at = self._clock()
         self._file_rows = 0
         self._file_bytes = 0
 
@@ -590,6 +600,7 @@ class DatasetWriter:
         self._tmp = self._final = None
         self._file_rows = 0
         self._file_bytes = 0
+        self._first_row_at = None
         return final
 
     def close(self) -> list[Path]:

@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,20 @@ def test_key_from_another_variable_or_a_file_gives_the_same_tokens(
     assert dataset_metadata(a)[META_KEY_FINGERPRINT] == dataset_metadata(b)[META_KEY_FINGERPRINT]
     result = cli("import", har_file, "--out", tmp_path / "c", "--key-env", "NOPE_KEY")
     assert result.exit_code == 2 and "NOPE_KEY" in result.stderr
+
+
+def test_zhar_as_mitmproxy_writes_it(har_file, tmp_path, cli, rows_of):
+    zhar = tmp_path / "browser.zhar"
+    zhar.write_bytes(zlib.compress(har_file.read_bytes(), 9))
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    assert cli("import", har_file, "--out", plain).exit_code == 0
+    done = cli("import", zhar, "--out", packed)
+    assert done.exit_code == 0, done.stderr
+    strip = ("id", "session_id", "capture_id")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows_of(packed)] == [
+        {k: v for k, v in r.items() if k not in strip} for r in rows_of(plain)
+    ]
+    cut = tmp_path / "cut.zhar"
+    cut.write_bytes(zhar.read_bytes()[:200])
+    done = cli("import", cut, "--out", tmp_path / "cut")
+    assert done.exit_code == 2 and len(done.stderr.strip().splitlines()) == 1

@@ -16,6 +16,7 @@ from shadowtape.config import (
     find_config,
     load_config,
 )
+from shadowtape.demo.defaults import DEFAULT_REQUESTS
 from shadowtape.errors import InputError
 
 
@@ -184,7 +185,7 @@ def test_no_config_env_ignores_even_a_broken_file(tmp_path, monkeypatch) -> None
     )
     assert ignored.exit_code == 0, ignored.output
     assert "config file: none" in ignored.stdout
-    assert re.search(r"^  --requests\s+400\s+default$", ignored.stdout, re.M)
+    assert re.search(rf"^  --requests\s+{DEFAULT_REQUESTS}\s+default$", ignored.stdout, re.M)
 
 
 def test_the_whole_tree_map_checks_shared_keys_too(tmp_path: Path) -> None:

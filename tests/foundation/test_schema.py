@@ -98,3 +98,20 @@ def test_uuid7_sorts_by_time() -> None:
     ids = [uuid7(t, bytes(10)) for t in (1, 1000, 1001, 2_000_000)]
     assert ids == sorted(ids)
     assert ids[0][14] == "7"
+
+
+def test_roll_interval_runs_from_first_row_of_each_file(tmp_path: Path) -> None:
+    now = [100.0]
+    writer = DatasetWriter(
+        tmp_path, roll=RollPolicy(max_seconds=10, row_group_rows=1), clock=lambda: now[0]
+    )
+    now[0] = 500.0  # a writer idle for long must not roll its next file at once
+    assert not writer.due()
+    writer.write_exchanges([_exchange(0)])
+    now[0] = 505.0
+    assert not writer.due()
+    now[0] = 510.0
+    assert writer.due()
+    writer.finalize_file()
+    assert not writer.due()
+    writer.close()

@@ -22,7 +22,7 @@ def test_terminal_summary_is_loud_about_drift(diffed):
     for needle in (
         "$.full_name: added",
         "$.total: type_changed",
-        "status status: changed",
+        "    status: changed in 6/6 requests",
         "header cache-control: changed",
         "$.categories: reordered",
         "line 2: changed in 6/6 requests  e.g. Version 1 -> Version 2",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +69,42 @@ class ImportSummary:
 
 
 def detect_format(path: Path) -> str:
-    """`har` or `flows`, by content: HAR is JSON, a flow file is tnetstrings."""
+    """`har`, `zhar` or `flows`, by content: HAR is JSON, `.zhar` is zlib-compressed HAR (as
+    mitmproxy's save.har writes it), a flow file is tnetstrings."""
     with open(path, "rb") as fh:
-        head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return "har" if head.startswith(b"{") else "flows"
+        head = fh.read(64)
+    if path.suffix == ".zhar" and head[:1] == b"\x78":
+        return "zhar"
+    return "har" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "flows"
+
+
+class ZlibReader(io.RawIOBase):
+    """A zlib stream decompressed as it is read, so a large .zhar never sits whole in memory."""
+
+    def __init__(self, raw: io.BufferedIOBase, name: str) -> None:
+        self.raw = raw
+        self.name = name
+        self._z = zlib.decompressobj()
+        self._out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._out and not self._z.eof:
+            chunk = self.raw.read(1 << 16)
+            try:
+                self._out = self._z.decompress(chunk) if chunk else self._z.flush()
+            except zlib.error as exc:
+                raise InputError(f"{self.name}: not a valid .zhar (zlib: {exc})") from None
+            if not chunk:
+                if not self._z.eof:
+                    raise InputError(f"{self.name}: ends early; the .zhar looks truncated")
+                break
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
 
 
 def import_files(
@@ -142,7 +175,7 @@ class _ImportRun:
 
     def import_file(self, path: Path) -> None:
         fmt = detect_format(path)
-        records = self._har(path) if fmt == "har" else self._flows(path)
+        records = self._flows(path) if fmt == "flows" else self._har(path, fmt == "zhar")
         for record in records:
             self.summary.entries += 1
             if record is not None:
@@ -168,8 +201,10 @@ class _ImportRun:
         if len(self.summary.problems) < MAX_PROBLEMS_KEPT:
             self.summary.problems.append(message)
 
-    def _har(self, path: Path) -> Iterator[Exchange | None]:
-        with open(path, encoding="utf-8-sig", errors="surrogateescape") as fh:
+    def _har(self, path: Path, compressed: bool) -> Iterator[Exchange | None]:
+        with open(path, "rb") as raw:
+            binary = io.BufferedReader(ZlibReader(raw, str(path))) if compressed else raw
+            fh = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape")
             for item in iter_har_entries(fh, str(path)):
                 try:
                     ex = self._har_entry(path, item)

@@ -12,7 +12,6 @@ running counters in its metadata, so `inspect` can show what was dropped and why
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 import time
 from collections import deque
@@ -20,16 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pyarrow as pa
-
 from shadowtape.schema import (
-    EXCHANGE_COLUMNS,
-    EXCHANGE_SCHEMA,
     KIND_EXCHANGES,
     META_SANITIZED,
     DatasetWriter,
     Exchange,
     RollPolicy,
+    exchanges_to_batch,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,15 +45,6 @@ ROW_GROUP_ROWS = 5000
 DRAIN_MAX = 2000
 # Exchanges held before conversion to Arrow: a row group's worth, or this many body bytes.
 PENDING_BYTES = 16 * 1024 * 1024
-_ROW = operator.attrgetter(*EXCHANGE_COLUMNS)
-
-
-def exchanges_batch(records: Sequence[Exchange]) -> pa.RecordBatch:
-    """schema.exchanges_to_batch, transposed in C: one attrgetter call per row and a zip,
-    instead of a Python loop per column (2-3x faster, measured; the writer's hot path)."""
-    columns = zip(*map(_ROW, records), strict=True)
-    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, EXCHANGE_SCHEMA, strict=True)]
-    return pa.RecordBatch.from_arrays(arrays, schema=EXCHANGE_SCHEMA)
 
 
 @dataclass(slots=True)
@@ -185,7 +172,7 @@ class ExchangeSink:
         # The dataset writer may finalize a file inside write_batch: the counters must be
         # current before, so every file's figures include its own rows.
         self.dataset.set_file_metadata(self.counters.as_metadata())
-        batch = exchanges_batch(self._pending)
+        batch = exchanges_to_batch(self._pending)
         self._pending = []
         self._pending_bytes = 0
         self.dataset.write_batch(batch)

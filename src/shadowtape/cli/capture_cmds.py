@@ -257,9 +257,10 @@ def import_files(
 ) -> None:
     """Turn HAR files and mitmproxy flow files into an exchanges dataset.
 
-    Reads HAR 1.2 (from browsers' dev tools or mitmproxy's save.har) and mitmproxy flow
-    files (`mitmdump -w`), streaming large ones. Credentials are replaced by keyed tokens as
-    in `shadowtape capture`; the same files and key always give the same output.
+    Reads HAR 1.2 (from browsers' dev tools or mitmproxy's save.har, `.zhar` too) and
+    mitmproxy flow files (`mitmdump -w`), streaming large ones. Credentials are replaced
+    by keyed tokens as in `shadowtape capture`; the same files and key always give the same
+    output.
 
     \b
     Example:

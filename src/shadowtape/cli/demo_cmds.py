@@ -10,24 +10,27 @@ import click
 
 from shadowtape.cli.progress import LiveLine
 from shadowtape.config import Config, effective_values
+from shadowtape.demo.defaults import DEFAULT_REQUESTS, DEFAULT_SEED, DEFAULT_WORKDIR
 
 
 @click.command()
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("demo-work"),
+    default=DEFAULT_WORKDIR,
     show_default=True,
     help="Where the datasets and reports go; a re-run replaces the previous run's files.",
 )
 @click.option(
     "--requests",
     type=click.IntRange(min=20),
-    default=400,
+    default=DEFAULT_REQUESTS,
     show_default=True,
     help="How many requests the sample shoppers send.",
 )
-@click.option("--seed", type=int, default=7, show_default=True, help="Seed for the shoppers.")
+@click.option(
+    "--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed for the shoppers."
+)
 @click.option(
     "--keep",
     is_flag=True,

@@ -21,14 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shadowtape.demo.defaults import DEFAULT_REQUESTS, DEFAULT_SEED, DEFAULT_WORKDIR
 from shadowtape.demo.processes import Echo, Service, Timeouts, run_step
 from shadowtape.demo.traffic import SESSION_HEADER, plan_sessions, send_traffic
 from shadowtape.errors import InputError, ShadowtapeError
 
 MARKER = ".shadowtape-demo"
-DEFAULT_WORKDIR = Path("demo-work")
-DEFAULT_REQUESTS = 400
-DEFAULT_SEED = 7
 REPLAY_SPEED = 5
 NOISE_SAMPLE = 50
 # Differences no replay can avoid, pinned as a team would pin them: they stay visible in the

@@ -25,6 +25,7 @@ import click
 import httpx
 
 from shadowtape.demo.data import Person, catalog, person, search_terms
+from shadowtape.demo.defaults import DEFAULT_REQUESTS, DEFAULT_SEED
 
 SESSION_HEADER = "X-Session-Id"
 USER_AGENT = "shadowtape-demo-shopper/1.0"
@@ -54,7 +55,7 @@ def _session_steps(rng: random.Random, shopper: Person) -> list[Step]:
     terms = search_terms(products)
 
     def think() -> float:
-        return round(rng.uniform(0.01, 0.06), 4)
+        return round(rng.uniform(0.005, 0.04), 4)
 
     steps = [Step("register", 0.0), Step("login", think())]
     for page in rng.sample(range(1, 5), rng.randint(1, 2)):
@@ -247,13 +248,13 @@ def generate(base_url: str, requests: int, seed: int, concurrency: int = 8) -> T
 
 @click.command()
 @click.option("--base-url", required=True, help="Where to send: the capture proxy's URL.")
-@click.option("--requests", type=click.IntRange(min=1), default=400, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--requests", type=click.IntRange(min=1), default=DEFAULT_REQUESTS, show_default=True)
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
 def main(base_url: str, requests: int, seed: int, concurrency: int) -> None:
     """Send seeded shopper sessions to the demo shop (normally through `shadowtape capture`).
 
-    Example: python -m shadowtape.demo.traffic --base-url http://127.0.0.1:8080 --requests 400
+    Example: python -m shadowtape.demo.traffic --base-url http://127.0.0.1:8080 --requests 300
     """
     summary = generate(base_url, requests, seed, concurrency)
     click.echo(summary.line())

@@ -58,7 +58,9 @@ class PathFinding:
 
     @property
     def where(self) -> str:
-        return self.location if self.part == "body" else f"{self.part} {self.location}"
+        if self.part in ("body", self.location):  # "status", not "status status"
+            return self.location
+        return f"{self.part} {self.location}"
 
     def headline(self) -> str:
         kinds = "/".join(self.kinds) or "?"

@@ -55,6 +55,8 @@ def execute_notebook(
         nb,
         timeout=timeout_s,
         kernel_name="python3",
+        # The kernel's startup chatter (a transport notice) is not the user's business.
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": str(results_path.parent)}},
     )
     try:

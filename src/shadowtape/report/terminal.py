@@ -120,7 +120,8 @@ def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
     if unsampled:
         lines.append(
             f"No noise sample for {len(unsampled)} routes ({', '.join(unsampled[:3])}"
-            f"{'...' if len(unsampled) > 3 else ''}): replay with --noise-sample to measure"
+            f"{'...' if len(unsampled) > 3 else ''}): noise there is told by volatile kinds "
+            "and pinned rules only (replay --noise-sample sends a sample twice)"
         )
     not_compared = []
     for key, label in (

@@ -201,6 +201,10 @@ def nlp_engine(model: str | None):  # noqa: ANN202 - a Presidio NlpEngine
 
 
 MIN_PHONE_DIGITS = 7
+_IPV4_RE = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+_UUID_ANYWHERE_RE = re.compile(
+    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+)
 _DIGITS = str.maketrans("", "", "0123456789")
 _IBAN_START_RE = re.compile(r"[A-Za-z]{2}\d{2}")
 _IP_HINT_RE = re.compile(r"\d\.\d|:")
@@ -214,8 +218,11 @@ _API_KEY_HINT_RE = re.compile(r"_live_|_test_|AKIA|gh[pousr]_|xox[abprs]-|AIza|g
 # (8 regions, ~0.5 ms) on every SKU, year and count is where the time of a naive pass goes.
 _CANDIDATE: dict[str, Callable[[str, int], bool]] = {
     "EMAIL_ADDRESS": lambda t, d: "@" in t,
-    # E.164 numbers have at most 15 digits: a longer run of digits alone is no phone number.
-    "PHONE_NUMBER": lambda t, d: d >= MIN_PHONE_DIGITS and not (d > 15 and t.isdigit()),
+    # E.164 numbers have at most 15 digits: a longer run of digits alone is no phone number;
+    # nor is a dotted quad.
+    "PHONE_NUMBER": lambda t, d: (
+        d >= MIN_PHONE_DIGITS and not (d > 15 and t.isdigit()) and not _IPV4_RE.match(t)
+    ),
     "CREDIT_CARD": lambda t, d: d >= 12,
     "US_SSN": lambda t, d: d >= 9,
     "IBAN_CODE": lambda t, d: d >= 2 and bool(_IBAN_START_RE.search(t)),
@@ -285,20 +292,23 @@ class Detector:
             ]
         else:
             results = self._find_patterns(text)
-        found = [
-            Finding(start, end, entity, score)
-            for start, end, entity, score in results
-            if score >= self.score_threshold and not is_pseudonym(entity, text[start:end])
+        found = [Finding(*r) for r in results if r[3] >= self.score_threshold]
+        # Overlaps first: a phone-number reading of one of our pseudonymous IPs loses to the
+        # IP reading, and then the IP is recognised as ours.
+        return [
+            f for f in _resolve_overlaps(found) if not is_pseudonym(f.entity, text[f.start : f.end])
         ]
-        return _resolve_overlaps(found)
 
     def _find_patterns(self, text: str) -> list[tuple[int, int, str, float]]:
         if not could_contain_sensitive(text):
             return []
-        # An id in UUID shape holds nothing else (digit runs in it are not phone numbers);
-        # it is a finding only where the policy says its UUIDs are personal.
-        if not self._find_uuids and _UUID_SHAPE_RE.match(text):
-            return []
+        # An id in UUID shape holds nothing else (its digit runs are not phone numbers); it is a
+        # finding only where the policy says UUIDs are personal. Masked with same-length
+        # filler, so spans still index the original text.
+        if not self._find_uuids and "-" in text:
+            if _UUID_SHAPE_RE.match(text):
+                return []
+            text = _UUID_ANYWHERE_RE.sub(lambda m: "_" * len(m.group()), text)
         digits = len(text) - len(text.translate(_DIGITS))
         out = []
         for entity, recognizer in self._recognizers:
