@@ -220,8 +220,11 @@ def run_mitm(work: Path, url: str, n: int) -> float:
     return n / max(full - base, 1e-6)
 
 
+_STARTED = time.monotonic()
+
+
 def _note(text: str) -> None:
-    print(f"bench: {text}", file=sys.stderr, flush=True)
+    print(f"bench [{time.monotonic() - _STARTED:6.1f} s]: {text}", file=sys.stderr, flush=True)
 
 
 def main() -> None:

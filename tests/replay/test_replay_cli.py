@@ -21,22 +21,15 @@ def _invoke(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def _replay(src: Path, target: str, out: Path, *extra: str):
+    return _invoke("replay", str(src), "--target", target, "--out", str(out), *extra)
+
+
 def test_replay_prints_summary(tmp_path: Path, staging) -> None:
     records = [exchange("s1", i, i * 10, "GET", f"/a/{i}") for i in range(5)]
     records.append(exchange("s1", 5, 60, "POST", "/a", body=b"{}"))
     src = write_dataset(tmp_path / "in", records)
-    result = _invoke(
-        "replay",
-        str(src),
-        "--target",
-        staging.url,
-        "--out",
-        str(tmp_path / "out"),
-        "--speed",
-        "max",
-        "--correlate",
-        "off",
-    )
+    result = _replay(src, staging.url, tmp_path / "out", "--speed", "max", "--correlate", "off")
     assert result.exit_code == 0, result.output
     assert "replay complete: 6 results rows" in result.output
     assert "sent 5 (2xx 5)" in result.output
@@ -49,17 +42,7 @@ def test_dry_run_sends_nothing(tmp_path: Path, staging) -> None:
     ]
     records.append(exchange("s0", 9, 100, "DELETE", "/x"))
     src = write_dataset(tmp_path / "in", records)
-    result = _invoke(
-        "replay",
-        str(src),
-        "--target",
-        staging.url,
-        "--out",
-        str(tmp_path / "out"),
-        "--speed",
-        "2",
-        "--dry-run",
-    )
+    result = _replay(src, staging.url, tmp_path / "out", "--speed", "2", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "3 sessions, 10 requests, speed x2" in result.output
     assert "send 9, skip 1 writes" in result.output

@@ -315,3 +315,62 @@ def test_duration_stops_cleanly(tmp_path: Path, staging) -> None:
     # Whatever was sent was due before the deadline; everything due later was skipped.
     assert all(r["started_at"] - records[0].started_at <= 5_500_000 for r in sent)
     assert all(r["skip_reason"] == "duration" for r in rows if r["outcome"] != "sent")
+
+
+def test_config_and_summary_cross_process_boundaries(tmp_path: Path, staging) -> None:
+    """run_replay(config) is what a remote worker calls: config and summary pickle, and the
+    loop runs outside the main thread (no signal handlers there)."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = write_dataset(tmp_path / "in", [exchange("s1", i, i, "GET", f"/w/{i}") for i in range(3)])
+    config = ReplayConfig(
+        str(src), staging.url, str(tmp_path / "out"), timing=Timing("max"), correlate="off"
+    )
+    config = pickle.loads(pickle.dumps(config))
+    with ThreadPoolExecutor(1) as pool:
+        summary = pool.submit(run_replay, config).result(timeout=120)
+    summary = pickle.loads(pickle.dumps(summary))
+    assert summary.status == "complete" and summary.counts.sent == 3
+    assert summary.files and Path(summary.files[0]).exists()
+
+
+def test_a_results_dataset_can_be_replayed_again(tmp_path: Path, staging) -> None:
+    src = write_dataset(tmp_path / "in", [exchange("s1", 0, 0, "GET", "/again")])
+    run_replay(_config(src, staging.url, tmp_path / "first", allow_unsanitized=True))
+    summary = run_replay(
+        _config(tmp_path / "first", staging.url, tmp_path / "second", allow_unsanitized=True)
+    )
+    (row,) = _results(tmp_path / "second")
+    assert summary.counts.sent == 1 and row["run_id"] == summary.run_id
+    assert row["path"] == "/again" and row["replay_pass"] == 1
+
+
+def test_rate_mode_spaces_requests_evenly(tmp_path: Path, staging) -> None:
+    # Recorded in a burst; --rate 20 sends one every 50 ms whatever the recording says.
+    records = [exchange(f"s{i}", 0, i, "GET", f"/r/{i}") for i in range(8)]
+    src = write_dataset(tmp_path / "in", records)
+    run_replay(_config(src, staging.url, tmp_path / "out", timing=Timing("rate", rate=20.0)))
+    rows = sorted(_results(tmp_path / "out"), key=lambda r: r["scheduled_at"])
+    first = rows[0]["scheduled_at"]
+    assert [r["scheduled_at"] - first for r in rows] == [i * 50_000 for i in range(8)]
+
+
+def test_total_timeout_fails_the_request_with_a_reason(tmp_path: Path, staging) -> None:
+    from shadowtape.replay.config import Timeouts
+
+    staging.delay = 1.5
+    src = write_dataset(tmp_path / "in", [exchange("s1", 0, 0, "GET", "/slow")])
+    summary = run_replay(
+        _config(
+            src,
+            staging.url,
+            tmp_path / "out",
+            timeouts=Timeouts(connect=1.0, read=10.0, total=0.3),
+            retry=RetryPolicy(1),
+        )
+    )
+    (row,) = _results(tmp_path / "out")
+    assert row["outcome"] == "failed" and row["staging_status"] is None
+    assert "no complete answer within 0.3 s" in row["staging_error"]
+    assert summary.counts.failed == 1

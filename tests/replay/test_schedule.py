@@ -240,3 +240,29 @@ def test_trace_ids_and_quantiles() -> None:
         q.add(v)
     assert q.quantile(0.5) == pytest.approx(500, rel=0.03)
     assert q.quantile(0.99) == pytest.approx(990, rel=0.03) and q.max == 1000
+
+
+def test_idle_sessions_are_forgotten() -> None:
+    async def main() -> SessionScheduler:
+        clock = FakeClock()
+
+        async def handle(lane: Lane, work: Work) -> None:
+            return None
+
+        sched = SessionScheduler(
+            clock,
+            handle,
+            new_state=lambda sid: {},
+            abandon=lambda lane, work: None,
+            max_pending=10,
+            idle_us=1_000_000,
+            stop=asyncio.Event(),
+        )
+        for i in range(2048):  # one short session per recorded millisecond
+            await sched.submit(Work(f"s{i}", {}, None), i * 1000)
+        await sched.join()
+        return sched
+
+    sched = asyncio.run(main())
+    assert sched.lanes_created == 2048
+    assert len(sched.lanes) < 1100  # sessions quiet for more than 1 recorded second are gone

@@ -74,3 +74,9 @@ def test_verify_lists_raw_capture_findings_when_asked(raw_corpus, cli):
 def test_verify_missing_dataset(tmp_path, cli):
     result = cli("verify", str(tmp_path / "nothing"))
     assert result.exit_code == 2 and "no such dataset" in result.stderr
+
+
+def test_missing_nlp_model_is_refused(clean_corpus, cli):
+    result = cli("verify", str(clean_corpus), "--nlp-model", "en_core_web_nonexistent")
+    assert result.exit_code == 2
+    assert "no such spaCy model" in result.stderr and result.stderr.count("\n") == 1

@@ -27,8 +27,9 @@ policy_option = click.option(
 nlp_option = click.option(
     "--nlp-model",
     metavar="NAME",
-    help="An installed spaCy model (e.g. en_core_web_lg) to also find PERSON, LOCATION, ...; "
-    "without one a blank pipeline is used and nothing is downloaded.",
+    help="An installed spaCy model (e.g. en_core_web_lg) that finds the PERSON, LOCATION, ... "
+    "entities listed in the policy's detect.entities; without one only pattern recognizers run "
+    "and nothing is downloaded.",
 )
 
 
@@ -136,7 +137,12 @@ def _load_key(key_file: str | None, key_env: str, ephemeral: bool) -> Key:
     help="With no key given, use a random one: consistent within this run only.",
 )
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes."
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes; row groups are shared among them, the output is the same for any "
+    "count.",
 )
 @nlp_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")

@@ -89,10 +89,8 @@ def charset(content_type: str | None) -> str:
     return "utf-8"
 
 
-def body_class(content_type: str | None, body: bytes) -> str:
-    """JSON, text or binary: by declared type first; undeclared bodies by their bytes."""
-    if not body:
-        return EMPTY
+def declared_class(content_type: str | None) -> str | None:
+    """The class a Content-Type declares, or None when it declares none (the bytes decide)."""
     mt = media_type(content_type)
     if mt == "application/json" or mt.endswith("+json") or mt.endswith("/json"):
         return JSON
@@ -100,6 +98,25 @@ def body_class(content_type: str | None, body: bytes) -> str:
         return TEXT
     if mt:
         return BINARY
+    return None
+
+
+# A run sees a handful of distinct Content-Type values over millions of bodies.
+_DECLARED: dict[str | None, str | None] = {}
+
+
+def body_class(content_type: str | None, body: bytes) -> str:
+    """JSON, text or binary: by declared type first; undeclared bodies by their bytes."""
+    if not body:
+        return EMPTY
+    try:
+        declared = _DECLARED[content_type]
+    except KeyError:
+        declared = declared_class(content_type)
+        if len(_DECLARED) < 1024:
+            _DECLARED[content_type] = declared
+    if declared is not None:
+        return declared
     head = body.lstrip()[:1]
     if head in (b"{", b"["):
         return JSON

@@ -17,6 +17,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
 import orjson
@@ -99,7 +100,7 @@ class Comparison:
 def show(value: Any, limit: int) -> str:
     """A value as JSON text, cut to `limit` characters so one huge value cannot bloat rows."""
     if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
+        text = encode_basestring(value)  # what json.dumps(value, ensure_ascii=False) does
     else:
         try:
             text = orjson.dumps(value).decode()
@@ -156,12 +157,14 @@ def parse_json(body: bytes) -> Any:
 class _JsonWalk:
     """The recursive path-by-path comparison of two parsed JSON documents."""
 
-    __slots__ = ("out", "key_fields", "limit", "_steps")
+    __slots__ = ("out", "key_fields", "limit", "exact", "_steps")
 
-    def __init__(self, options: CompareOptions) -> None:
+    def __init__(self, options: CompareOptions, exact: bool = False) -> None:
         self.out: list[Difference] = []
         self.key_fields = options.key_fields
         self.limit = options.value_limit
+        # Both documents came from orjson: no NaN, so equal orjson output means equal JSON.
+        self.exact = exact
         self._steps: dict[str, str] = {}
 
     def _step(self, key: str) -> str:
@@ -251,6 +254,8 @@ class _JsonWalk:
 
     def _by_position(self, a: list[Any], b: list[Any], norm: str, raw: str) -> None:
         if len(a) == len(b) and len(a) > 1:
+            if self.exact and self._one_element_differs(a, b, norm, raw):
+                return
             ca = [_canon(x) for x in a]
             cb = [_canon(x) for x in b]
             if Counter(ca) == Counter(cb):
@@ -277,13 +282,39 @@ class _JsonWalk:
             for i in range(common, len(b)):
                 self._add(norm_el, raw + index_step(i), ADDED, None, b[i], missing="a")
 
+    def _one_element_differs(self, a: list[Any], b: list[Any], norm: str, raw: str) -> bool:
+        """The usual drift inside an array, one element changed, walked without printing
+        every element twice (for the reorder check) and once more per element: True when
+        it applied and that element was walked.
+
+        One element unequal even by Python's ==, which is looser than JSON's (True == 1,
+        1 == 1.0), cannot be a reorder: moving elements leaves at least two positions unequal.
+        The others then hold nothing to report when they print the same.
+        """
+        only = -1
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                if only != -1:
+                    return False
+                only = i
+        if only == -1:
+            return False
+        try:
+            if orjson.dumps(a[:only] + a[only + 1 :]) != orjson.dumps(b[:only] + b[only + 1 :]):
+                return False
+        except TypeError:  # nesting past orjson's limit
+            return False
+        self.walk(a[only], b[only], norm + WILDCARD, raw + index_step(only))
+        return True
+
 
 def _preview(items: list[Any]) -> str:
     return orjson.dumps(items).decode() if len(items) < 50 else f"[{len(items)} elements]"
 
 
-def compare_json(a: Any, b: Any, options: CompareOptions) -> list[Difference]:
-    walker = _JsonWalk(options)
+def compare_json(a: Any, b: Any, options: CompareOptions, exact: bool = False) -> list[Difference]:
+    """`exact`: both documents were parsed by orjson (see `_JsonWalk.exact`)."""
+    walker = _JsonWalk(options, exact)
     walker.walk(a, b, ROOT, ROOT)
     return walker.out
 
@@ -341,18 +372,14 @@ def compare_bodies(
             )
         ]
     if ca == bodies.JSON or cb == bodies.JSON:
-        try:
-            ja = parse_json(rec)
-        except ValueError:
-            ja = _INVALID
-        try:
-            jb = parse_json(stg)
-        except ValueError:
-            jb = _INVALID
+        docs = _parse_pair(rec, stg)
+        if docs is None:
+            return []
+        ja, jb, exact = docs
         if ja is not _INVALID and jb is not _INVALID:
             if ja == jb and ((_no_booleans(rec) and _no_booleans(stg)) or _same_json(ja, jb)):
                 return []
-            return compare_json(ja, jb, options)
+            return compare_json(ja, jb, options, exact)
         if ja is not _INVALID or jb is not _INVALID:
             return [
                 Difference(
@@ -377,6 +404,44 @@ def compare_bodies(
 
 
 _INVALID = object()
+
+
+def _load(body: bytes) -> tuple[Any, bool]:
+    """`parse_json`, _INVALID for a body that is not JSON, and whether orjson parsed it."""
+    try:
+        return orjson.loads(body), True
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body), False
+        except ValueError:
+            return _INVALID, False
+
+
+def _parse_pair(rec: bytes, stg: bytes) -> tuple[Any, Any, bool] | None:
+    """Both bodies parsed (_INVALID for one that is not JSON) and whether orjson parsed
+    both, or None when they are one document told apart only by spelling.
+
+    The common equal pair is one server's JSON against another's: same document, other
+    spacing or escaping. Parsing the longer body and printing it compactly settles that with
+    one parse instead of two whenever the shorter body already is that compact form (what
+    most servers emit). Only an orjson parse may take the shortcut: Python's parser accepts
+    NaN, which orjson would print as null, so its documents always take the long way.
+    """
+    swap = len(stg) > len(rec)
+    longer, shorter = (stg, rec) if swap else (rec, stg)
+    doc, exact = _load(longer)
+    if exact:
+        try:
+            if orjson.dumps(doc) == shorter:
+                return None
+        except TypeError:  # nesting past orjson's limit, text it will not print
+            pass
+    other, other_exact = _load(shorter)
+    if swap:
+        return other, doc, exact and other_exact
+    return doc, other, exact and other_exact
+
+
 _CONTENT_TYPE = frozenset({"content-type"})
 # The header set plus content-type, built once per set rather than once per response pair.
 _WANTED: dict[frozenset[str], frozenset[str]] = {}
@@ -388,7 +453,7 @@ def _no_booleans(body: bytes) -> bool:
     return b"true" not in body and b"false" not in body
 
 
-def _header_map(headers: Sequence[tuple[str, str]], wanted: frozenset[str]) -> dict[str, str]:
+def header_map(headers: Sequence[tuple[str, str]], wanted: frozenset[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers:
         low = name.lower()
@@ -414,7 +479,7 @@ def compare_headers(
     rec: Sequence[tuple[str, str]], stg: Sequence[tuple[str, str]], options: CompareOptions
 ) -> list[Difference]:
     return _compare_header_maps(
-        _header_map(rec, options.headers), _header_map(stg, options.headers), options
+        header_map(rec, options.headers), header_map(stg, options.headers), options
     )
 
 
@@ -436,21 +501,55 @@ def _compare_header_maps(
     return out
 
 
-def compare_responses(rec: Response, stg: Response, options: CompareOptions) -> Comparison:
-    """Status first: when it differs, headers and bodies describe different outcomes (an
-    error page against a resource) and comparing them would bury the one fact that matters."""
-    result = Comparison()
-    if rec.status != stg.status:
-        result.diffs.append(
-            Difference(STATUS, STATUS, STATUS, CHANGED, str(rec.status), str(stg.status))
-        )
-        result.body_skipped = "status differs"
-        return result
+def wanted_headers(options: CompareOptions) -> frozenset[str]:
+    """The header names a comparison reads: the compared set plus content-type, which the
+    body comparison needs whether or not it is compared itself."""
     wanted = _WANTED.get(options.headers)
     if wanted is None:
         wanted = _WANTED[options.headers] = options.headers | _CONTENT_TYPE
-    ha, hb = _header_map(rec.headers, wanted), _header_map(stg.headers, wanted)
-    result.diffs.extend(_compare_header_maps(ha, hb, options))
+    return wanted
+
+
+@dataclass(slots=True)
+class Side:
+    """One side of a comparison with its headers already reduced to a map of lower-case
+    name -> joined value (at least `wanted_headers`; other names are ignored). A batch of
+    responses can build these maps column-wise, far cheaper than one response at a time."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes | None = None
+    truncated: bool = False
+
+
+def _status_differs(rec: int | None, stg: int | None) -> Comparison:
+    """Status first: when it differs, headers and bodies describe different outcomes (an
+    error page against a resource) and comparing them would bury the one fact that matters."""
+    result = Comparison()
+    result.diffs.append(Difference(STATUS, STATUS, STATUS, CHANGED, str(rec), str(stg)))
+    result.body_skipped = "status differs"
+    return result
+
+
+def compare_responses(rec: Response, stg: Response, options: CompareOptions) -> Comparison:
+    if rec.status != stg.status:
+        return _status_differs(rec.status, stg.status)
+    wanted = wanted_headers(options)
+    return compare_sides(
+        Side(rec.status, header_map(rec.headers, wanted), rec.body, rec.truncated),
+        Side(stg.status, header_map(stg.headers, wanted), stg.body, stg.truncated),
+        options,
+    )
+
+
+def compare_sides(rec: Side, stg: Side, options: CompareOptions) -> Comparison:
+    """`compare_responses` for sides whose header maps are already built."""
+    if rec.status != stg.status:
+        return _status_differs(rec.status, stg.status)
+    result = Comparison()
+    ha, hb = rec.headers, stg.headers
+    if ha != hb:  # equal maps can hold no difference
+        result.diffs.extend(_compare_header_maps(ha, hb, options))
     if rec.truncated or stg.truncated:
         result.body_skipped = "body truncated"
         return result

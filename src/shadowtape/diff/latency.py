@@ -36,6 +36,14 @@ class LatencyHistogram:
         self.counts[i] = self.counts.get(i, 0) + 1
         self.total += 1
 
+    def add_many(self, micros: float | None, count: int) -> None:
+        """`add(micros)` done `count` times."""
+        if micros is None or micros < 0:
+            return
+        i = bucket_of(micros)
+        self.counts[i] = self.counts.get(i, 0) + count
+        self.total += count
+
     def quantile(self, q: float) -> float | None:
         """The q-quantile in milliseconds, None when empty."""
         if not self.total:

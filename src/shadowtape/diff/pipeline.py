@@ -14,23 +14,26 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shadowtape import schema
-from shadowtape.diff import bodies
+from shadowtape.diff import bodies, columns
 from shadowtape.diff.compare import (
     BODY,
     HEADER,
     STATUS,
     CompareOptions,
     Difference,
-    Response,
-    compare_responses,
+    Side,
+    compare_sides,
+    wanted_headers,
 )
 from shadowtape.diff.latency import LatencyHistogram
 from shadowtape.diff.noise import (
@@ -76,12 +79,8 @@ _COLUMNS = [
     "staging_body_truncated",
     "staging_error",
 ]
-_SIDES = {
-    "recorded": ("status", "response_headers", "response_body", "response_body_truncated"),
-    "staging": ("staging_status", "staging_headers", "staging_body", "staging_body_truncated"),
-}
-_TIME_COLUMNS = {"started_at", "request_sent_at", "response_ended_at", "sent_at", "done_at"}
-_PAIR_COLUMNS = {"query", "response_headers", "staging_headers"}
+# Read beside the compared headers: the recorded body must be freed of it before comparing.
+_CONTENT_ENCODING = frozenset({"content-encoding"})
 
 
 @dataclass
@@ -142,15 +141,6 @@ class DiffSummary:
     noise_pairs: int
     unmatched_samples: int  # pass-2 rows without a pass-1 twin (or the other way round)
     payload: dict[str, Any]
-
-
-def _column(batch: pa.RecordBatch, name: str) -> list[Any]:
-    col = batch.column(name)
-    if name in _TIME_COLUMNS:
-        return col.cast(pa.int64()).to_pylist()
-    if name in _PAIR_COLUMNS:
-        return [[(kv["name"], kv["value"]) for kv in v] if v else [] for v in col.to_pylist()]
-    return col.to_pylist()
 
 
 def results_fingerprint(results: Path) -> list[list[Any]]:
@@ -231,6 +221,59 @@ class _RowBuffer:
         self.cols = {n: [] for n in schema.DIFF_SCHEMA.names}
 
 
+class _Batch:
+    """One batch of results as Python lists, each column converted once (see columns.py)."""
+
+    def __init__(self, batch: pa.RecordBatch, wanted: frozenset[str]) -> None:
+        col = batch.column
+        self.ids: list[str] = col("id").to_pylist()
+        self.replay_ids = col("replay_id").to_pylist()
+        self.passes = col("replay_pass").to_pylist()
+        self.outcomes = col("outcome").to_pylist()
+        self.methods = col("method").to_pylist()
+        self.paths = col("path").to_pylist()
+        self.routes = col("route").to_pylist()
+        self.started_at = columns.integers(col("started_at"))
+        self.request_sent_at = columns.integers(col("request_sent_at"))
+        self.response_ended_at = columns.integers(col("response_ended_at"))
+        self.sent_at = columns.integers(col("sent_at"))
+        self.done_at = columns.integers(col("done_at"))
+        self.status = col("status").to_pylist()
+        self.staging_status = col("staging_status").to_pylist()
+        self.staging_error = col("staging_error").to_pylist()
+        self.staging_headers = columns.header_maps(col("staging_headers"), wanted)
+        self.staging_body = col("staging_body").to_pylist()
+        self.staging_truncated = col("staging_body_truncated").to_pylist()
+        self.recorded_headers = columns.header_maps(col("response_headers"), wanted)
+        self.recorded_body = col("response_body").to_pylist()
+        self.recorded_truncated = col("response_body_truncated").to_pylist()
+        self.query = columns.name_value_pairs(col("query"))
+        self.request_body = col("request_body").to_pylist()
+
+    def staging(self, i: int) -> Side:
+        """The staging answer; httpx already took its Content-Encoding off."""
+        return Side(
+            self.staging_status[i],
+            self.staging_headers[i],
+            self.staging_body[i] or b"",
+            bool(self.staging_truncated[i]),
+        )
+
+    def recorded(self, i: int, stats: RouteStats) -> Side:
+        """The recorded answer, its body freed of the Content-Encoding it crossed the wire in."""
+        headers = self.recorded_headers[i]
+        body = self.recorded_body[i] or b""
+        encoding = headers.get("content-encoding")
+        if encoding and body:
+            try:
+                body = bodies.decode_content(body, encoding)
+            except bodies.BodyDecodeError:
+                # Compared as the bytes they are; counted, since a difference found on an
+                # undecodable body may only be its encoding.
+                stats.body_undecodable += 1
+        return Side(self.status[i], headers, body, bool(self.recorded_truncated[i]))
+
+
 class DiffRun:
     """One run of the diff over one results dataset (see the module docstring)."""
 
@@ -251,18 +294,17 @@ class DiffRun:
         self.noise_pairs = 0
         self.sampled_ids: set[str] = set()
         # id -> (route, staging response) of a sampled exchange, until its twin arrives.
-        self._sample_first: dict[str, tuple[str | None, Response | None]] = {}
-        self._twins: dict[tuple[Any, ...], Response] = {}
+        self._sample_first: dict[str, tuple[str | None, Side | None]] = {}
+        self._twins: dict[tuple[Any, ...], Side] = {}
 
     # -- pass 0: which exchanges were sent twice ------------------------------------------
 
     def _find_sampled(self, files: list[Path]) -> None:
-        for batch in schema.iter_batches(
-            self.results, schema.KIND_RESULTS, columns=["id", "replay_pass"], files=files
+        for batch in columns.read_batches(
+            self.results, schema.KIND_RESULTS, ["id", "replay_pass"], files
         ):
-            ids = batch.column("id").to_pylist()
-            passes = batch.column("replay_pass").to_pylist()
-            self.sampled_ids.update(i for i, p in zip(ids, passes, strict=True) if p == 2)
+            second = pc.equal(batch.column("replay_pass"), 2)
+            self.sampled_ids.update(pc.filter(batch.column("id"), second).to_pylist())
 
     # -- pass 1 ---------------------------------------------------------------------------
 
@@ -272,22 +314,14 @@ class DiffRun:
             stats = self.routes[route] = RouteStats(route)
         return stats
 
-    def _response(self, c: dict[str, list[Any]], i: int, side: str, stats: RouteStats) -> Response:
-        status_col, headers_col, body_col, truncated_col = _SIDES[side]
-        status, headers, body = c[status_col][i], c[headers_col][i], c[body_col][i]
-        truncated = c[truncated_col][i]
-        body = body or b""
-        # The recording holds the body as it crossed the wire; httpx already decoded staging's.
-        if side == "recorded":
-            try:
-                body = bodies.decode_content(body, bodies.header_value(headers, "content-encoding"))
-            except bodies.BodyDecodeError:
-                # Compared as the bytes they are; counted, since a difference found on an
-                # undecodable body may only be its encoding.
-                stats.body_undecodable += 1
-        return Response(status, headers, body, bool(truncated))
+    def _observe_same_side(self, route: str, first: Side, second: Side) -> None:
+        """Two answers to one request from the same side: what differs there is noise."""
+        comparison = compare_sides(first, second, self.options.compare)
+        self.model.observe_replay_pair(route, comparison.diffs)
+        self._stats(route).noise_pairs += 1
+        self.noise_pairs += 1
 
-    def _pair_sample(self, ex_id: str, route: str | None, resp: Response | None) -> None:
+    def _pair_sample(self, ex_id: str, route: str | None, resp: Side | None) -> None:
         first = self._sample_first.pop(ex_id, None)
         if first is None:
             self._sample_first[ex_id] = (route, resp)
@@ -296,94 +330,99 @@ class DiffRun:
         route = route or first_route
         if route is None or resp is None or first_resp is None:
             return
-        comparison = compare_responses(first_resp, resp, self.options.compare)
-        self.model.observe_replay_pair(route, comparison.diffs)
-        self._stats(route).noise_pairs += 1
-        self.noise_pairs += 1
-
-    def _recorded_twin(
-        self, route: str, method: str, path: Any, query: Any, body: Any, resp: Response
-    ) -> None:
-        key = (method, path, tuple(query), body)
-        first = self._twins.get(key)
-        if first is None:
-            if len(self._twins) < self.options.max_recorded_twins:
-                self._twins[key] = resp
-            return
-        comparison = compare_responses(first, resp, self.options.compare)
-        self.model.observe_replay_pair(route, comparison.diffs)
-        self._stats(route).noise_pairs += 1
-        self.noise_pairs += 1
+        self._observe_same_side(route, first_resp, resp)
 
     def _first_pass(self, files: list[Path], work: schema.DatasetWriter) -> None:
         opts = self.options
         buffer = _RowBuffer(work, opts.row_group_rows)
-        for batch in schema.iter_batches(
-            self.results, schema.KIND_RESULTS, columns=_COLUMNS, files=files
-        ):
-            c = {name: _column(batch, name) for name in _COLUMNS}
-            for i in range(batch.num_rows):
-                self.rows += 1
-                ex_id = c["id"][i]
-                route = opts.routes.route(c["method"][i], c["path"][i], c["route"][i])
-                stats = self._stats(route)
-                sent = c["outcome"][i] == "sent"
-                if c["replay_pass"][i] == 2:
-                    resp = None
-                    if sent:
-                        resp = self._response(c, i, "staging", stats)
-                    self._pair_sample(ex_id, route, resp)
-                    continue
-                stats.requests += 1
-                outcome = c["outcome"][i]
+        wanted = wanted_headers(opts.compare) | _CONTENT_ENCODING
+        for batch in columns.read_batches(self.results, schema.KIND_RESULTS, _COLUMNS, files):
+            self._first_pass_batch(_Batch(batch, wanted), buffer)
+            self.progress(self.rows)
+        buffer.flush()
+
+    def _first_pass_batch(self, b: _Batch, buffer: _RowBuffer) -> None:
+        """One batch of results: counts per route, noise evidence, differences to `buffer`.
+        Every row passes through here, so the loop reads the batch's lists directly."""
+        compare = self.options.compare
+        route_of = self.options.routes.route
+        get_stats = self.routes.get
+        sampled = self.sampled_ids
+        model = self.model
+        twins = self._twins
+        max_twins = self.options.max_recorded_twins
+        latencies: list[tuple[str, int]] = []
+        staging_latencies: list[tuple[str, int]] = []
+        (methods, paths, outcomes, passes, status, staging_status, started_at, sent_at) = (
+            b.methods, b.paths, b.outcomes, b.passes, b.status, b.staging_status, b.started_at,
+            b.sent_at,
+        )  # fmt: skip
+        self.rows += len(b.ids)
+        for i, ex_id in enumerate(b.ids):
+            route = route_of(methods[i], paths[i], b.routes[i])
+            stats = get_stats(route) or self._stats(route)
+            outcome = outcomes[i]
+            if passes[i] == 2:
+                self._pair_sample(ex_id, route, b.staging(i) if outcome == "sent" else None)
+                continue
+            stats.requests += 1
+            if outcome != "sent":
                 if outcome == "skipped":
                     stats.skipped += 1
                     continue
-                if not sent:
-                    stats.failed += 1
-                    stats.staging_errors += 1
-                    if ex_id in self.sampled_ids:
-                        self._pair_sample(ex_id, route, None)
-                    continue
-                stats.sent += 1
-                staging_status = c["staging_status"][i]
-                if c["staging_error"][i] or staging_status is None or staging_status >= 500:
-                    stats.staging_errors += 1
-                rec_status = c["status"][i]
-                if rec_status is not None and rec_status >= 500:
-                    stats.recorded_errors += 1
-                started = c["started_at"][i]
-                ended = c["response_ended_at"][i]
-                if ended is not None:
-                    stats.latency_recorded.add(ended - (started or c["request_sent_at"][i]))
-                if c["done_at"][i] is not None and c["sent_at"][i] is not None:
-                    stats.latency_staging.add(c["done_at"][i] - c["sent_at"][i])
-                stg = self._response(c, i, "staging", stats)
-                if ex_id in self.sampled_ids:
-                    self._pair_sample(ex_id, route, stg)
-                if rec_status is None:
-                    stats.not_compared += 1
-                    continue
-                rec = self._response(c, i, "recorded", stats)
-                self._recorded_twin(
-                    route, c["method"][i], c["path"][i], c["query"][i], c["request_body"][i], rec
-                )
-                comparison = compare_responses(rec, stg, opts.compare)
-                stats.compared += 1
-                self.model.observe_request(route)
-                if comparison.body_skipped:
-                    why = comparison.body_skipped
-                    stats.body_skipped[why] = stats.body_skipped.get(why, 0) + 1
-                if not comparison.diffs:
-                    continue
-                staged_at = c["sent_at"][i]
-                volatile = [volatile_kind(d, started, staged_at) for d in comparison.diffs]
-                self.model.observe_differences(route, comparison.diffs, volatile)
-                replay_id = c["replay_id"][i]
-                for d, why in zip(comparison.diffs, volatile, strict=True):
-                    buffer.add(ex_id, replay_id, route, d, None, why)
-            self.progress(self.rows)
-        buffer.flush()
+                stats.failed += 1
+                stats.staging_errors += 1
+                if ex_id in sampled:
+                    self._pair_sample(ex_id, route, None)
+                continue
+            stats.sent += 1
+            stg_status = staging_status[i]
+            if stg_status is None or stg_status >= 500 or b.staging_error[i]:
+                stats.staging_errors += 1
+            rec_status = status[i]
+            if rec_status is not None and rec_status >= 500:
+                stats.recorded_errors += 1
+            started = started_at[i]
+            ended = b.response_ended_at[i]
+            if ended is not None:
+                latencies.append((route, ended - (started or b.request_sent_at[i])))
+            staged_at = sent_at[i]
+            done = b.done_at[i]
+            if done is not None and staged_at is not None:
+                staging_latencies.append((route, done - staged_at))
+            stg = b.staging(i)
+            if ex_id in sampled:
+                self._pair_sample(ex_id, route, stg)
+            if rec_status is None:
+                stats.not_compared += 1
+                continue
+            rec = b.recorded(i, stats)
+            # A request recorded twice: its two recordings are noise evidence.
+            key = (methods[i], paths[i], b.query[i], b.request_body[i])
+            first = twins.get(key)
+            if first is None:
+                if len(twins) < max_twins:
+                    twins[key] = rec
+            else:
+                self._observe_same_side(route, first, rec)
+            comparison = compare_sides(rec, stg, compare)
+            stats.compared += 1
+            model.observe_request(route)
+            if comparison.body_skipped:
+                why = comparison.body_skipped
+                stats.body_skipped[why] = stats.body_skipped.get(why, 0) + 1
+            if not comparison.diffs:
+                continue
+            volatile = [volatile_kind(d, started, staged_at) for d in comparison.diffs]
+            model.observe_differences(route, comparison.diffs, volatile)
+            replay_id = b.replay_ids[i]
+            for d, why in zip(comparison.diffs, volatile, strict=True):
+                buffer.add(ex_id, replay_id, route, d, None, why)
+        # Histograms count values, so a batch's latencies go in as (value, how many).
+        for (route, micros), count in Counter(latencies).items():
+            self.routes[route].latency_recorded.add_many(micros, count)
+        for (route, micros), count in Counter(staging_latencies).items():
+            self.routes[route].latency_staging.add_many(micros, count)
 
     # -- pass 2 ---------------------------------------------------------------------------
 
@@ -408,7 +447,7 @@ class DiffRun:
                 stats.noise_only_requests += 1
 
         files = schema.dataset_files(work_dir)
-        for batch in schema.iter_batches(work_dir, schema.KIND_DIFFS, files=files):
+        for batch in columns.read_batches(work_dir, schema.KIND_DIFFS, None, files):
             ids = batch.column("exchange_id").to_pylist()
             routes = batch.column("route").to_pylist()
             parts = batch.column("part").to_pylist()

@@ -51,10 +51,25 @@ def segment_placeholder(segment: str) -> str | None:
     return None
 
 
+# Literal segments that only the regexes could clear ("v2", "logo.png"): a run meets the same
+# few again and again, so they are remembered (a bounded set: ids never land here).
+_LITERALS: set[str] = set()
+
+
 def infer_template(path: str) -> str:
-    path = path or "/"
-    parts = path.split("/")
-    return "/".join(segment_placeholder(p) or p for p in parts)
+    out = []
+    for seg in (path or "/").split("/"):
+        # Words and numbers, nearly every segment, settled without a call.
+        if not seg or seg.isalpha() or seg in _LITERALS:
+            out.append(seg)
+        elif seg.isdigit():
+            out.append("{id}")
+        else:
+            placeholder = segment_placeholder(seg)
+            if placeholder is None and len(_LITERALS) < 10_000:
+                _LITERALS.add(seg)
+            out.append(placeholder or seg)
+    return "/".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +119,9 @@ class RouteTable:
 
     def route(self, method: str, path: str | None, recorded: str | None = None) -> str:
         method = (method or "GET").upper()
-        path = (path or "/").split("?", 1)[0]
+        path = path or "/"
+        if "?" in path:
+            path = path.split("?", 1)[0]
         key = (method, path)
         hit = self._cache.get(key)
         if hit is not None:

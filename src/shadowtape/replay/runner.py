@@ -36,7 +36,7 @@ from shadowtape.replay.plan import (
     step_key,
 )
 from shadowtape.replay.results import ResultSink, prepare_out_dir, result_row, same_dataset
-from shadowtape.replay.scan import DatasetScan, iter_rows, scan_dataset
+from shadowtape.replay.scan import DatasetScan, batched_rows, iter_rows, scan_dataset
 from shadowtape.replay.scheduler import Clock, Lane, MonotonicClock, SessionScheduler, Work
 from shadowtape.replay.sender import (
     RequestParts,
@@ -52,9 +52,7 @@ from shadowtape.schema import (
     KIND_EXCHANGES,
     META_POLICY,
     META_SANITIZED,
-    batch_to_rows,
     dataset_metadata,
-    iter_batches,
     uuid7,
 )
 
@@ -380,8 +378,9 @@ class _Replay:
 
     def _batches(self) -> Iterator[list[dict[str, Any]]]:
         cfg = self.config
-        for batch in iter_batches(cfg.source, KIND_EXCHANGES):
-            rows = batch_to_rows(batch)
+        # Exchange columns only (see iter_rows): a results dataset given as input must not
+        # carry its old replay columns into the new results.
+        for rows in batched_rows(cfg.source):
             if cfg.shard_count > 1:
                 rows = [
                     r for r in rows if in_shard(r["session_id"], cfg.shard_index, cfg.shard_count)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from shadowtape.errors import InputError
 from shadowtape.replay.config import ReplayConfig
 from shadowtape.replay.plan import OrderTracker, SessionSampler, in_shard, is_write
-from shadowtape.schema import KIND_EXCHANGES, batch_to_rows, iter_batches
+from shadowtape.schema import EXCHANGE_COLUMNS, KIND_EXCHANGES, batch_to_rows, iter_batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,12 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
     )
 
 
-def iter_rows(source: str) -> Iterator[dict[str, Any]]:
-    """Every row of a dataset as a dict, row group by row group."""
+def batched_rows(source: str) -> Iterator[list[dict[str, Any]]]:
+    """A dataset's rows as dicts of the exchange columns only, one list per row group."""
     for batch in iter_batches(source, KIND_EXCHANGES):
-        yield from batch_to_rows(batch)
+        yield batch_to_rows(batch.select(EXCHANGE_COLUMNS))
+
+
+def iter_rows(source: str) -> Iterator[dict[str, Any]]:
+    for rows in batched_rows(source):
+        yield from rows

@@ -25,6 +25,7 @@ from tenacity import (
 
 from shadowtape.replay.config import ReplayConfig, RewriteRule
 from shadowtape.replay.guardrails import CircuitBreaker
+from shadowtape.replay.h11transport import H11Transport
 from shadowtape.replay.plan import stable_hash
 from shadowtape.replay.transport import ShardedPoolTransport
 
@@ -206,11 +207,20 @@ class Sender:
         self.slots = asyncio.Semaphore(config.concurrency)
         self.in_flight = 0
         t = config.timeouts
-        http1, http2 = {"1.1": (True, False), "2": (False, True)}.get(config.http, (True, True))
+        tls = httpx.create_ssl_context(verify=config.tls_verify)
+        lean = H11Transport(config.concurrency, ssl_context=tls)
+        if config.http == "2":
+            # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
+            h2 = ShardedPoolTransport(config.concurrency, http1=False, http2=True, verify=tls)
+            mounts = {"http://": h2, "https://": h2}
+        elif config.http == "auto":
+            # Cleartext is HTTP/1.1 without an upgrade; TLS may negotiate HTTP/2.
+            h2 = ShardedPoolTransport(config.concurrency, http1=True, http2=True, verify=tls)
+            mounts = {"http://": lean, "https://": h2}
+        else:
+            mounts = {"http://": lean, "https://": lean}
         self.client = httpx.AsyncClient(
-            transport=ShardedPoolTransport(
-                config.concurrency, http1=http1, http2=http2, verify=config.tls_verify
-            ),
+            mounts=mounts,
             timeout=httpx.Timeout(t.read, connect=t.connect, pool=t.total),
             follow_redirects=False,
             # Staging's cookies belong to replayed sessions (correlation handles them); a

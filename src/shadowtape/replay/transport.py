@@ -8,6 +8,7 @@ keep the same connection bound with a fraction of that cost.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -42,11 +43,11 @@ class ShardedPoolTransport(httpx.AsyncBaseTransport):
         *,
         http1: bool = True,
         http2: bool = False,
-        verify: bool = True,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
         # One TLS context for all pools: loading the CA bundle costs ~0.1 s each time.
-        tls = httpx.create_ssl_context(verify=verify)
+        tls = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify)
         sizes = [max_connections // pools + (i < max_connections % pools) for i in range(pools)]
         self._pools = [
             httpx.AsyncHTTPTransport(

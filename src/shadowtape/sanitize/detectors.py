@@ -17,8 +17,10 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from shadowtape.errors import InputError
 from shadowtape.keyed import is_token
 
 # Entities whose recognizers are pure patterns: available on any machine.
@@ -125,6 +127,20 @@ def unavailable_entities(entities: Iterable[str], nlp_model: str | None) -> tupl
     """Entities a policy asks for that nothing can find here (model entities without a
     model): reported, so a policy never silently does less than it says."""
     return tuple(e for e in entities if e in MODEL_ENTITIES and not nlp_model)
+
+
+def check_nlp_model(name: str | None) -> None:
+    """Refuse, up front and in one line, a --nlp-model that is not installed: spaCy would
+    otherwise fail deep inside a worker (or try to download it)."""
+    if name is None:
+        return
+    import spacy
+
+    if not (spacy.util.is_package(name) or Path(name).exists()):
+        raise InputError(
+            f"--nlp-model {name}: no such spaCy model installed here; install it "
+            f"(python -m spacy download {name}) or leave --nlp-model out"
+        )
 
 
 def could_contain_sensitive(text: str) -> bool:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from shadowtape import schema
 from shadowtape.errors import DatasetError, InputError
 from shadowtape.keyed import Key, Keyed
-from shadowtape.sanitize.detectors import Detector, unavailable_entities
+from shadowtape.sanitize.detectors import Detector, check_nlp_model, unavailable_entities
 from shadowtape.sanitize.manifest import MANIFEST_NAME, FileEntry, ManifestData
 from shadowtape.sanitize.policy import Policy, PolicyRules
 from shadowtape.sanitize.scrub import READ_COLUMNS, REWRITTEN_COLUMNS, ExchangeScrubber
@@ -195,6 +195,7 @@ def sanitize_dataset(
     _check_paths(src_p, dst_p, overwrite)
     if workers < 1:
         raise InputError(f"--workers is {workers}; use 1 or more")
+    check_nlp_model(config.nlp_model)
     infos = schema.read_files(src_p, schema.KIND_EXCHANGES)
     for info in infos:
         if info.kind != schema.KIND_EXCHANGES:

@@ -28,7 +28,7 @@ from shadowtape import schema
 from shadowtape.errors import InputError
 from shadowtape.keyed import is_token
 from shadowtape.sanitize import bodies
-from shadowtape.sanitize.detectors import Detector
+from shadowtape.sanitize.detectors import Detector, check_nlp_model
 from shadowtape.sanitize.policy import Policy, PolicyRules, Rule
 from shadowtape.sanitize.scrub import READ_COLUMNS
 
@@ -207,6 +207,7 @@ def verify_dataset(
     allow_unsanitized: bool = False,
     progress: Progress | None = None,
 ) -> VerifyReport:
+    check_nlp_model(nlp_model)
     meta = schema.dataset_metadata(path, schema.KIND_EXCHANGES)
     if not meta:
         raise InputError(f"{path}: no Parquet files to verify")
