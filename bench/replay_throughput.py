@@ -284,9 +284,18 @@ def main() -> None:
                 host="api.example.com",
             )
             r = run_replay(
-                d, url, work / f"out-rss-{size}", "--speed", "max", "--concurrency", str(conns)
+                d,
+                url,
+                work / f"out-rss-{size}",
+                "--speed",
+                "max",
+                "--concurrency",
+                str(conns),
+                "--limit",
+                str(rss_sends),
             )
             rss[size] = r["rss_mib"]
+            _note(f"rss, {size} recorded rows, {rss_sends} sent: {r}")
             shutil.rmtree(d)
             shutil.rmtree(work / f"out-rss-{size}")
         small, big = rss_sizes

@@ -238,7 +238,14 @@ def run_sanitize_here(src: str, dst: str, workers: int) -> dict:
     start = time.perf_counter()
     result = sanitize_dataset(src, dst, config, workers=workers)
     seconds = time.perf_counter() - start
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return {
+        # CPU time of the run and its workers: on a shared machine, wall time says little
+        # about scaling; CPU per row says whether more workers add overhead.
+        "cpu_seconds": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
         "rows": result.rows,
         "seconds": seconds,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -343,6 +350,8 @@ def main() -> None:
                 "naive_extrapolated": True,
                 "ratio_w1_vs_naive": round(ours1 / naive, 1),
                 "scaling_w2_vs_w1": round(ours2 / ours1, 2),
+                "cpu_ms_per_row_w1": round(1000 * w1["cpu_seconds"] / w1["rows"], 3),
+                "cpu_ms_per_row_w2": round(1000 * w2["cpu_seconds"] / w2["rows"], 3),
                 f"rss_mb_w1_main_at_{rows}": round(w1["rss_mb"], 1),
                 f"rss_mb_w2_main_at_{rows}": round(w2["rss_mb"], 1),
                 f"rss_mb_w2_worker_at_{rows}": round(w2["worker_rss_mb"], 1),

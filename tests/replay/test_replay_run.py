@@ -221,6 +221,23 @@ def test_limit_sessions_and_every_row_accounted(tmp_path: Path, staging) -> None
     staging.received.clear()
     summary = run_replay(_config(src, staging.url, tmp_path / "c", limit=5))
     assert len(staging.received) == 5 and summary.counts.skipped == {"limit": 25}
+    # Small row groups: once the limit is reached, later row groups are skipped as whole
+    # Arrow batches, with the same reasons the row-by-row path gives.
+    records.append(exchange("s9", 9, 999, "POST", "/late-write", body=b"{}"))
+    small = write_dataset(tmp_path / "small", records, row_group_rows=4)
+    staging.received.clear()
+    summary = run_replay(_config(small, staging.url, tmp_path / "d", limit=5, sessions=8))
+    rows = _results(tmp_path / "d")
+    assert len(rows) == 31 and len(staging.received) == 5
+    assert summary.counts.skipped == {
+        "limit": sum(r["skip_reason"] == "limit" for r in rows),
+        "not_sampled": 6,
+        "write_not_allowed": 1,
+    }
+    assert sum(summary.counts.skipped.values()) == 26
+    assert {r["run_id"] for r in rows} == {summary.run_id}
+    skipped = [r for r in rows if r["outcome"] == "skipped"]
+    assert all(r["attempts"] == 0 and r["substitutions"] == [] for r in skipped)
 
 
 def test_out_dir_with_results_is_refused(tmp_path: Path, staging) -> None:
@@ -374,3 +391,90 @@ def test_total_timeout_fails_the_request_with_a_reason(tmp_path: Path, staging) 
     assert row["outcome"] == "failed" and row["staging_status"] is None
     assert "no complete answer within 0.3 s" in row["staging_error"]
     assert summary.counts.failed == 1
+
+
+def test_http2_over_tls_through_a_real_mitmproxy(tmp_path: Path, staging) -> None:
+    """TLS with ALPN: mitmdump in reverse mode offers HTTP/2 in front of the staging server."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    mitmdump = Path(sys.executable).with_name("mitmdump")
+    if not mitmdump.exists():
+        mitmdump = Path(shutil.which("mitmdump") or "mitmdump")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            str(mitmdump),
+            "-q",
+            "--mode",
+            f"reverse:{staging.url}",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--set",
+            f"confdir={tmp_path / 'mitm'}",
+            # Lazy: ALPN is chosen from what the client offers, not from the (HTTP/1.1) upstream.
+            "--set",
+            "connection_strategy=lazy",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not start"
+                time.sleep(0.1)
+        records = [exchange("s1", i, i, "GET", f"/h2/{i}") for i in range(3)]
+        src = write_dataset(tmp_path / "in", records)
+        summary = run_replay(
+            _config(src, f"https://127.0.0.1:{port}", tmp_path / "out", tls_verify=False)
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert summary.counts.sent == 3
+    rows = _results(tmp_path / "out")
+    assert {r["staging_http_version"] for r in rows} == {"HTTP/2"}
+    assert {r["staging_status"] for r in rows} == {200}
+    assert sorted(r.path for r in staging.received) == ["/h2/0", "/h2/1", "/h2/2"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "status"), [("interrupted", "interrupted"), ("circuit_open", "circuit_open")]
+)
+def test_stop_switch_stops_a_run_from_another_thread(
+    tmp_path: Path, staging, reason: str, status: str
+) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shadowtape.replay.runner import StopSwitch
+
+    records = [exchange("s1", i, i * 200, "GET", f"/sw/{i}") for i in range(50)]
+    src = write_dataset(tmp_path / "in", records)
+    switch = StopSwitch()
+    config = _config(src, staging.url, tmp_path / "out", timing=Timing("speed", 1.0), grace=2.0)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(run_replay, config, None, None, switch)
+        deadline = time.monotonic() + 60
+        while len(staging.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        switch.request(reason)
+        summary = future.result(timeout=60)
+    assert summary.status == status
+    rows = _results(tmp_path / "out")
+    assert len(rows) == 50
+    skipped = {r["skip_reason"] for r in rows if r["outcome"] == "skipped"}
+    assert skipped == {reason}
+    assert 2 <= summary.counts.sent < 50

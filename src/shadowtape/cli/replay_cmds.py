@@ -112,7 +112,9 @@ Examples:
   shadowtape replay clean/ --target http://127.0.0.1:8000 --out results/ --speed 5
   shadowtape replay clean/ --target http://staging.local --out results/ --speed max \\
       --concurrency 64 --allow-writes --noise-sample 50
-  shadowtape replay clean/ --target http://staging.local --out results/ --dry-run"""
+  shadowtape replay clean/ --target http://staging.local --out results/ --dry-run
+  shadowtape replay clean/ --target http://staging.local --out /shared/results/ \\
+      --speed 10 --engine ray --senders 8 --address ray://head:10001"""
 )
 @click.argument("source", metavar="IN", type=click.Path(exists=True))
 @click.option("--target", required=True, metavar="URL", help="Base URL of the staging system.")
@@ -261,6 +263,25 @@ Examples:
     metavar="EPOCH_SECONDS",
     help="Shared schedule origin, so several senders keep one schedule.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: send from --senders actors on a Ray cluster (needs shadowtape[ray]).",
+)
+@click.option(
+    "--senders",
+    type=int,
+    metavar="N",
+    help="With --engine ray: sender actors, sessions split among them by id [default: 2].",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="With --engine ray: the cluster (ray://HOST:10001 or HOST:6379) [default: "
+    "$RAY_ADDRESS, else a local Ray instance].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace earlier results in --out.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; send nothing.")
 def replay(source: str, **opts: Any) -> None:
@@ -271,12 +292,20 @@ def replay(source: str, **opts: Any) -> None:
     dataset: sent, skipped (with the reason) or failed.
     """
     config = _build_config(source, opts)
+    senders = _check_engine(opts)
     if opts["dry_run"]:
         _print_plan(plan_replay(config))
         return
     line = LiveLine()
     try:
-        summary = run_replay(config, progress=_progress_printer(line))
+        if opts["engine"] == "ray":
+            from shadowtape.replay.ray_engine import run_replay_ray
+
+            summary = run_replay_ray(
+                config, senders, address=opts["address"], progress=_progress_printer(line)
+            )
+        else:
+            summary = run_replay(config, progress=_progress_printer(line))
     finally:
         line.clear()
     _print_summary(summary, config.out)
@@ -288,6 +317,19 @@ def replay(source: str, **opts: Any) -> None:
     if summary.status == "interrupted":
         click.echo(f"shadowtape: interrupted; results so far are in {config.out}", err=True)
         raise click.exceptions.Exit(summary.exit_code)
+
+
+def _check_engine(o: dict[str, Any]) -> int:
+    """The number of Ray senders; --senders and --address mean nothing to the local engine."""
+    if o["engine"] != "ray":
+        for name in ("senders", "address"):
+            if o[name] is not None:
+                raise InputError(f"--{name} applies to --engine ray only; add --engine ray")
+        return 1
+    senders = 2 if o["senders"] is None else o["senders"]
+    if senders < 1:
+        raise InputError(f"--senders {senders}: use 1 or more")
+    return senders
 
 
 def _build_config(source: str, o: dict[str, Any]) -> ReplayConfig:

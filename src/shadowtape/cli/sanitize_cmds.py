@@ -144,6 +144,20 @@ def _load_key(key_file: str | None, key_env: str, ephemeral: bool) -> Key:
     help="Worker processes; row groups are shared among them, the output is the same for any "
     "count.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: scrub on a Ray cluster with --workers actors (needs shadowtape[ray]); the "
+    "output is byte-identical to the local engine's.",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="With --engine ray: the cluster (ray://HOST:10001 or HOST:6379) [default: "
+    "$RAY_ADDRESS, else a local Ray instance].",
+)
 @nlp_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def sanitize(
@@ -154,6 +168,8 @@ def sanitize(
     key_file: str | None,
     ephemeral_key: bool,
     workers: int,
+    engine: str,
+    address: str | None,
     nlp_model: str | None,
     overwrite: bool,
 ) -> None:
@@ -171,7 +187,15 @@ def sanitize(
       export SHADOWTAPE_KEY=$(openssl rand -hex 32)   # keep it: same key, same pseudonyms
       shadowtape sanitize raw/ clean/ --workers 2
       shadowtape verify clean/
+      shadowtape sanitize raw/ clean/ --engine ray --workers 16 --address ray://head:10001
     """
+    results_fn = None
+    if engine == "ray":
+        from shadowtape.sanitize.ray_engine import ray_results
+
+        results_fn = ray_results(address)
+    elif address is not None:
+        raise InputError("--address applies to --engine ray only; add --engine ray")
     config = SanitizeConfig(
         policy=load_policy(policy_path),
         key=_load_key(key_file, key_env, ephemeral_key),
@@ -179,7 +203,13 @@ def sanitize(
     )
     with _live_progress("sanitizing") as progress:
         result = sanitize_dataset(
-            src, dst, config, workers=workers, overwrite=overwrite, progress=progress
+            src,
+            dst,
+            config,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+            results_fn=results_fn,
         )
     m = result.manifest
     counts = m.counts
@@ -187,6 +217,7 @@ def sanitize(
         f"sanitized {m.rows:,} exchanges in {len(m.files)} files -> {result.output} "
         f"(policy {m.policy_fingerprint}, key {m.key_fingerprint}"
         f"{', ephemeral' if config.key.source == 'ephemeral' else ''})"
+        + (f"; engine ray, {workers} workers" if engine == "ray" else "")
     )
     _echo_totals("found", totals_by(counts, "detected"))
     _echo_totals("rules", totals_by(counts, "actions"))

@@ -10,28 +10,27 @@ are picked out column-wise first).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from shadowtape import schema
 from shadowtape.diff.compare import header_map
 from shadowtape.errors import DatasetError
 
 
-def read_batches(
-    path: str | os.PathLike[str],
-    kind: str,
-    columns: Sequence[str] | None,
-    files: Iterable[Path],
-) -> Iterator[pa.RecordBatch]:
-    """`schema.iter_batches`, decoding on the calling thread: the diff is one-core work."""
+def read_batches(files: Iterable[Path], columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+    """`schema.iter_batches` over files already checked with `schema.open_file` (the check
+    rebuilds the Arrow schema dozens of times, so it is done once per file, not per pass),
+    decoding on the calling thread: the diff is one-core work."""
     for f in files:
-        pf, _ = schema.open_file(f, kind)
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DatasetError(f"{f}: not a readable Parquet file ({exc})") from None
         try:
             for i in range(pf.metadata.num_row_groups):
                 try:
@@ -61,7 +60,10 @@ def _entries(col: pa.Array) -> tuple[list[int], pa.Array, pa.Array] | None:
     names, values = flat.flatten()
     if names.null_count or values.null_count:
         return None
-    return pc.list_parent_indices(col), names, values
+    parents = pc.list_parent_indices(col)
+    if len(parents) != len(flat):  # a null list over entries: flatten() skips them, this not
+        return None
+    return parents, names, values
 
 
 def name_value_pairs(col: pa.Array) -> list[tuple[tuple[str, str], ...]]:

@@ -239,8 +239,8 @@ class NoiseModel:
     volatile: Counter = field(default_factory=Counter)  # ... -> requests all-volatile there
     volatile_reason: dict = field(default_factory=dict)
 
-    def observe_request(self, route: str) -> None:
-        self.requests[route] += 1
+    def observe_request(self, route: str, count: int = 1) -> None:
+        self.requests[route] += count
 
     def observe_differences(
         self, route: str, diffs: list[Difference], volatile: list[str | None]

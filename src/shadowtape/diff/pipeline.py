@@ -259,19 +259,16 @@ class _Batch:
             bool(self.staging_truncated[i]),
         )
 
-    def recorded(self, i: int, stats: RouteStats) -> Side:
-        """The recorded answer, its body freed of the Content-Encoding it crossed the wire in."""
-        headers = self.recorded_headers[i]
-        body = self.recorded_body[i] or b""
-        encoding = headers.get("content-encoding")
-        if encoding and body:
-            try:
-                body = bodies.decode_content(body, encoding)
-            except bodies.BodyDecodeError:
-                # Compared as the bytes they are; counted, since a difference found on an
-                # undecodable body may only be its encoding.
-                stats.body_undecodable += 1
-        return Side(self.status[i], headers, body, bool(self.recorded_truncated[i]))
+
+def _decode_recorded(body: bytes, encoding: str, stats: RouteStats) -> bytes:
+    """A recorded body freed of the Content-Encoding it crossed the wire in."""
+    try:
+        return bodies.decode_content(body, encoding)
+    except bodies.BodyDecodeError:
+        # Compared as the bytes they are; counted, since a difference found on an
+        # undecodable body may only be its encoding.
+        stats.body_undecodable += 1
+        return body
 
 
 class DiffRun:
@@ -300,9 +297,7 @@ class DiffRun:
     # -- pass 0: which exchanges were sent twice ------------------------------------------
 
     def _find_sampled(self, files: list[Path]) -> None:
-        for batch in columns.read_batches(
-            self.results, schema.KIND_RESULTS, ["id", "replay_pass"], files
-        ):
+        for batch in columns.read_batches(files, ["id", "replay_pass"]):
             second = pc.equal(batch.column("replay_pass"), 2)
             self.sampled_ids.update(pc.filter(batch.column("id"), second).to_pylist())
 
@@ -336,10 +331,13 @@ class DiffRun:
         opts = self.options
         buffer = _RowBuffer(work, opts.row_group_rows)
         wanted = wanted_headers(opts.compare) | _CONTENT_ENCODING
-        for batch in columns.read_batches(self.results, schema.KIND_RESULTS, _COLUMNS, files):
+        for batch in columns.read_batches(files, _COLUMNS):
             self._first_pass_batch(_Batch(batch, wanted), buffer)
             self.progress(self.rows)
         buffer.flush()
+        for route, stats in self.routes.items():
+            if stats.compared:
+                self.model.observe_request(route, stats.compared)
 
     def _first_pass_batch(self, b: _Batch, buffer: _RowBuffer) -> None:
         """One batch of results: counts per route, noise evidence, differences to `buffer`.
@@ -356,6 +354,12 @@ class DiffRun:
         (methods, paths, outcomes, passes, status, staging_status, started_at, sent_at) = (
             b.methods, b.paths, b.outcomes, b.passes, b.status, b.staging_status, b.started_at,
             b.sent_at,
+        )  # fmt: skip
+        staging_headers, staging_body, staging_truncated = (
+            b.staging_headers, b.staging_body, b.staging_truncated,
+        )  # fmt: skip
+        recorded_headers, recorded_body, recorded_truncated = (
+            b.recorded_headers, b.recorded_body, b.recorded_truncated,
         )  # fmt: skip
         self.rows += len(b.ids)
         for i, ex_id in enumerate(b.ids):
@@ -390,13 +394,20 @@ class DiffRun:
             done = b.done_at[i]
             if done is not None and staged_at is not None:
                 staging_latencies.append((route, done - staged_at))
-            stg = b.staging(i)
+            stg = Side(
+                stg_status, staging_headers[i], staging_body[i] or b"", bool(staging_truncated[i])
+            )
             if ex_id in sampled:
                 self._pair_sample(ex_id, route, stg)
             if rec_status is None:
                 stats.not_compared += 1
                 continue
-            rec = b.recorded(i, stats)
+            headers = recorded_headers[i]
+            body = recorded_body[i] or b""
+            encoding = headers.get("content-encoding")
+            if encoding and body:
+                body = _decode_recorded(body, encoding, stats)
+            rec = Side(rec_status, headers, body, bool(recorded_truncated[i]))
             # A request recorded twice: its two recordings are noise evidence.
             key = (methods[i], paths[i], b.query[i], b.request_body[i])
             first = twins.get(key)
@@ -406,8 +417,7 @@ class DiffRun:
             else:
                 self._observe_same_side(route, first, rec)
             comparison = compare_sides(rec, stg, compare)
-            stats.compared += 1
-            model.observe_request(route)
+            stats.compared += 1  # also the model's N, handed over once the pass is done
             if comparison.body_skipped:
                 why = comparison.body_skipped
                 stats.body_skipped[why] = stats.body_skipped.get(why, 0) + 1
@@ -447,7 +457,7 @@ class DiffRun:
                 stats.noise_only_requests += 1
 
         files = schema.dataset_files(work_dir)
-        for batch in columns.read_batches(work_dir, schema.KIND_DIFFS, None, files):
+        for batch in columns.read_batches(files, None):
             ids = batch.column("exchange_id").to_pylist()
             routes = batch.column("route").to_pylist()
             parts = batch.column("part").to_pylist()

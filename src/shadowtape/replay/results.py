@@ -17,9 +17,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from shadowtape.errors import InputError
+from shadowtape.replay.config import WRITE_METHODS
 from shadowtape.schema import (
     KIND_RESULTS,
+    RESULT_SCHEMA,
     DatasetWriter,
     RollPolicy,
     dataset_files,
@@ -34,6 +39,62 @@ def result_row(recorded: dict[str, Any], **replay: Any) -> dict[str, Any]:
     hold exchange columns only and do not use them afterwards."""
     recorded.update(replay)
     return recorded
+
+
+def in_sample(batch: pa.RecordBatch, sampled: frozenset[str]) -> pa.Array:
+    return pc.is_in(batch.column("session_id"), value_set=pa.array(sorted(sampled), pa.string()))
+
+
+def skip_reasons(
+    batch: pa.RecordBatch,
+    reason: str | None,
+    *,
+    sampled: frozenset[str] | None,
+    allow_writes: bool,
+) -> pa.Array:
+    """Per row, the reason the row-by-row path would give: outside the sample first, then a
+    write or a truncated body (checked before --limit), then `reason`."""
+    n = batch.num_rows
+    reasons = pa.array([reason] * n, pa.string())
+    if reason == "limit":
+        truncated = pc.fill_null(batch.column("request_body_truncated"), False)
+        reasons = pc.if_else(truncated, "request_body_truncated", reasons)
+        if not allow_writes:
+            methods = pc.utf8_upper(batch.column("method"))
+            writes = pc.is_in(methods, value_set=pa.array(sorted(WRITE_METHODS)))
+            reasons = pc.if_else(writes, "write_not_allowed", reasons)
+    if sampled is not None:
+        reasons = pc.if_else(in_sample(batch, sampled), reasons, "not_sampled")
+    return reasons
+
+
+def count_values(values: pa.Array) -> dict[str, int]:
+    return {
+        str(item["values"]): int(item["counts"]) for item in pc.value_counts(values).to_pylist()
+    }
+
+
+def skipped_batch(batch: pa.RecordBatch, reasons: pa.Array, run_id: str) -> pa.RecordBatch:
+    """Exchange columns as they are, replay columns for rows that were not sent."""
+    n = batch.num_rows
+    fixed = {
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "replay_pass": pa.array([1] * n, pa.int32()),
+        "outcome": pa.array(["skipped"] * n, pa.string()),
+        "skip_reason": reasons,
+        "attempts": pa.array([0] * n, pa.int32()),
+        "retries": pa.array([0] * n, pa.int32()),
+        "substitutions": pa.array([[]] * n, RESULT_SCHEMA.field("substitutions").type),
+    }
+    columns = []
+    for f in RESULT_SCHEMA:
+        if f.name in batch.schema.names:
+            columns.append(batch.column(f.name))
+        elif f.name in fixed:
+            columns.append(fixed[f.name])
+        else:
+            columns.append(pa.nulls(n, f.type))
+    return pa.RecordBatch.from_arrays(columns, schema=RESULT_SCHEMA)
 
 
 def prepare_out_dir(out: str | os.PathLike[str], prefix: str, overwrite: bool) -> Path:
@@ -93,6 +154,14 @@ class ResultSink:
 
     async def add(self, row: dict[str, Any]) -> None:
         self.add_nowait(row)
+        while len(self._pending) > self.max_batches:
+            await asyncio.wrap_future(self._pending.popleft())
+
+    async def add_batch(self, batch: pa.RecordBatch) -> None:
+        if self._rows:
+            self._submit()
+        self.rows += batch.num_rows
+        self._pending.append(self._executor.submit(self.writer.write_batch, batch))
         while len(self._pending) > self.max_batches:
             await asyncio.wrap_future(self._pending.popleft())
 

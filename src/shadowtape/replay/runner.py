@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from shadowtape.errors import InputError
 from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
@@ -35,8 +38,17 @@ from shadowtape.replay.plan import (
     stable_hash,
     step_key,
 )
-from shadowtape.replay.results import ResultSink, prepare_out_dir, result_row, same_dataset
-from shadowtape.replay.scan import DatasetScan, batched_rows, iter_rows, scan_dataset
+from shadowtape.replay.results import (
+    ResultSink,
+    count_values,
+    in_sample,
+    prepare_out_dir,
+    result_row,
+    same_dataset,
+    skip_reasons,
+    skipped_batch,
+)
+from shadowtape.replay.scan import DatasetScan, iter_rows, scan_dataset
 from shadowtape.replay.scheduler import Clock, Lane, MonotonicClock, SessionScheduler, Work
 from shadowtape.replay.sender import (
     RequestParts,
@@ -49,10 +61,13 @@ from shadowtape.replay.stats import Quantiles, ReplayCounts, ReplaySummary
 from shadowtape.replay.substitute import Correlator, SessionBindings, Substitution
 from shadowtape.replay.traceparent import span_id, trace_id, traceparent
 from shadowtape.schema import (
+    EXCHANGE_COLUMNS,
     KIND_EXCHANGES,
     META_POLICY,
     META_SANITIZED,
+    batch_to_rows,
     dataset_metadata,
+    iter_batches,
     uuid7,
 )
 
@@ -137,15 +152,52 @@ def plan_replay(config: ReplayConfig) -> ReplayPlan:
     )
 
 
+class StopSwitch:
+    """Stops a run from another thread (a Ray actor's second call, a supervisor): the
+    request acts like Ctrl-C ("interrupted": stop dispatch, wait for in-flight requests up to
+    the grace period) or, with another reason such as "circuit_open" (a sibling shard's
+    breaker opened), stops dispatch and skips the rest with that reason."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        self._notify: Callable[[], None] | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def request(self, reason: str = "interrupted") -> None:
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+            notify = self._notify
+        if notify is not None:
+            notify()
+
+    def _attach(self, notify: Callable[[], None]) -> None:
+        with self._lock:
+            self._notify = notify
+            pending = self._reason is not None
+        if pending:
+            notify()
+
+    def _detach(self) -> None:
+        with self._lock:
+            self._notify = None
+
+
 def run_replay(
     config: ReplayConfig,
     progress: Callable[[Progress], None] | None = None,
     clock: Clock | None = None,
+    stop: StopSwitch | None = None,
 ) -> ReplaySummary:
     """Replay `config.source` against `config.target`; results land in `config.out`.
 
     Raises InputError for refusals (nothing is sent then). A run stopped by the circuit
-    breaker or by Ctrl-C returns normally with its status; its results are complete files.
+    breaker, by Ctrl-C or through `stop` returns normally with its status; its results are
+    complete files.
     """
     meta = check_config(config)
     if same_dataset(config.source, config.out):
@@ -154,7 +206,7 @@ def run_replay(
     rules = load_correlation(config)
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
     run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
-    return asyncio.run(run.run())
+    return asyncio.run(run.run(stop))
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -225,7 +277,7 @@ class _Replay:
             return None
         return self._wall0_us + round((t - self._mono0) * 1_000_000)
 
-    async def run(self) -> ReplaySummary:
+    async def run(self, switch: StopSwitch | None = None) -> ReplaySummary:
         cfg = self.config
         started = time.monotonic()
         self.stop = asyncio.Event()
@@ -247,6 +299,9 @@ class _Replay:
             stop=self.stop,
         )
         restore = self._install_signals()
+        if switch is not None:
+            loop = asyncio.get_running_loop()
+            switch._attach(lambda: loop.call_soon_threadsafe(self._on_switch, switch))
         ticker = asyncio.ensure_future(self._tick(started))
         try:
             await self._dispatch_all()
@@ -263,6 +318,8 @@ class _Replay:
             raise
         finally:
             restore()
+            if switch is not None:
+                switch._detach()
             ticker.cancel()
             if self.timer is not None:
                 self.timer.cancel()
@@ -283,6 +340,8 @@ class _Replay:
             status, reason = "interrupted", "interrupted (Ctrl-C)"
         elif self.breaker.trip is not None:
             status, reason = "circuit_open", self.breaker.trip.reason
+        elif self.stop_reason == "circuit_open":
+            status, reason = "circuit_open", "stopped on request: another sender's breaker opened"
         else:
             status = "complete"
             reason = "duration reached" if self.stop_reason == "duration" else None
@@ -342,6 +401,13 @@ class _Replay:
             self.abandon_tail = True
             self.scheduler.cancel_all()
 
+    def _on_switch(self, switch: StopSwitch) -> None:
+        reason = switch.reason or "interrupted"
+        if reason == "interrupted":
+            self._on_sigint()
+        else:
+            self._request_stop(reason)
+
     def _request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
@@ -376,16 +442,45 @@ class _Replay:
 
     # --- dispatch ------------------------------------------------------------------------
 
-    def _batches(self) -> Iterator[list[dict[str, Any]]]:
+    def _batches(self) -> Iterator[pa.RecordBatch]:
         cfg = self.config
-        # Exchange columns only (see iter_rows): a results dataset given as input must not
-        # carry its old replay columns into the new results.
-        for rows in batched_rows(cfg.source):
+        # Exchange columns only: a results dataset given as input must not carry its old
+        # replay columns into the new results.
+        for batch in iter_batches(cfg.source, KIND_EXCHANGES):
+            batch = batch.select(EXCHANGE_COLUMNS)
             if cfg.shard_count > 1:
-                rows = [
-                    r for r in rows if in_shard(r["session_id"], cfg.shard_index, cfg.shard_count)
+                mask = [
+                    in_shard(sid, cfg.shard_index, cfg.shard_count)
+                    for sid in batch.column("session_id").to_pylist()
                 ]
-            yield rows
+                batch = batch.filter(pa.array(mask, pa.bool_()))
+            yield batch
+
+    def _tail_reason(self) -> str | None:
+        """Why every row still to come is skipped, once nothing more will be sent."""
+        if self.stop_reason is not None:
+            return self.stop_reason
+        limit = self.config.limit
+        if limit is not None and self.sendable >= limit:
+            return "limit"
+        return None
+
+    async def _skip_batch(self, batch: pa.RecordBatch, default_reason: str | None) -> None:
+        """Skipped rows straight from Arrow to Arrow: streaming the rest of a big dataset
+        after a stop, a --limit or outside a --sessions sample costs no per-row Python."""
+        if batch.num_rows == 0:
+            return
+        reasons = skip_reasons(
+            batch,
+            default_reason,
+            sampled=self.scan.sampled,
+            allow_writes=self.config.allow_writes,
+        )
+        for reason, n in count_values(reasons).items():
+            self.counts.skipped[reason] += n
+        self.counts.rows += batch.num_rows
+        self.pass1_rows += batch.num_rows
+        await self.sink.add_batch(skipped_batch(batch, reasons, self.run_id))
 
     async def _dispatch_all(self) -> None:
         cfg = self.config
@@ -399,20 +494,25 @@ class _Replay:
         batches = self._batches()
         first = True
         while not self.abandon_tail:
-            rows = await asyncio.to_thread(next, batches, None)
+            batch = await asyncio.to_thread(next, batches, None)
             if first:
                 # The origin is set once the first rows are here, so reading the first row
                 # group does not make the first requests late.
                 self._set_origin()
                 first = False
-            if rows is None:
+            if batch is None:
                 break
-            for row in rows:
+            tail = self._tail_reason()
+            if tail is not None:
+                await self._skip_batch(batch, tail)
+                continue
+            if sampled is not None:
+                chosen = in_sample(batch, sampled)
+                await self._skip_batch(batch.filter(pc.invert(chosen)), None)
+                batch = batch.filter(chosen)
+            for row in await asyncio.to_thread(batch_to_rows, batch):
                 if self.abandon_tail:
                     break
-                if sampled is not None and row["session_id"] not in sampled:
-                    await self._skip(row, "not_sampled")
-                    continue
                 for ready in reorder.push(row):
                     await self._dispatch(ready)
         for ready in reorder.drain():
@@ -519,7 +619,10 @@ class _Replay:
             self._learn(lane, row, None)
             await self._skip(row, "correlation_miss", sub_rows)
             return
-        outcome = await self._send(row, parts, state.trace_id, 1, work.scheduled, sub_rows)
+        # With no schedule (--speed max) a request is due when its session's turn comes, so
+        # lateness is the wait for a free connection, not the time spent queued behind it.
+        scheduled = work.scheduled if work.due is not None else self.clock.now()
+        outcome = await self._send(row, parts, state.trace_id, 1, scheduled, sub_rows)
         self._learn(lane, row, outcome)
         if (
             self.config.noise_sample > 0

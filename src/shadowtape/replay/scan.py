@@ -97,12 +97,7 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
     )
 
 
-def batched_rows(source: str) -> Iterator[list[dict[str, Any]]]:
-    """A dataset's rows as dicts of the exchange columns only, one list per row group."""
-    for batch in iter_batches(source, KIND_EXCHANGES):
-        yield batch_to_rows(batch.select(EXCHANGE_COLUMNS))
-
-
 def iter_rows(source: str) -> Iterator[dict[str, Any]]:
-    for rows in batched_rows(source):
-        yield from rows
+    """A dataset's rows as dicts of the exchange columns only, row group by row group."""
+    for batch in iter_batches(source, KIND_EXCHANGES):
+        yield from batch_to_rows(batch.select(EXCHANGE_COLUMNS))

@@ -27,7 +27,7 @@ from shadowtape.replay.config import ReplayConfig, RewriteRule
 from shadowtape.replay.guardrails import CircuitBreaker
 from shadowtape.replay.h11transport import H11Transport
 from shadowtape.replay.plan import stable_hash
-from shadowtape.replay.transport import ShardedPoolTransport
+from shadowtape.replay.transport import ShardedPoolTransport, tls_context
 
 Pairs = list[tuple[str, str]]
 
@@ -207,7 +207,7 @@ class Sender:
         self.slots = asyncio.Semaphore(config.concurrency)
         self.in_flight = 0
         t = config.timeouts
-        tls = httpx.create_ssl_context(verify=config.tls_verify)
+        tls = tls_context(config.tls_verify)
         lean = H11Transport(config.concurrency, ssl_context=tls)
         if config.http == "2":
             # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
@@ -240,6 +240,8 @@ class Sender:
         def should_retry_exc(exc: BaseException) -> bool:
             if self.breaker.open or not isinstance(exc, _AttemptFailed):
                 return False
+            if isinstance(exc.exc, httpx.LocalProtocolError):
+                return False  # the request itself cannot be sent; trying again will not help
             return exc.not_sent or (idempotent and isinstance(exc.exc, httpx.TransportError))
 
         def should_retry_result(result: SendOutcome) -> bool:

@@ -9,11 +9,31 @@ keep the same connection bound with a fraction of that cost.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
+import certifi
 import httpx
 
 CONNECTIONS_PER_POOL = 4
+
+
+class _PreferH2(ssl.SSLContext):
+    """Browsers offer h2 first; httpcore offers http/1.1 first, so a server that honours
+    the client's order (mitmproxy does) would never choose HTTP/2 for a replay."""
+
+    def set_alpn_protocols(self, alpn_protocols: Iterable[str]) -> None:
+        super().set_alpn_protocols(sorted(alpn_protocols, key=lambda p: p != "h2"))
+
+
+def tls_context(verify: bool = True) -> ssl.SSLContext:
+    ctx = _PreferH2(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if verify:
+        ctx.load_verify_locations(cafile=certifi.where())
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class _CountedStream(httpx.AsyncByteStream):
@@ -47,7 +67,7 @@ class ShardedPoolTransport(httpx.AsyncBaseTransport):
     ) -> None:
         pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
         # One TLS context for all pools: loading the CA bundle costs ~0.1 s each time.
-        tls = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify)
+        tls = verify if isinstance(verify, ssl.SSLContext) else tls_context(verify)
         sizes = [max_connections // pools + (i < max_connections % pools) for i in range(pools)]
         self._pools = [
             httpx.AsyncHTTPTransport(

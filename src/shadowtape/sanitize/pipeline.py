@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import shutil
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +103,9 @@ class SanitizeResult:
 
 
 Progress = Callable[[int, int], None]
+# Where units are scrubbed: (units, config, workers) -> (batch, counts) per unit, in unit order.
+# The local process pool is the default; sanitize/ray_engine.py supplies one that runs on Ray.
+ResultsFn = Callable[..., Generator[tuple[pa.RecordBatch, dict[str, int]], None, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,17 +159,22 @@ def _results(
     units: list[_Unit], config: SanitizeConfig, workers: int
 ) -> Iterator[tuple[pa.RecordBatch, dict[str, int]]]:
     """Results in unit order; at most 2 x workers units in flight, so memory stays bounded."""
-    if workers <= 1:
-        for u in units:
-            yield _sanitize_unit(str(u.source), u.row_group, config)
-        return
+    queue = iter(units)
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    if ctx.get_start_method() == "fork":
-        scrubber_for(config)  # built once here, inherited by every forked worker
+    forking = "fork" in methods
+    if workers <= 1 or forking:
+        # With fork, the first row group runs here before the pool starts: workers inherit
+        # the built scrubber and its warm caches (the values that recur in every row group:
+        # users, tokens), instead of each analysing them again.
+        for u in queue:
+            yield _sanitize_unit(str(u.source), u.row_group, config)
+            if workers > 1:
+                break
+    if workers <= 1:
+        return
+    ctx = multiprocessing.get_context("fork" if forking else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending: deque[Future] = deque()
-        queue = iter(units)
         for u in queue:
             pending.append(pool.submit(_sanitize_unit, str(u.source), u.row_group, config))
             if len(pending) >= 2 * workers:
@@ -187,6 +195,7 @@ def sanitize_dataset(
     workers: int = 1,
     overwrite: bool = False,
     progress: Progress | None = None,
+    results_fn: ResultsFn | None = None,
 ) -> SanitizeResult:
     src_p, dst_p = Path(src), Path(dst)
     files = schema.dataset_files(src_p)
@@ -226,8 +235,8 @@ def sanitize_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     counts: Counter[str] = Counter()
+    results = (results_fn or _results)(units, config, workers)
     try:
-        results = _results(units, config, workers)
         done = 0
         for info in infos:
             rel = info.path.relative_to(base)
@@ -256,6 +265,8 @@ def sanitize_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        results.close()  # an engine's workers (a Ray session) stop now, not at garbage collection
     return SanitizeResult(dst_p, manifest)
 
 

@@ -39,8 +39,8 @@ REWRITTEN_COLUMNS = (
 )
 # What it reads: the method too, since path rules may name one.
 READ_COLUMNS = ("method", *REWRITTEN_COLUMNS)
-_CACHE_LIMIT = 200_000
-_CACHEABLE_LEN = 2048
+_CACHE_LIMIT = 100_000
+_CACHEABLE_LEN = 1024
 # Authorization schemes: the scheme is structure, only the credential after it is secret.
 _AUTH_SCHEME_RE = re.compile(
     r"^(Bearer|Basic|Token|Digest|Negotiate|Bot|JWT|ApiKey|OAuth)(\s+)(\S.*)$", re.IGNORECASE
