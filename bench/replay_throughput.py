@@ -183,8 +183,8 @@ def run_replay(dataset: Path, url: str, out: Path, *extra: str) -> dict:
         "wall_s": round(wall, 2),
         "rps": sent.height / span if span else 0.0,
         "rss_mib": round(rss / 1024, 1),
-        "lateness_p50_ms": meta["lateness_p50_us"] / 1000,
-        "lateness_p99_ms": meta["lateness_p99_us"] / 1000,
+        "lateness_p50_ms": meta.get("lateness_p50_us", 0) / 1000,
+        "lateness_p99_ms": meta.get("lateness_p99_us", 0) / 1000,
     }
 
 

@@ -68,7 +68,7 @@ def test_unreadable_row_group_is_one_line_and_no_output(
     data[start : start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
     (broken / first.name).write_bytes(bytes(data))
     out = tmp_path / "out"
-    result = _cli("sanitize", str(broken), str(out), "--engine", "ray", "--workers", "2")
+    result = _cli("sanitize", str(broken), str(out), "--engine", "ray")
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("shadowtape: error:")]
     assert len(errors) == 1 and "row group" in errors[0] and first.name in errors[0]

@@ -94,11 +94,19 @@ def merge_progress(parts: list[Progress | None], elapsed: float) -> Progress:
 
 
 def merge_summaries(
-    shards: list[ReplaySummary], config: ReplayConfig, elapsed: float, interrupted: bool
+    shards: list[ReplaySummary],
+    config: ReplayConfig,
+    elapsed: float,
+    interrupted: bool,
+    tripped_first: int | None = None,
 ) -> ReplaySummary:
     """One summary for the run. Lateness quantiles cannot be merged from quantiles: the
-    figures are the worst shard's (an upper bound); the exact ones are in the results."""
+    figures are the worst shard's (an upper bound); the exact ones are in the results.
+    `tripped_first` is the shard whose breaker opened first: its reason is the run's (the
+    others say only that they were stopped)."""
     tripped = [s for s in shards if s.status == "circuit_open"]
+    if tripped_first is not None:
+        tripped.insert(0, shards[tripped_first])
     if tripped:
         status, reason = "circuit_open", tripped[0].reason
     elif interrupted or any(s.status == "interrupted" for s in shards):
@@ -197,7 +205,7 @@ def _drive(
     summaries: list[ReplaySummary | None] = [None] * n
     latest: list[Progress | None] = [None] * n
     interrupts = 0
-    stopping = False
+    tripped_first: int | None = None
 
     def stop_all(reason: str) -> None:
         for i, actor in enumerate(actors):
@@ -210,8 +218,8 @@ def _drive(
             for ref in finished:
                 i = pending.pop(ref)
                 summaries[i] = _shard_result(ray, ref, i, n, stop_all)
-                if summaries[i].status == "circuit_open" and not stopping:
-                    stopping = True
+                if summaries[i].status == "circuit_open" and tripped_first is None:
+                    tripped_first = i
                     stop_all("circuit_open")
             if progress is not None:
                 polls = [a.progress.remote() for a in actors]
@@ -232,6 +240,7 @@ def _drive(
         config,
         time.monotonic() - started,
         interrupted=interrupts > 0,
+        tripped_first=tripped_first,
     )
 
 

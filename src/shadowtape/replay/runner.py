@@ -65,6 +65,7 @@ from shadowtape.schema import (
     KIND_EXCHANGES,
     META_POLICY,
     META_SANITIZED,
+    RollPolicy,
     batch_to_rows,
     dataset_metadata,
     iter_batches,
@@ -287,7 +288,11 @@ class _Replay:
         for key in (META_SANITIZED, META_POLICY):
             if key in self.input_meta:
                 metadata[key] = self.input_meta[key]
-        self.sink = ResultSink(self.out_dir, cfg.prefix, metadata)
+        # One file per run (per shard): the run's figures are known only at the end and go in
+        # the footer of the file finalized last, so a rolled-over first file would carry a
+        # stale "running" summary. SIGINT and SIGTERM finalize it; only a hard kill loses it.
+        single_file = RollPolicy(max_rows=2**62, max_bytes=2**62)
+        self.sink = ResultSink(self.out_dir, cfg.prefix, metadata, roll=single_file)
         self.sink.set_summary({"run_id": self.run_id, "status": "running", "config": cfg.to_json()})
         self.scheduler = SessionScheduler(
             self.clock,

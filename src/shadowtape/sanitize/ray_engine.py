@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from shadowtape.errors import DatasetError
+from shadowtape.errors import DatasetError, ShadowtapeError
 from shadowtape.ray_session import import_ray, ray_session, unwrap_remote_error
 from shadowtape.sanitize.pipeline import ResultsFn, SanitizeConfig, _sanitize_unit, scrubber_for
 
@@ -31,8 +32,15 @@ Result = tuple[pa.RecordBatch, dict[str, int]]
 
 # One unit's result travels as one row: an empty row group still yields its row (so results
 # stay aligned with units), and Arrow IPC keeps the batch's exact types and schema metadata.
+# An expected failure (an unreadable row group) travels as data too, pickled: raised in the
+# worker, Ray would wrap it in its own exception, print the traceback and retry the unit.
 _RESULT_SCHEMA = pa.schema(
-    [("index", pa.int64()), ("batch", pa.large_binary()), ("counts", pa.string())]
+    [
+        ("index", pa.int64()),
+        ("batch", pa.large_binary()),
+        ("counts", pa.string()),
+        ("error", pa.binary()),
+    ]
 )
 
 
@@ -44,13 +52,17 @@ class UnitScrubber:
         scrubber_for(config)
 
     def __call__(self, units: pa.Table) -> pa.Table:
-        indexes, blobs, counts = [], [], []
+        rows = []
         for unit in units.to_pylist():
-            batch, unit_counts = _sanitize_unit(unit["source"], unit["row_group"], self.config)
-            indexes.append(unit["index"])
-            blobs.append(_to_ipc(batch))
-            counts.append(json.dumps(unit_counts, sort_keys=True))
-        return pa.table([indexes, blobs, counts], schema=_RESULT_SCHEMA)
+            row = {"index": unit["index"], "batch": None, "counts": None, "error": None}
+            try:
+                batch, unit_counts = _sanitize_unit(unit["source"], unit["row_group"], self.config)
+            except ShadowtapeError as exc:
+                row["error"] = pickle.dumps(exc)
+            else:
+                row.update(batch=_to_ipc(batch), counts=json.dumps(unit_counts, sort_keys=True))
+            rows.append(row)
+        return pa.Table.from_pylist(rows, schema=_RESULT_SCHEMA)
 
 
 def _to_ipc(batch: pa.RecordBatch) -> bytes:
@@ -119,6 +131,8 @@ def _stream(
                             "the output would not match the local engine, so none is written"
                         )
                     expected += 1
+                    if row["error"] is not None:
+                        raise pickle.loads(row["error"])
                     yield _from_ipc(row["batch"]), json.loads(row["counts"])
         except Exception as exc:
             original = unwrap_remote_error(exc)
