@@ -366,7 +366,8 @@ def open_file(path: Path, kind: str | None = None) -> tuple[pq.ParquetFile, Data
         raise DatasetError(f"{path}: a {file_kind} dataset, expected {kind}")
     expected = SCHEMAS.get(file_kind)
     if expected is not None:
-        missing = [n for n in expected.names if n not in pf.schema_arrow.names]
+        present = set(pf.schema_arrow.names)  # schema_arrow is rebuilt on every access
+        missing = [n for n in expected.names if n not in present]
         if missing:
             raise DatasetError(f"{path}: {file_kind} file lacks columns {', '.join(missing)}")
     info = DatasetFile(

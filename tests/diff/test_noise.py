@@ -9,6 +9,7 @@ from shadowtape.diff.noise import (
     volatile_kind,
 )
 from shadowtape.errors import InputError
+from shadowtape.keyed import Key, Keyed
 
 ROUTE = "GET /x"
 NOW = 1_795_000_000_000_000  # µs
@@ -88,6 +89,14 @@ def test_volatile_kinds():
     )
     assert volatile_kind(d("$.n", "1", "2"), NOW, NOW) is None
     assert volatile_kind(d("$.id", uuid_a, None, kind="removed"), NOW, NOW) is None
+
+
+def test_recorded_credential_token_is_noise():
+    # Capture and sanitize replace a server-minted credential by a keyed token; staging mints
+    # its own, so the two can never match.
+    token = Keyed(Key(b"k" * 32, "test")).secret("session-abc")
+    assert volatile_kind(d("$.token", f'"{token}"', '"fresh-xyz"'), NOW, NOW) == "credential token"
+    assert volatile_kind(d("$.token", '"session-abc"', '"fresh-xyz"'), NOW, NOW) is None
 
 
 def test_pinned_rules_file(tmp_path):

@@ -97,6 +97,15 @@ def _handler(state: Staging) -> type[BaseHTTPRequestHandler]:
                 state.tokens.add(token)
                 self._reply(200, {"token": token, "user": "u1"})
                 return
+            if path == "/logout" and self.command == "POST":
+                # Ends the session: its token stops working, as on a real app.
+                if not self._authorized():
+                    self._reply(401, {"error": "unauthorized"})
+                    return
+                with state.lock:
+                    state.tokens.discard(self.headers["Authorization"][7:])
+                self._reply(200, {"logged_out": True})
+                return
             if path == "/orders" and self.command == "POST":
                 if not self._authorized():
                     self._reply(401, {"error": "unauthorized"})

@@ -146,3 +146,19 @@ def test_senders_need_the_ray_engine(staging, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, args, env={"SHADOWTAPE_NO_CONFIG": "1"})
     assert result.exit_code == 2 and "--engine ray" in result.output
     assert staging.received == []
+
+
+def test_a_senders_error_comes_back_as_its_one_line(ray_instance) -> None:
+    from shadowtape.errors import InputError
+    from shadowtape.replay.ray_engine import _shard_error
+
+    @ray_instance.remote
+    def refuse() -> None:
+        raise InputError("clean/: dataset has no Parquet files")
+
+    try:
+        ray_instance.get(refuse.remote())
+    except Exception as exc:  # Ray's wrapper, whose message is the remote traceback
+        error = _shard_error(exc, 1, 4)
+    assert isinstance(error, InputError)
+    assert str(error) == "sender 1 of 4: clean/: dataset has no Parquet files"

@@ -46,6 +46,12 @@ def _progress_printer(line: LiveLine) -> Any:
     return show
 
 
+def _lateness_label(summary: ReplaySummary) -> str:
+    # With no schedule (--speed max) lateness is the wait for a free connection.
+    timing = summary.config.get("timing") or {}
+    return "wait for a connection" if timing.get("mode") == "max" else "lateness"
+
+
 def _print_summary(summary: ReplaySummary, out: str) -> None:
     c = summary.counts
     files = len(summary.files)
@@ -59,7 +65,7 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
         f"skipped {sum(c.skipped.values())} ({_counter(dict(c.skipped))})"
     )
     click.echo(
-        f"  retries {c.retries}, sessions {c.sessions}, lateness p50 "
+        f"  retries {c.retries}, sessions {c.sessions}, {_lateness_label(summary)} p50 "
         f"{_ms(summary.lateness_p50_us)} p99 {_ms(summary.lateness_p99_us)} "
         f"max {_ms(summary.lateness_max_us)}, elapsed {summary.elapsed_s:.1f} s"
     )
@@ -84,8 +90,11 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
     for label, n in extras.items():
         if n:
             click.echo(f"  {label}: {n}")
-    if c.noise_sent or c.noise_failed:
-        click.echo(f"  noise pass: {c.noise_sent} sent a second time, {c.noise_failed} failed")
+    if c.noise_sent or c.noise_failed or c.noise_not_sent:
+        click.echo(
+            f"  noise sample: {c.noise_sent} sent a second time, {c.noise_failed} failed, "
+            f"{c.noise_not_sent} not sent (first send skipped or unanswered)"
+        )
 
 
 def _print_plan(plan: ReplayPlan) -> None:
@@ -254,7 +263,8 @@ Examples:
     type=int,
     default=_CFG["noise_sample"],
     show_default=True,
-    help="Send N sampled GETs a second time (for the diff stage's noise detection).",
+    help="Send N sampled GETs a second time, each right after its first send inside its "
+    "session (replay_pass 2; for the diff stage's noise detection).",
 )
 @click.option("--shard", metavar="I/N", help="Replay only sessions of shard I of N.")
 @click.option(

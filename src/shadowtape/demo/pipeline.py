@@ -29,14 +29,6 @@ from shadowtape.errors import InputError, ShadowtapeError
 MARKER = ".shadowtape-demo"
 REPLAY_SPEED = 5
 NOISE_SAMPLE = 50
-# Differences no replay can avoid, pinned as a team would pin them: they stay visible in the
-# report, apart from drift, and never trip a gate.
-PINNED_RULES = """\
-# The login token is minted afresh on every login, and in the recording it is replaced by its
-# keyed pseudonym (stk_...), so recorded and staging values can never be equal.
-ignore:
-  - {path: $.token, route: POST /api/login}
-"""
 _SERVING = re.compile(r"serving v\d on (http://\S+)")
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -74,10 +66,6 @@ class DemoPaths:
         return self.workdir / "results"
 
     @property
-    def pinned_rules(self) -> Path:
-        return self.workdir / "noise.yaml"
-
-    @property
     def html(self) -> Path:
         return self.workdir / "report.html"
 
@@ -94,7 +82,6 @@ class DemoPaths:
             self.raw,
             self.clean,
             self.results,
-            self.pinned_rules,
             self.html,
             self.junit,
             self.notebook,
@@ -204,17 +191,9 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
         Step(
             "diff",
             "Compare every staging response with the recorded one",
-            (
-                (
-                    "shadowtape",
-                    "diff",
-                    str(paths.results),
-                    "--ignore-file",
-                    str(paths.pinned_rules),
-                ),
-            ),  # fmt: skip
-            f"the pinned rules in {paths.pinned_rules.name} set aside what can never match: "
-            "the login token, minted afresh by staging and pseudonymized in the recording",
+            (("shadowtape", "diff", str(paths.results)),),  # fmt: skip
+            "the login token, minted afresh by staging and a keyed token in the recording, "
+            "is recognised as a credential token and kept apart from drift as noise",
         ),
         Step(
             "report",
@@ -269,7 +248,6 @@ def prepare_workdir(paths: DemoPaths) -> str:
             shutil.rmtree(out)
         elif out.exists():
             out.unlink()
-    paths.pinned_rules.write_text(PINNED_RULES)
     if paths.key.exists():
         return (
             f"key: {paths.key} (made by an earlier run and reused, so pseudonyms match across runs)"

@@ -26,6 +26,7 @@ import yaml
 from shadowtape.diff import paths
 from shadowtape.diff.compare import BODY, CHANGED, HEADER, Difference
 from shadowtape.errors import InputError
+from shadowtape.keyed import is_token
 
 DRIFT = "drift"
 NOISE = "noise"
@@ -90,6 +91,12 @@ def _timestamp_us(shown: str) -> int | None:
     return None
 
 
+def _is_credential_token(shown: str) -> bool:
+    if len(shown) < 3 or not shown.startswith('"') or not shown.endswith('"'):
+        return False
+    return is_token(shown[1:-1])
+
+
 def volatile_kind(diff: Difference, recorded_at: int | None, staged_at: int | None) -> str | None:
     """Why this single difference is of a kind known to change on every response, or None."""
     if diff.part == HEADER:
@@ -100,6 +107,10 @@ def volatile_kind(diff: Difference, recorded_at: int | None, staged_at: int | No
         return "request id"
     if _UUID.match(diff.recorded) and _UUID.match(diff.staging):
         return "uuid"
+    if _is_credential_token(diff.recorded):
+        # The recording holds capture's keyed token in place of a server-minted credential;
+        # staging mints its own, so the two can never be equal and the difference says nothing.
+        return "credential token"
     if recorded_at is not None and staged_at is not None:
         ta, tb = _timestamp_us(diff.recorded), _timestamp_us(diff.staging)
         if (

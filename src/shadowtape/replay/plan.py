@@ -81,6 +81,53 @@ class SessionSampler:
         return frozenset(self._members)
 
 
+NOISE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class NoiseSampler:
+    """Picks the `--noise-sample` requests before anything is sent: a seeded sample of
+    GET/HEAD requests, spread over steps (routes or id-folded paths).
+
+    Streaming and bounded: per step only the n smallest seeded hashes are kept (any step can
+    give all n if it must), and at most `max_steps` steps are tracked.
+    """
+
+    def __init__(self, n: int, seed: int, max_steps: int = 10_000) -> None:
+        self.n = n
+        self.seed = seed
+        self.max_steps = max_steps
+        self._heaps: dict[str, list[tuple[int, str]]] = {}  # max-heaps by negated hash
+
+    def offer(self, exchange_id: str, method: str, step: str) -> None:
+        if self.n <= 0 or method.upper() not in NOISE_METHODS:
+            return
+        heap = self._heaps.get(step)
+        if heap is None:
+            if len(self._heaps) >= self.max_steps:
+                return
+            heap = self._heaps[step] = []
+        h = stable_hash("noise", self.seed, exchange_id)
+        if len(heap) < self.n:
+            heapq.heappush(heap, (-h, exchange_id))
+        elif h < -heap[0][0]:
+            heapq.heapreplace(heap, (-h, exchange_id))
+
+    def selected(self) -> frozenset[str]:
+        """Round robin over steps (sorted), smallest hash first: a spread sample of n."""
+        queues = [
+            [i for _, i in sorted(heap, key=lambda e: (-e[0], e[1]))]
+            for _, heap in sorted(self._heaps.items())
+        ]
+        chosen: list[str] = []
+        depth = 0
+        while len(chosen) < self.n and any(depth < len(q) for q in queues):
+            for q in queues:
+                if depth < len(q) and len(chosen) < self.n:
+                    chosen.append(q[depth])
+            depth += 1
+        return frozenset(chosen)
+
+
 @dataclass(slots=True)
 class OrderTracker:
     """How far back in time records jump in storage order: the reorder window that makes a

@@ -25,6 +25,7 @@ from typing import Any
 from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.ray_session import ray_session, unwrap_remote_error
 from shadowtape.replay.config import ReplayConfig
+from shadowtape.replay.correlate import load_rules
 from shadowtape.replay.results import prepare_out_dir, same_dataset
 from shadowtape.replay.runner import Progress, StopSwitch, check_config, run_replay
 from shadowtape.replay.stats import ReplayCounts, ReplaySummary
@@ -149,6 +150,8 @@ def run_replay_ray(
     if config.shard_count != 1:
         raise InputError("--shard and --engine ray both given: Ray makes the shards; drop --shard")
     check_config(config)
+    if config.correlate not in ("auto", "off"):
+        load_rules(config.correlate)  # a bad rules file is reported once, here, not by N senders
     if same_dataset(config.source, config.out):
         raise InputError(f"--out {config.out}: is the input dataset; write results elsewhere")
     # Every shard's prefix starts with "results": one check covers earlier runs of any kind.
@@ -206,6 +209,7 @@ def _drive(
     latest: list[Progress | None] = [None] * n
     interrupts = 0
     tripped_first: int | None = None
+    failure: BaseException | None = None
 
     def stop_all(reason: str) -> None:
         for i, actor in enumerate(actors):
@@ -217,7 +221,14 @@ def _drive(
             finished, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for ref in finished:
                 i = pending.pop(ref)
-                summaries[i] = _shard_result(ray, ref, i, n, stop_all)
+                try:
+                    summaries[i] = ray.get(ref)
+                except Exception as exc:
+                    # The others stop as on Ctrl-C, so their results files are finished
+                    # before the error is reported.
+                    failure = failure or _shard_error(exc, i, n)
+                    stop_all("interrupted")
+                    continue
                 if summaries[i].status == "circuit_open" and tripped_first is None:
                     tripped_first = i
                     stop_all("circuit_open")
@@ -234,7 +245,8 @@ def _drive(
             if interrupts > 2:
                 raise
             stop_all("interrupted")
-    assert all(s is not None for s in summaries)
+    if failure is not None:
+        raise failure
     return merge_summaries(
         [s for s in summaries if s is not None],
         config,
@@ -253,14 +265,10 @@ def _absolute_paths(config: ReplayConfig) -> dict[str, str]:
     return paths
 
 
-def _shard_result(
-    ray: Any, ref: Any, index: int, count: int, stop_all: Callable[[str], None]
-) -> ReplaySummary:
-    try:
-        return ray.get(ref)
-    except Exception as exc:
-        stop_all("interrupted")
-        original = unwrap_remote_error(exc)
-        if isinstance(original, ShadowtapeError):
-            raise type(original)(f"sender {index} of {count}: {original}") from None
-        raise
+def _shard_error(exc: Exception, index: int, count: int) -> BaseException:
+    """A sender's failure as the one-line error it raised, naming the sender."""
+    original = unwrap_remote_error(exc)
+    if isinstance(original, ShadowtapeError):
+        error = type(original)(f"sender {index} of {count}: {original}")
+        return error
+    return exc

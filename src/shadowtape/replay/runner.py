@@ -9,7 +9,6 @@ skipped or failed, even when the run stops early. The loop takes a frozen, pickl
 from __future__ import annotations
 
 import asyncio
-import heapq
 import signal
 import threading
 import time
@@ -35,7 +34,6 @@ from shadowtape.replay.plan import (
     in_shard,
     is_write,
     planned_duration,
-    stable_hash,
     step_key,
 )
 from shadowtape.replay.results import (
@@ -73,7 +71,6 @@ from shadowtape.schema import (
 )
 
 REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
-NOISE_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,14 +218,6 @@ class _SessionState:
     aborted: str | None = None
 
 
-@dataclass(slots=True)
-class _NoiseCandidate:
-    exchange_id: str
-    session_id: str
-    parts: RequestParts
-    substitutions: list[dict[str, str]]
-
-
 class _Replay:
     def __init__(
         self,
@@ -257,7 +246,6 @@ class _Replay:
         self.abandon_tail = False
         self.sendable = 0
         self.pass1_rows = 0
-        self.noise: dict[str, list[tuple[int, str, _NoiseCandidate]]] = {}
         self.timer: asyncio.Future[None] | None = None
 
     # time: one origin, monotonic for scheduling and wall clock for the results
@@ -313,8 +301,6 @@ class _Replay:
             await self.scheduler.join()
             if self.scheduler.failure is not None:
                 raise self.scheduler.failure
-            if cfg.noise_sample > 0 and not self.stop_reason:
-                await self._noise_pass()
         except BaseException:
             self.scheduler.cancel_all()
             await self.scheduler.join_cancelled()
@@ -483,6 +469,9 @@ class _Replay:
         )
         for reason, n in count_values(reasons).items():
             self.counts.skipped[reason] += n
+        if self.scan.noise_ids:
+            chosen = pc.is_in(batch.column("id"), value_set=pa.array(sorted(self.scan.noise_ids)))
+            self.counts.noise_not_sent += pc.sum(chosen).as_py() or 0
         self.counts.rows += batch.num_rows
         self.pass1_rows += batch.num_rows
         await self.sink.add_batch(skipped_batch(batch, reasons, self.run_id))
@@ -572,6 +561,8 @@ class _Replay:
         self.counts.skipped[reason] += 1
         self.counts.rows += 1
         self.pass1_rows += 1
+        if row["id"] in self.scan.noise_ids:
+            self.counts.noise_not_sent += 1
         return result_row(
             row,
             run_id=self.run_id,
@@ -627,14 +618,12 @@ class _Replay:
         # With no schedule (--speed max) a request is due when its session's turn comes, so
         # lateness is the wait for a free connection, not the time spent queued behind it.
         scheduled = work.scheduled if work.due is not None else self.clock.now()
+        # The twin's copy is taken now: the first send's results row takes `row` over.
+        twin = dict(row) if row["id"] in self.scan.noise_ids else None
         outcome = await self._send(row, parts, state.trace_id, 1, scheduled, sub_rows)
         self._learn(lane, row, outcome)
-        if (
-            self.config.noise_sample > 0
-            and outcome.status is not None
-            and row["method"].upper() in NOISE_METHODS
-        ):
-            self._offer_noise(row, parts, sub_rows)
+        if twin is not None:
+            await self._send_twin(twin, parts, state.trace_id, sub_rows, outcome)
 
     async def _send(
         self,
@@ -742,81 +731,26 @@ class _Replay:
             "staging_error": error,
         }
 
-    # --- noise pass: a seeded sample of GETs sent a second time -------------------------
+    # --- noise sample: a chosen GET sent a second time, right after its first send ----
 
-    def _offer_noise(
-        self, row: dict[str, Any], parts: RequestParts, sub_rows: list[dict[str, str]]
+    async def _send_twin(
+        self,
+        row: dict[str, Any],
+        parts: RequestParts,
+        trace: str,
+        sub_rows: list[dict[str, str]],
+        first: SendOutcome,
     ) -> None:
-        step = step_key(row["method"], row.get("path"), row.get("route"))
-        heap = self.noise.get(step)
-        if heap is None:
-            if len(self.noise) >= 10_000:
-                return
-            heap = self.noise[step] = []
-        priority = stable_hash("noise", self.config.seed, row["id"])
-        item = (
-            -priority,
-            row["id"],
-            _NoiseCandidate(row["id"], row["session_id"], parts, sub_rows),
-        )
-        # Keep the n smallest priorities per step: any step can give all n if it must.
-        if len(heap) < self.config.noise_sample:
-            heapq.heappush(heap, item)
-        elif -heap[0][0] > priority:
-            heapq.heapreplace(heap, item)
+        """Send the request again (replay_pass 2) inside its session, before the session's
+        next step, so both answers come from the same session state: the diff stage learns
+        which fields differ between two staging answers, not what a logout changed.
 
-    def _choose_noise(self) -> dict[str, _NoiseCandidate]:
-        """Round robin over steps (sorted), smallest priority first: a spread sample."""
-        queues = {
-            step: [c for _, _, c in sorted(heap, key=lambda e: (-e[0], e[1]))]
-            for step, heap in sorted(self.noise.items())
-        }
-        chosen: dict[str, _NoiseCandidate] = {}
-        while len(chosen) < self.config.noise_sample and any(queues.values()):
-            for queue in queues.values():
-                if queue and len(chosen) < self.config.noise_sample:
-                    c = queue.pop(0)
-                    chosen[c.exchange_id] = c
-        return chosen
-
-    async def _noise_pass(self) -> None:
-        chosen = self._choose_noise()
-        self.noise.clear()
-        if not chosen:
+        It is not a session step: nothing is learned from it for correlation, and it has
+        its own counters. The request is the one just sent (same substitutions), with a new
+        span and replay id. A first send without an answer, or a stop in between, means no
+        second send; that is counted as `noise_not_sent`.
+        """
+        if first.status is None or self.stop.is_set():
+            self.counts.noise_not_sent += 1
             return
-        wanted = set(chosen)
-
-        def collect() -> list[dict[str, Any]]:
-            found = []
-            for row in iter_rows(self.config.source):
-                if row["id"] in wanted:
-                    found.append(row)
-                    wanted.discard(row["id"])
-                    if not wanted:
-                        break
-            return found
-
-        rows = await asyncio.to_thread(collect)
-
-        async def resend(row: dict[str, Any]) -> None:
-            if self.stop.is_set():
-                return
-            c = chosen[row["id"]]
-            parts = RequestParts(
-                c.parts.method,
-                c.parts.host,
-                c.parts.path,
-                list(c.parts.query),
-                list(c.parts.headers),
-                c.parts.body,
-            )
-            await self._send(
-                row,
-                parts,
-                trace_id(self.run_id, c.session_id),
-                2,
-                self.clock.now(),
-                c.substitutions,
-            )
-
-        await asyncio.gather(*(resend(r) for r in rows))
+        await self._send(row, parts, trace, 2, self.clock.now(), sub_rows)

@@ -2,7 +2,9 @@
 
 It gives the schedule origin (the earliest recorded request, over all shards, so independent
 senders agree), how far rows are stored out of order (the reorder window), which sessions a
-`--sessions` sample and a `--shard` select, and the figures of a dry run.
+`--sessions` sample and a `--shard` select, which requests `--noise-sample` sends twice
+(chosen here, before dispatch, so each second send can follow its first inside the session),
+and the figures of a dry run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import pyarrow as pa
 
 from shadowtape.errors import InputError
 from shadowtape.replay.config import ReplayConfig
-from shadowtape.replay.plan import OrderTracker, SessionSampler, in_shard, is_write
+from shadowtape.replay.plan import (
+    NoiseSampler,
+    OrderTracker,
+    SessionSampler,
+    in_shard,
+    is_write,
+    step_key,
+)
 from shadowtape.schema import EXCHANGE_COLUMNS, KIND_EXCHANGES, batch_to_rows, iter_batches
 
 
@@ -31,6 +40,7 @@ class DatasetScan:
     disorder_us: int
     sampled: frozenset[str] | None
     send_times_us: tuple[int, ...] | None = None  # sorted; only when asked for (dry run)
+    noise_ids: frozenset[str] = frozenset()  # exchange ids to send twice (--noise-sample)
 
 
 def _column(batch: pa.RecordBatch, name: str) -> list:
@@ -42,6 +52,9 @@ def _column(batch: pa.RecordBatch, name: str) -> list:
 
 def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
     columns = ["session_id", "started_at", "method"]
+    noise = NoiseSampler(config.noise_sample, config.seed) if config.noise_sample > 0 else None
+    if noise is not None:
+        columns += ["id", "path", "route"]
     tracker = OrderTracker()
     sampler = SessionSampler(config.sessions, config.seed) if config.sessions else None
     if sampler is not None:
@@ -56,10 +69,19 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
         started = _column(batch, "started_at")
         tracker.add(started)
         keep: list[int] = []
-        for sid, start, method in zip(
+        n = batch.num_rows
+        ids, paths, routes = (
+            (_column(batch, c) for c in ("id", "path", "route"))
+            if noise is not None
+            else ([None] * n,) * 3
+        )
+        for sid, start, method, xid, path, route in zip(
             batch.column("session_id").to_pylist(),
             started,
             batch.column("method").to_pylist(),
+            ids,
+            paths,
+            routes,
             strict=True,
         ):
             if not in_shard(sid, config.shard_index, config.shard_count):
@@ -74,6 +96,8 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
             writes += write
             if with_times and (config.allow_writes or not write):
                 keep.append(start)
+            if noise is not None:
+                noise.offer(xid, method, step_key(method, path, route))
         if keep:
             times.append(np.asarray(keep, dtype=np.int64))
     if tracker.count == 0 or tracker.first_us is None:
@@ -94,6 +118,7 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
         disorder_us=tracker.disorder_us,
         sampled=sampled,
         send_times_us=send_times,
+        noise_ids=noise.selected() if noise is not None else frozenset(),
     )
 
 

@@ -63,6 +63,7 @@ class ReplayCounts:
     noise_sent: int = 0  # second sends (--noise-sample) that got an answer
     noise_failed: int = 0
     noise_rows: int = 0
+    noise_not_sent: int = 0  # chosen for a second send, but the first got no answer or was skipped
     rows_not_written: int = 0  # only when a second Ctrl-C cut the final accounting short
 
     def to_json(self) -> dict[str, Any]:
