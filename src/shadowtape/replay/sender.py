@@ -17,7 +17,6 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     retry_if_exception,
     retry_if_result,
     stop_after_attempt,
@@ -219,6 +218,12 @@ class Sender:
             mounts = {"http://": lean, "https://": h2}
         else:
             mounts = {"http://": lean, "https://": lean}
+        # Schemes sent straight through the lean transport (see h11transport): the client's
+        # auth, redirect and cookie layers are all off for replay and cost more than HTTP.
+        self.direct = {
+            scheme: lean for scheme in ("http", "https") if mounts[f"{scheme}://"] is lean
+        }
+        self.timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.total}
         self.client = httpx.AsyncClient(
             mounts=mounts,
             timeout=httpx.Timeout(t.read, connect=t.connect, pool=t.total),
@@ -236,6 +241,7 @@ class Sender:
         outcome = SendOutcome()
         idempotent = request.method in IDEMPOTENT
         policy = self.config.retry
+        attempts = max(1, policy.attempts)
 
         def should_retry_exc(exc: BaseException) -> bool:
             if self.breaker.open or not isinstance(exc, _AttemptFailed):
@@ -247,27 +253,41 @@ class Sender:
         def should_retry_result(result: SendOutcome) -> bool:
             return idempotent and result.status in RETRY_STATUSES and not self.breaker.open
 
-        def wait(state: RetryCallState) -> float:
-            # Seeded jitter: the same run config waits the same way; concurrency cannot change it.
-            n = state.attempt_number
+        def backoff(n: int) -> float:
+            """The wait after attempt n. Seeded jitter: the same run config waits the same
+            way; concurrency cannot change it."""
             rng = random.Random(stable_hash("backoff", self.config.seed, retry_key, n))
             step = min(policy.max_backoff, policy.backoff * 2 ** (n - 1))
             return step * (0.5 + 0.5 * rng.random())
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(max(1, policy.attempts)),
-            wait=wait,
-            retry=retry_if_exception(should_retry_exc) | retry_if_result(should_retry_result),
-            retry_error_callback=lambda state: state.outcome.result(),
-            reraise=True,
-        )
+        # The first attempt runs outside tenacity: nearly every request needs no retry, and
+        # tenacity's per-attempt bookkeeping costs as much CPU as the HTTP exchange itself.
+        failed: _AttemptFailed | None = None
         try:
-            async for attempt in retrying:
-                with attempt:
-                    result = await self._attempt(request, outcome)
-                if not attempt.retry_state.outcome.failed:
-                    attempt.retry_state.set_result(result)
-        except _AttemptFailed as failed:
+            await self._attempt(request, outcome)
+        except _AttemptFailed as exc:
+            failed = exc
+        retry = should_retry_exc(failed) if failed is not None else should_retry_result(outcome)
+        if retry and attempts > 1:
+            await asyncio.sleep(backoff(1))
+            # Attempts 2..N: tenacity's attempt k is attempt k + 1 of the request.
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(attempts - 1),
+                wait=lambda state: backoff(state.attempt_number + 1),
+                retry=retry_if_exception(should_retry_exc) | retry_if_result(should_retry_result),
+                retry_error_callback=lambda state: state.outcome.result(),
+                reraise=True,
+            )
+            failed = None
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        result = await self._attempt(request, outcome)
+                    if not attempt.retry_state.outcome.failed:
+                        attempt.retry_state.set_result(result)
+            except _AttemptFailed as exc:
+                failed = exc
+        if failed is not None:
             outcome.error = _describe(failed.exc)
             outcome.status = outcome.reason = outcome.http_version = outcome.body = None
             outcome.first_byte_at = None
@@ -285,17 +305,28 @@ class Sender:
             self.in_flight += 1
             try:
                 async with asyncio.timeout(cfg.timeouts.total):
-                    # A bare Request, not client.build_request: the client's default headers
-                    # (User-Agent, Accept...) would be merged in and change what was recorded.
-                    response = await self.client.send(
-                        httpx.Request(
+                    lean = self.direct.get(request.url.partition(":")[0].lower())
+                    if lean is not None:
+                        response = await lean.send(
                             request.method,
                             request.url,
-                            headers=request.headers,
-                            content=request.body,
-                        ),
-                        stream=True,
-                    )
+                            request.headers,
+                            request.body,
+                            self.timeouts,
+                        )
+                    else:
+                        # A bare Request, not client.build_request: the client's default
+                        # headers (User-Agent, Accept...) would be merged in and change what
+                        # was recorded.
+                        response = await self.client.send(
+                            httpx.Request(
+                                request.method,
+                                request.url,
+                                headers=request.headers,
+                                content=request.body,
+                            ),
+                            stream=True,
+                        )
                     try:
                         outcome.first_byte_at = self.now()
                         await self._read(response, outcome)
