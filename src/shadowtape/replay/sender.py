@@ -24,7 +24,7 @@ from tenacity import (
 
 from shadowtape.replay.config import ReplayConfig, RewriteRule
 from shadowtape.replay.guardrails import CircuitBreaker
-from shadowtape.replay.h11transport import H11Transport
+from shadowtape.replay.http1transport import Http1Transport
 from shadowtape.replay.plan import stable_hash
 from shadowtape.replay.transport import ShardedPoolTransport, tls_context
 
@@ -77,6 +77,8 @@ class TargetMap:
         self.hosts = {r.match: r.replace for r in rewrites if r.kind == "host"}
         # Longest prefix first, so /api/v1/ wins over /api/.
         self.paths = sorted((r for r in rewrites if r.kind == "path"), key=lambda r: -len(r.match))
+        # Per base URL: the prefix a request path is appended to, and the Host value.
+        self._bases: dict[str, tuple[str, str]] = {}
 
     def bases(self) -> list[str]:
         return [self.default, *self.hosts.values()]
@@ -88,6 +90,16 @@ class TargetMap:
                 path = rule.replace + path[len(rule.match) :]
                 break
         return base, path
+
+    def base_parts(self, base: str) -> tuple[str, str]:
+        """(URL prefix without a trailing slash, Host header value) of a base URL."""
+        parts = self._bases.get(base)
+        if parts is None:
+            stripped = base.rstrip("/")
+            base_path = urlsplit(base).path.rstrip("/")
+            prefix = stripped[: len(stripped) - len(base_path)] + base_path
+            parts = self._bases[base] = (prefix, _netloc(base))
+        return parts
 
 
 def _netloc(base: str) -> str:
@@ -101,18 +113,31 @@ def _netloc(base: str) -> str:
 
 def set_header(headers: Pairs, name: str, value: str) -> None:
     """Override a header in place: the first occurrence keeps its position, repeats go."""
-    lower = name.lower()
-    found = False
+    set_headers(headers, ((name, value),))
+
+
+def set_headers(headers: Pairs, overrides: tuple[tuple[str, str], ...]) -> None:
+    """`set_header` for each override in turn, in one pass over the headers."""
+    if not overrides:
+        return
+    wanted: dict[str, tuple[str, str]] = {}
+    for name, value in overrides:
+        lower = name.lower()
+        # A later override of a name wins; the name keeps its first spelling.
+        wanted[lower] = (wanted.get(lower, (name, value))[0], value)
     out: Pairs = []
+    placed: set[str] = set()
     for n, v in headers:
-        if n.lower() == lower:
-            if not found:
-                out.append((n, value))
-                found = True
-            continue
-        out.append((n, v))
-    if not found:
-        out.append((name, value))
+        lower = n.lower()
+        override = wanted.get(lower)
+        if override is None:
+            out.append((n, v))
+        elif lower not in placed:
+            out.append((n, override[1]))
+            placed.add(lower)
+    for lower, (name, value) in wanted.items():
+        if lower not in placed:
+            out.append((name, value))
     headers[:] = out
 
 
@@ -134,8 +159,8 @@ def build_request(
     if not raw_path.startswith("/"):
         raw_path = "/" + raw_path
     base, path = targets.resolve(parts.host, raw_path)
-    base_path = urlsplit(base).path.rstrip("/")
-    url = base.rstrip("/")[: len(base.rstrip("/")) - len(base_path)] + base_path + path
+    prefix, netloc = targets.base_parts(base)
+    url = prefix + path
     if query:
         url += ("&" if "?" in path else "?") + urlencode(query)
     body = parts.body
@@ -145,13 +170,12 @@ def build_request(
         if lower in HOP_BY_HOP or name.startswith(":"):
             continue
         if lower == "host" and not keep_host:
-            value = _netloc(base)
+            value = netloc
         elif lower == "content-length":
             # Bodies change (sanitize, correlation): the length must describe what is sent.
             value = str(len(body or b""))
         headers.append((name, value))
-    for name, value in extra_headers:
-        set_header(headers, name, value)
+    set_headers(headers, extra_headers)
     return OutgoingRequest(parts.method.upper(), url, headers, body)
 
 
@@ -207,7 +231,7 @@ class Sender:
         self.in_flight = 0
         t = config.timeouts
         tls = tls_context(config.tls_verify)
-        lean = H11Transport(config.concurrency, ssl_context=tls)
+        lean = Http1Transport(config.concurrency, ssl_context=tls)
         if config.http == "2":
             # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
             h2 = ShardedPoolTransport(config.concurrency, http1=False, http2=True, verify=tls)
@@ -218,7 +242,7 @@ class Sender:
             mounts = {"http://": lean, "https://": h2}
         else:
             mounts = {"http://": lean, "https://": lean}
-        # Schemes sent straight through the lean transport (see h11transport): the client's
+        # Schemes sent straight through the lean transport (see http1transport): the client's
         # auth, redirect and cookie layers are all off for replay and cost more than HTTP.
         self.direct = {
             scheme: lean for scheme in ("http", "https") if mounts[f"{scheme}://"] is lean
@@ -358,8 +382,10 @@ class Sender:
         size = 0
         outcome.body_truncated = False
         outcome.undecodable = False
+        # Without a Content-Encoding the raw stream is the body: skip httpx's decoder chain.
+        encoded = any(k.lower() == "content-encoding" for k, _ in outcome.headers)
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_bytes() if encoded else response.aiter_raw():
                 if size + len(chunk) > limit:
                     chunks.append(chunk[: limit - size])
                     outcome.body_truncated = True

@@ -1,6 +1,6 @@
 """The sanitize job's results computed on Ray Data: the same per-unit function, many machines.
 
-`sanitize_dataset(..., results=ray_results(address))` swaps only *where* units (one input
+`sanitize_dataset(..., results_fn=ray_results(address))` swaps only *where* units (one input
 row group each) are scrubbed. Each Ray actor builds the scrubber (Presidio, policy, key) once
 and runs `_sanitize_unit`, the local engine's own unit function, so a row is scrubbed by
 exactly the same code in both engines. Results come back to the driver in unit order
@@ -9,8 +9,10 @@ byte-identical to the local engine's, files and row-group layout included, not o
 and no row order needs normalising.
 
 The trade-off: every scrubbed row group passes through the driver, which writes the output.
-Scrubbing (Presidio) costs far more CPU than writing Parquet, so the driver keeps up with many
-workers; the input must be readable at the same path on every node (a shared file system).
+Scrubbing (Presidio) costs far more CPU per row than decoding and writing Parquet, so one
+driver serves many workers, but not without bound: past some worker count (not measured here,
+where only 2 cores were available) the driver's writing is the limit. The input must be
+readable at the same path on every node (a shared file system).
 """
 
 from __future__ import annotations
