@@ -22,6 +22,7 @@ from shadowtape.replay.http1transport import Http1Transport
 
 TIMEOUTS = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
 ZIPPED = gzip.compress(b'{"zipped": true}')
+BIG = bytes(range(256)) * 400  # larger than the transport reads with the head
 
 CANNED: dict[str, bytes] = {
     "/length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:  spaced  \r\n\r\nhello",
@@ -34,6 +35,7 @@ CANNED: dict[str, bytes] = {
         b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
         b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
     ),
+    "/big": b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(BIG)).encode() + b"\r\n\r\n" + BIG,
     "/nocontent": b"HTTP/1.1 204 No Content\r\n\r\n",
     "/head": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
     "/close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye",
@@ -114,6 +116,8 @@ def test_body_framings_and_connection_reuse() -> None:
         assert r.http_version == "HTTP/1.1" and r.reason_phrase == "OK"
         r, body = await _get(transport, base + "/chunked")
         assert body == b"hello, world"
+        r, body = await _get(transport, base + "/big")
+        assert body == BIG
         r, body = await _get(transport, base + "/continue")
         assert (r.status_code, body) == (201, b"ok")
         r, body = await _get(transport, base + "/nocontent")

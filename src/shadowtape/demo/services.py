@@ -26,6 +26,9 @@ GZIP_MIN_BYTES = 1024
 
 class _ShopHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the proxy and replay clients expect
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
+    # delayed ACK and every response gains ~40 ms, which would swamp the planted slow route.
+    disable_nagle_algorithm = True
     server: _ShopServer
 
     def _serve(self) -> None:

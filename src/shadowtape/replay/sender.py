@@ -230,7 +230,10 @@ class Sender:
         self.slots = asyncio.Semaphore(config.concurrency)
         self.in_flight = 0
         t = config.timeouts
-        tls = tls_context(config.tls_verify)
+        # Loading the CA bundle costs a good part of a second: only when a target needs TLS.
+        bases = TargetMap(config.target, config.rewrites).bases()
+        needs_tls = any(urlsplit(b).scheme == "https" for b in bases)
+        tls = tls_context(config.tls_verify and needs_tls)
         lean = Http1Transport(config.concurrency, ssl_context=tls)
         if config.http == "2":
             # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
@@ -250,6 +253,7 @@ class Sender:
         self.timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.total}
         self.client = httpx.AsyncClient(
             mounts=mounts,
+            transport=lean,  # else httpx builds a default transport (and loads the CA bundle)
             timeout=httpx.Timeout(t.read, connect=t.connect, pool=t.total),
             follow_redirects=False,
             # Staging's cookies belong to replayed sessions (correlation handles them); a
