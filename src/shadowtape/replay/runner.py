@@ -9,6 +9,7 @@ skipped or failed, even when the run stops early. The loop takes a frozen, pickl
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import threading
 import time
@@ -238,6 +239,9 @@ class _Replay:
         self.progress = progress
         self.clock = clock
         self.run_id = config.run_id or uuid7()
+        # Replay ids need uniqueness, not secrecy: one seeding from the OS, then no syscall
+        # per request.
+        self._id_random = random.Random()
         self.targets = TargetMap(config.target, config.rewrites)
         self.counts = ReplayCounts()
         self.lateness = Quantiles()
@@ -635,7 +639,7 @@ class _Replay:
         sub_rows: list[dict[str, str]],
     ) -> SendOutcome:
         cfg = self.config
-        replay_id = uuid7()
+        replay_id = uuid7(rand=self._id_random.randbytes(10))
         span = span_id(self.run_id, row["id"], replay_pass)
         extra = (
             *cfg.headers,

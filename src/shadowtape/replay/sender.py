@@ -24,7 +24,7 @@ from tenacity import (
 
 from shadowtape.replay.config import ReplayConfig, RewriteRule
 from shadowtape.replay.guardrails import CircuitBreaker
-from shadowtape.replay.http1transport import Http1Transport
+from shadowtape.replay.h11transport import H11Transport
 from shadowtape.replay.plan import stable_hash
 from shadowtape.replay.transport import ShardedPoolTransport, tls_context
 
@@ -234,7 +234,7 @@ class Sender:
         bases = TargetMap(config.target, config.rewrites).bases()
         needs_tls = any(urlsplit(b).scheme == "https" for b in bases)
         tls = tls_context(config.tls_verify and needs_tls)
-        lean = Http1Transport(config.concurrency, ssl_context=tls)
+        lean = H11Transport(config.concurrency, ssl_context=tls)
         if config.http == "2":
             # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
             h2 = ShardedPoolTransport(config.concurrency, http1=False, http2=True, verify=tls)
@@ -245,7 +245,7 @@ class Sender:
             mounts = {"http://": lean, "https://": h2}
         else:
             mounts = {"http://": lean, "https://": lean}
-        # Schemes sent straight through the lean transport (see http1transport): the client's
+        # Schemes sent straight through the lean transport (see h11transport): the client's
         # auth, redirect and cookie layers are all off for replay and cost more than HTTP.
         self.direct = {
             scheme: lean for scheme in ("http", "https") if mounts[f"{scheme}://"] is lean
@@ -386,10 +386,12 @@ class Sender:
         size = 0
         outcome.body_truncated = False
         outcome.undecodable = False
-        # Without a Content-Encoding the raw stream is the body: skip httpx's decoder chain.
+        # Without a Content-Encoding the transport's stream is the body: skip httpx's decoder
+        # and chunker chain (response.aclose() still closes the stream).
         encoded = any(k.lower() == "content-encoding" for k, _ in outcome.headers)
+        source = response.aiter_bytes() if encoded else response.stream
         try:
-            async for chunk in response.aiter_bytes() if encoded else response.aiter_raw():
+            async for chunk in source:  # type: ignore[union-attr]
                 if size + len(chunk) > limit:
                     chunks.append(chunk[: limit - size])
                     outcome.body_truncated = True
