@@ -12,6 +12,7 @@ and skips equal subtrees the same way.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -124,11 +125,9 @@ def _canon(value: Any) -> bytes:
 def _same_json(a: Any, b: Any) -> bool:
     """Exact JSON equality for values Python already calls equal (where True == 1): the
     unsorted encoding settles the usual case of same key order, sorted keys the rest."""
-    try:
+    with contextlib.suppress(TypeError):  # values orjson will not print: canonical form below
         if orjson.dumps(a) == orjson.dumps(b):
             return True
-    except TypeError:
-        pass
     return _canon(a) == _canon(b)
 
 
@@ -434,11 +433,9 @@ def _parse_pair(rec: bytes, stg: bytes) -> tuple[Any, Any, bool] | None:
     # orjson never writes a raw newline, and ": " only inside a string after an escaped
     # quote: a shorter body with either is not compact, so printing the document is skipped.
     if exact and b"\n" not in shorter and b'": ' not in shorter:
-        try:
+        with contextlib.suppress(TypeError):  # nesting past orjson's limit, text it won't print
             if orjson.dumps(doc) == shorter:
                 return None
-        except TypeError:  # nesting past orjson's limit, text it will not print
-            pass
     other, other_exact = _load(shorter)
     if swap:
         return other, doc, exact and other_exact

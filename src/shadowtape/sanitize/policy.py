@@ -482,10 +482,8 @@ class PolicyRules:
         if not self.policy.json:
             return None
         key = path if self._by_index else tuple(0 if isinstance(s, int) else s for s in path)
-        try:
+        if key in self._json_cache:
             return self._json_cache[key]
-        except KeyError:
-            pass
         rule = next((r for p, r in self.policy.json if p.matches(key)), None)
         if len(self._json_cache) > 100_000:
             self._json_cache.clear()
