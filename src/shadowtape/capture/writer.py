@@ -41,8 +41,6 @@ DEFAULT_ROLL_SECONDS = 60.0
 # Rows per Parquet row group; small enough that a reader streaming a live capture's files
 # holds little, large enough that zstd has something to work with.
 ROW_GROUP_ROWS = 5000
-# Rows converted to Arrow per call in the writer thread (see _flush).
-CONVERT_ROWS = 256
 # The thread takes up to this many exchanges off the queue at a time.
 DRAIN_MAX = 2000
 # Exchanges held before conversion to Arrow: a row group's worth, or this many body bytes.
@@ -174,18 +172,13 @@ class ExchangeSink:
         # The dataset writer may finalize a file inside write_batch: the counters must be
         # current before, so every file's figures include its own rows.
         self.dataset.set_file_metadata(self.counters.as_metadata())
-        pending = self._pending
+        batch = exchanges_to_batch(self._pending)
         self._pending = []
         self._pending_bytes = 0
-        for start in range(0, len(pending), CONVERT_ROWS):
-            # Arrow holds the GIL for a whole conversion call; in slices, the proxy's thread
-            # gets it back between them, so recording does not stall responses (p99).
-            batch = exchanges_to_batch(pending[start : start + CONVERT_ROWS])
-            self.dataset.write_batch(batch)
-            # Rolling on the bytes handed over (not only on flushed bytes) keeps what is held
-            # in memory under the roll size.
-            self._open_bytes += batch.nbytes
-            time.sleep(0)
+        self.dataset.write_batch(batch)
+        # Rolling on the bytes handed over (not only on flushed bytes) keeps what is held in
+        # memory under the roll size.
+        self._open_bytes += batch.nbytes
         if self._open_bytes >= self.settings.roll_bytes:
             self._finalize()
 
