@@ -7,16 +7,9 @@ already decoded by httpx, so its Content-Encoding header is informational only.
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Iterable
 
-import brotli
-
-try:  # zstd is optional on the wire and optional here; zstandard ships with many stacks.
-    import zstandard
-except ImportError:  # pragma: no cover - depends on the environment
-    zstandard = None
+from shadowtape import content_coding
 
 JSON = "json"
 TEXT = "text"
@@ -50,28 +43,10 @@ def decode_content(body: bytes, encoding: str | None) -> bytes:
     """Undo Content-Encoding (applied in order, so undone in reverse)."""
     if not body or not encoding:
         return body
-    for coding in reversed([c.strip().lower() for c in encoding.split(",") if c.strip()]):
-        try:
-            if coding in ("gzip", "x-gzip"):
-                body = gzip.decompress(body)
-            elif coding == "deflate":
-                try:
-                    body = zlib.decompress(body)
-                except zlib.error:  # servers that send raw deflate without the zlib header
-                    body = zlib.decompress(body, -zlib.MAX_WBITS)
-            elif coding == "br":
-                body = brotli.decompress(body)
-            elif coding == "zstd" and zstandard is not None:
-                body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
-            elif coding == "identity":
-                continue
-            else:
-                raise BodyDecodeError(f"unsupported content-encoding {coding!r}")
-        except BodyDecodeError:
-            raise
-        except Exception as exc:
-            raise BodyDecodeError(f"content-encoding {coding!r} does not decode: {exc}") from None
-    return body
+    try:
+        return content_coding.decode(body, content_coding.split_codings(encoding))
+    except content_coding.ContentCodingError as exc:
+        raise BodyDecodeError(str(exc)) from None
 
 
 def media_type(content_type: str | None) -> str:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import brotli
 
-KNOWN_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate", "br")
+from shadowtape import content_coding
 
 JSON = "json"
 FORM = "form"
@@ -35,31 +35,20 @@ class ContentType:
 
 
 def split_encodings(header: str | None) -> list[str]:
-    if not header:
-        return []
-    return [c.strip().lower() for c in header.split(",") if c.strip().lower() != "identity"]
+    return content_coding.split_codings(header)
+
+
+# Only what encode_content can put back: a body decoded from any other coding could not be
+# stored under its original Content-Encoding, so it is undecodable here (fail-closed).
+REENCODABLE = frozenset({"gzip", "x-gzip", "deflate", "br"})
 
 
 def decode_content(body: bytes, encodings: list[str]) -> bytes:
     """Undo the encodings, last applied first."""
-    data = body
-    for coding in reversed(encodings):
-        try:
-            if coding in ("gzip", "x-gzip"):
-                data = gzip.decompress(data)
-            elif coding == "deflate":
-                # "deflate" is meant to be zlib-wrapped, but raw deflate is common in the wild.
-                try:
-                    data = zlib.decompress(data)
-                except zlib.error:
-                    data = zlib.decompress(data, -zlib.MAX_WBITS)
-            elif coding == "br":
-                data = brotli.decompress(data)
-            else:
-                raise Undecodable(f"unknown content-encoding {coding!r}")
-        except (OSError, EOFError, zlib.error, brotli.error) as exc:
-            raise Undecodable(f"bad {coding} data ({exc})") from None
-    return data
+    try:
+        return content_coding.decode(body, encodings, supported=REENCODABLE)
+    except content_coding.ContentCodingError as exc:
+        raise Undecodable(str(exc)) from None
 
 
 def encode_content(data: bytes, encodings: list[str]) -> bytes:
