@@ -29,6 +29,7 @@ from shadowtape.errors import InputError
 from shadowtape.keyed import is_token
 from shadowtape.sanitize import bodies
 from shadowtape.sanitize.detectors import Detector, check_nlp_model
+from shadowtape.sanitize.pipeline import read_column
 from shadowtape.sanitize.policy import Policy, PolicyRules, Rule
 from shadowtape.sanitize.scrub import READ_COLUMNS
 
@@ -221,7 +222,7 @@ def verify_dataset(
     scanner = _Scanner(policy, Detector(policy.entities, policy.score_threshold, nlp_model))
     total = sum(info.num_rows for info in schema.read_files(path, schema.KIND_EXCHANGES))
     for batch in schema.iter_batches(path, schema.KIND_EXCHANGES, columns=_COLUMNS):
-        cols = {name: batch.column(name).to_pylist() for name in _COLUMNS}
+        cols = {name: read_column(batch, name) for name in _COLUMNS}
         for i in range(batch.num_rows):
             row = {name: cols[name][i] for name in _COLUMNS}
             _scan_row(scanner, row, report)
