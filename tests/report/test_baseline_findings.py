@@ -24,6 +24,9 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import nbformat
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -147,8 +150,15 @@ def test_findings_are_exactly_the_planted_drift_and_latency(tmp_path, servers, s
     assert all(r.noise_pairs == PER_ROUTE for r in data.routes)
 
 
-def test_the_report_names_the_regression_everywhere_and_gates_on_it(tmp_path, servers) -> None:
-    results = replay_against_baseline(tmp_path, 11, servers)
+@pytest.fixture(scope="module")
+def baseline_results(tmp_path_factory, servers) -> Path:
+    return replay_against_baseline(tmp_path_factory.mktemp("baseline"), 11, servers)
+
+
+def test_the_report_names_the_regression_everywhere_and_gates_on_it(
+    tmp_path, servers, baseline_results
+) -> None:
+    results = baseline_results
     html, junit = tmp_path / "report.html", tmp_path / "junit.xml"
     args = ["report", str(results), "--html", str(html), "--junit", str(junit)]
     done = CliRunner().invoke(main, [*args, "--fail-on", "latency_regressions>0"])
@@ -169,3 +179,34 @@ def test_the_report_names_the_regression_everywhere_and_gates_on_it(tmp_path, se
     ).replace("  ", "")
     # With the regression allowed for, the same report passes.
     assert CliRunner().invoke(main, [*args, "--latency-threshold", "900"]).exit_code == 0
+
+
+def test_code_that_knows_nothing_of_baselines_reads_the_results(baseline_results) -> None:
+    """What a reader written before baselines selects (the columns the diff read then): one
+    sent row per request, staging_* the candidate's answer; the second baseline's rows are
+    replay_pass 2 rows that say the candidate was not sent in them."""
+    old_columns = ["id", "replay_pass", "outcome", "skip_reason", "status", "staging_status"]
+    files = sorted(str(f) for f in baseline_results.glob("*.parquet"))
+    frame = pl.read_parquet(files, columns=old_columns)
+    first = frame.filter(pl.col("replay_pass") == 1)
+    assert first.height == len(ROUTES) * PER_ROUTE and first["id"].n_unique() == first.height
+    assert set(first["outcome"]) == {"sent"} and set(first["staging_status"]) == {200}
+    second = frame.filter(pl.col("replay_pass") == 2)
+    assert set(second["outcome"]) == {"skipped"} and set(second["skip_reason"]) == {"baseline_only"}
+    assert second["staging_status"].null_count() == second.height
+    table = pq.read_table(files[0], columns=old_columns)
+    assert table.num_rows == frame.height
+
+
+def test_the_notebook_says_what_it_compared(baseline_results, tmp_path) -> None:
+    out = tmp_path / "executed.ipynb"
+    done = CliRunner().invoke(main, ["report", str(baseline_results), "--notebook", str(out)])
+    assert done.exit_code == 0, done.output
+    nb = nbformat.read(out, as_version=4)
+    text = "\n".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    )
+    assert "comparing baseline vs candidate" in text and "reference = baseline" in text
+    assert "$.full_name" in text and SLOW_ROUTE in text

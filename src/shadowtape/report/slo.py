@@ -204,6 +204,11 @@ def load_rules(path: str | Path) -> list[SloRule]:
     rules: list[SloRule] = []
     for i, entry in enumerate(doc["slo"], start=1):
         where = f"{p}: slo rule {i}"
+        if isinstance(entry, dict) and len(entry) == 1:
+            ((key, value),) = entry.items()
+            if isinstance(key, str) and " " in key.strip() and isinstance(value, str):
+                # YAML reads `- GET /x: p95 <= 300ms` as a mapping; it is a rule's text.
+                entry = f"{key}: {value}"
         if isinstance(entry, str):
             rules.append(parse_rule(entry, where))
         elif isinstance(entry, dict):
