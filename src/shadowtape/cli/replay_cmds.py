@@ -101,7 +101,12 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
             f"{c.baseline_failed[side]}, retries {c.baseline_retries[side]}, "
             f"{c.baseline_substitutions[side]} substitutions, {c.baseline_misses[side]} misses"
         )
-    if c.noise_sent or c.noise_failed or c.noise_not_sent:
+    if summary.config.get("baseline_2"):
+        click.echo(
+            f"  noise: the second baseline answered {c.noise_sent} requests in replay_pass 2 "
+            f"rows, failed {c.noise_failed}"
+        )
+    elif c.noise_sent or c.noise_failed or c.noise_not_sent:
         click.echo(
             f"  noise sample: {c.noise_sent} sent a second time, {c.noise_failed} failed, "
             f"{c.noise_not_sent} not sent (first send skipped or unanswered)"
