@@ -2,7 +2,9 @@
 
 Rows stream from the dataset (a worker thread reads row groups), pass a reorder buffer, and are
 handed to per-session lanes at their due time; every row yields exactly one results row, sent,
-skipped or failed, even when the run stops early. The loop takes a frozen, picklable
+skipped or failed, even when the run stops early. With a baseline each row is sent to every
+side at once (`sides.py`: each with its own breaker, sender and correlation state) and its row
+holds every side's answer; a second baseline's answers are replay_pass 2 rows. The loop takes a frozen, picklable
 `ReplayConfig`, so a CLI, a test or a remote worker (a Ray actor) run the same code.
 """
 
