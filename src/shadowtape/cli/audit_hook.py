@@ -7,6 +7,7 @@ context); the record itself is built and chained by `shadowtape.governance.audit
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,7 +138,9 @@ def _argv(ctx: click.Context) -> list[str]:
 
 class AuditScope:
     """Entered by `StageGroup.invoke` through `ctx.with_resource`, left when the root context
-    closes: click hands the exception in flight (Exit with the code, a usage error, a bug)."""
+    closes: click hands over the exception in flight (Exit with the code, a usage error, a
+    bug), or, when the close comes from `ctx.exit()` inside an except block, that block's
+    exception is the one being handled."""
 
     def __init__(self, ctx: click.Context) -> None:
         self.ctx = ctx
@@ -157,6 +160,10 @@ class AuditScope:
         command = self.ctx.invoked_subcommand
         if command not in AUDITED or any(a in ("--help", "-h") for a in self.argv):
             return
+        if exc is None:
+            # `ctx.exit(code)` closes the context before it raises, so an error that
+            # StageGroup.invoke maps to an exit arrives here as the exception being handled.
+            exc = sys.exc_info()[1]
         from shadowtape.governance.audit import AuditError, AuditLog, build_record
 
         code = _exit_code(exc)

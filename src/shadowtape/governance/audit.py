@@ -158,7 +158,8 @@ class RunFacts:
     def read_dataset(self, path: str | os.PathLike[str]) -> DatasetFingerprint | None:
         entry, fp = _entry_for(path)
         self.inputs.append(entry)
-        exposed = fp is not None and fp.sanitized is False
+        # Raw = a capture or import not yet sanitized (results and diffs have their own kinds).
+        exposed = fp is not None and fp.sanitized is False and fp.kind == "exchanges"
         if exposed and exposed_to_others(fp.modes, Path(path).is_dir()):  # type: ignore[union-attr]
             self.warn(
                 f"shadowtape: warning: {path} is raw (unsanitized) data that other users "
@@ -311,6 +312,12 @@ class AuditLog:
     def append(self, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditError(
+                f"cannot create {self.path.parent} for the audit log ({exc.strerror}); "
+                "point --audit-log elsewhere"
+            ) from None
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, LOG_MODE)
         except OSError as exc:
             raise AuditError(

@@ -72,7 +72,8 @@ class Scenario:
     needs_writes: bool = False
     depends_on: tuple[str, ...] = ()
     fail_on: tuple[str, ...] = ()
-    source: str = ""  # FILE:LINE of its table
+    source: str = ""  # FILE:LINE [scenarios.NAME] of its table
+    requires_source: str = ""  # ... and of its `requires`
 
     def matches_exchange(self, method: str, path: str | None) -> bool:
         m = (method or "").upper()
@@ -211,6 +212,7 @@ def _scenario(
         depends_on=tuple(_strings(table.get("depends-on", []), where("depends-on"), "depends-on")),
         fail_on=fail_on,
         source=where(""),
+        requires_source=where("requires"),
     )
 
 
@@ -363,7 +365,7 @@ def check_requirements(scenarios: Sequence[Scenario], allow_writes: bool) -> Non
     for s in scenarios:
         if s.needs_writes and not allow_writes:
             raise InputError(
-                f"scenario {s.name} requires writes ({s.source}: requires.writes = true); "
+                f"scenario {s.name} requires writes ({s.requires_source}: writes = true); "
                 "add --allow-writes"
             )
 
@@ -392,5 +394,5 @@ class SessionFilter:
             if n < s.min_sessions:
                 raise InputError(
                     f"scenario {s.name} needs at least {s.min_sessions} sessions "
-                    f"(requires.min-sessions, {s.source}); {source} has {n}"
+                    f"(min-sessions at {s.requires_source}); {source} has {n}"
                 )
