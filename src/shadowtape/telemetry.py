@@ -10,8 +10,9 @@ The API, for any stage that sends or answers HTTP (replay does; serve can):
 
     tel = open_telemetry(endpoint, prefix="shadowtape.serve")   # NO_TELEMETRY when off
     if tel.enabled:                                             # keep the hot path bare
-        tel.span_for_request("GET /users/{id}", trace_id=..., span_id=..., start_ns=...,
-                             end_ns=..., attributes={...}, parent_span_id=None, error=None)
+        tel.span_for_request(RequestSpan("GET /users/{id}", trace_id=..., span_id=...,
+                             start_ns=..., end_ns=..., attributes={...},
+                             parent_span_id=incoming_parent, server=True))
         tel.record_latency("GET /users/{id}", "GET", 200, 12.5)  # ms
         tel.add_error("GET /users/{id}", "5xx"); tel.add_retries("GET /users/{id}", 2)
     tel.observe_breaker(lambda: breaker.open)
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextvars
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from shadowtape.errors import InputError, ShadowtapeError
@@ -40,26 +42,31 @@ EXPORT_TIMEOUT_S = 5.0
 METRIC_INTERVAL_MS = 5000
 
 
+@dataclass(frozen=True, slots=True)
+class RequestSpan:
+    """One finished request as a span. Ids are W3C hex (32 and 16 digits); with
+    `parent_span_id` (an inbound traceparent's parent id) the span is that span's child;
+    `server` for requests answered (serve: SpanKind.SERVER), else a client span; `error`
+    marks the span failed with that description. Attributes set to None are left out."""
+
+    name: str
+    trace_id: str
+    span_id: str
+    start_ns: int
+    end_ns: int
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    parent_span_id: str | None = None
+    error: str | None = None
+    server: bool = False
+
+
 class Telemetry:
     """Does nothing: what every caller holds when telemetry is not configured."""
 
     enabled = False
 
-    def span_for_request(
-        self,
-        name: str,
-        *,
-        trace_id: str,
-        span_id: str,
-        start_ns: int,
-        end_ns: int,
-        attributes: Mapping[str, Any],
-        parent_span_id: str | None = None,
-        error: str | None = None,
-        server: bool = False,
-    ) -> None:
-        """One finished span. Ids are W3C hex (32 and 16 digits); `server` for serve's
-        inbound requests (SpanKind.SERVER), else a client span."""
+    def span_for_request(self, span: RequestSpan) -> None:
+        """Export one finished span with the caller's ids and times."""
 
     def record_latency(self, route: str, method: str, status: int | None, ms: float) -> None:
         """One request's duration in the per-route latency histogram."""
@@ -190,26 +197,15 @@ class _OtlpTelemetry(Telemetry):
     def _observe(self, _options: Any) -> Sequence[Any]:
         return [self._observation(int(bool(fn()))) for fn in self._breakers]
 
-    def span_for_request(
-        self,
-        name: str,
-        *,
-        trace_id: str,
-        span_id: str,
-        start_ns: int,
-        end_ns: int,
-        attributes: Mapping[str, Any],
-        parent_span_id: str | None = None,
-        error: str | None = None,
-        server: bool = False,
-    ) -> None:
+    def span_for_request(self, span: RequestSpan) -> None:
         api = self._trace_api
-        if parent_span_id:
+        trace_id = int(span.trace_id, 16)
+        if span.parent_span_id:
             parent = api.set_span_in_context(
                 api.NonRecordingSpan(
                     api.SpanContext(
-                        int(trace_id, 16),
-                        int(parent_span_id, 16),
+                        trace_id,
+                        int(span.parent_span_id, 16),
                         is_remote=True,
                         trace_flags=api.TraceFlags(api.TraceFlags.SAMPLED),
                     )
@@ -217,17 +213,17 @@ class _OtlpTelemetry(Telemetry):
             )
         else:
             parent = api.set_span_in_context(api.INVALID_SPAN)  # a root: no ambient parent
-        with self._ids.preset(int(trace_id, 16), int(span_id, 16)):
-            span = self._tracer.start_span(
-                name,
+        with self._ids.preset(trace_id, int(span.span_id, 16)):
+            sdk_span = self._tracer.start_span(
+                span.name,
                 context=parent,
-                kind=api.SpanKind.SERVER if server else api.SpanKind.CLIENT,
-                attributes={k: v for k, v in attributes.items() if v is not None},
-                start_time=start_ns,
+                kind=api.SpanKind.SERVER if span.server else api.SpanKind.CLIENT,
+                attributes={k: v for k, v in span.attributes.items() if v is not None},
+                start_time=span.start_ns,
             )
-        if error:
-            span.set_status(api.Status(api.StatusCode.ERROR, error))
-        span.end(end_time=end_ns)
+        if span.error:
+            sdk_span.set_status(api.Status(api.StatusCode.ERROR, span.error))
+        sdk_span.end(end_time=span.end_ns)
         self._created += 1
 
     def record_latency(self, route: str, method: str, status: int | None, ms: float) -> None:

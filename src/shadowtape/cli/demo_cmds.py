@@ -109,6 +109,9 @@ def show(ctx: click.Context, commands: tuple[str, ...], as_json: bool) -> None:
         )
     broken: dict[str, str] = {}
     rows = effective_values(cfg, root.command, root, commands, broken=broken)
+    from shadowtape.cli.scenario_opts import current_registry
+
+    current_registry()  # [scenarios.*] and [governance] are checked too, FILE:LINE on error
     if as_json:
         payload = {
             "config_file": str(cfg.path) if cfg.path else None,

@@ -193,18 +193,15 @@ class RunFacts:
         self._pending_outputs.clear()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "policy": self.policy,
-            "key": self.key,
-            "key_source": self.key_source,
-            "target": _redact_url(self.target) if self.target else None,
-            "scenarios": self.scenarios,
-            "risk": self.risk,
-            "risk_confirmed": self.risk_confirmed,
-            "counts": self.counts,
-        }
+        out = {name: getattr(self, name) for name in _RECORDED}
+        out["target"] = _redact_url(self.target) if self.target else None
+        return out
+
+
+_RECORDED = (
+    "inputs", "outputs", "policy", "key", "key_source", "target", "scenarios", "risk",
+    "risk_confirmed", "counts",
+)  # fmt: skip
 
 
 def _file_entry(path: str | os.PathLike[str]) -> dict[str, Any]:

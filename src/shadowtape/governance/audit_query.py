@@ -84,16 +84,15 @@ def record_line(record: Mapping[str, Any]) -> str:
         f"#{record.get('seq')} {str(record.get('time', ''))[:19]}Z {who} "
         f"{record.get('command')} exit {record.get('exit_code')}"
     )
-    if record.get("inputs"):
-        line += f"  in: {_datasets(record['inputs'])}"
-    if record.get("outputs"):
-        line += f"  out: {_datasets(record['outputs'])}"
-    if record.get("target"):
-        line += f"  target {record['target']}"
-    if record.get("scenarios"):
-        line += f"  scenarios {','.join(record['scenarios'])}"
-    if record.get("risk_confirmed"):
-        line += f" (confirmed {record['risk_confirmed']})"
-    if record.get("error"):
-        line += f"  error: {record['error']}"
+    parts = {
+        "inputs": lambda v: f"  in: {_datasets(v)}",
+        "outputs": lambda v: f"  out: {_datasets(v)}",
+        "target": lambda v: f"  target {v}",
+        "scenarios": lambda v: f"  scenarios {','.join(v)}",
+        "risk_confirmed": lambda v: f" (confirmed {v})",
+        "error": lambda v: f"  error: {v}",
+    }
+    for key, show in parts.items():
+        if record.get(key):
+            line += show(record[key])
     return line

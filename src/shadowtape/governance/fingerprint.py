@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shadowtape.errors import DatasetError
@@ -67,14 +67,7 @@ class DatasetFingerprint:
     modes: tuple[int, ...] = field(default=(), repr=False)  # st_mode of the dir and files
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "fingerprint": self.fingerprint,
-            "files": self.files,
-            "rows": self.rows,
-            "kind": self.kind,
-            "sanitized": self.sanitized,
-        }
+        return {k: v for k, v in asdict(self).items() if k != "modes"}
 
 
 def dataset_fingerprint(path: str | os.PathLike[str]) -> DatasetFingerprint:

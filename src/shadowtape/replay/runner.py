@@ -72,7 +72,7 @@ from shadowtape.schema import (
     iter_batches,
     uuid7,
 )
-from shadowtape.telemetry import NO_TELEMETRY, Telemetry, open_telemetry
+from shadowtape.telemetry import NO_TELEMETRY, RequestSpan, Telemetry, open_telemetry
 
 REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
 
@@ -713,7 +713,7 @@ class _Replay:
         end_us = fields["done_at"] or fields["first_byte_at"] or start_us
         status = outcome.status
         error = outcome.error if status is None else None
-        tel.span_for_request(
+        span = RequestSpan(
             route,
             trace_id=common["trace_id"],
             span_id=common["span_id"],
@@ -737,6 +737,7 @@ class _Replay:
                 "shadowtape.recorded_status": row.get("status"),
             },
         )
+        tel.span_for_request(span)
         if fields["sent_at"] is not None and fields["done_at"] is not None:
             tel.record_latency(route, method, status, (end_us - start_us) / 1000)
         if status is None:
