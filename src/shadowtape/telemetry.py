@@ -26,6 +26,7 @@ chooses: replay makes each span's trace id and span id the ones it sent to stagi
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,13 @@ class _OtlpTelemetry(Telemetry):
         )
         self._created = 0
         self._closed = False
+        # The SDK logs each failed export (and its retries) as it happens, which would break
+        # into the progress line; the first one (it names the cause) goes in the summary.
+        self._log = _FirstMessage()
+        self._logger = logging.getLogger("opentelemetry")
+        self._propagate = self._logger.propagate
+        self._logger.addHandler(self._log)
+        self._logger.propagate = False
 
     def _observe(self, _options: Any) -> Sequence[Any]:
         return [self._observation(int(bool(fn()))) for fn in self._breakers]
@@ -251,6 +259,7 @@ class _OtlpTelemetry(Telemetry):
             "exported": exported,
             "failed": failed,
             "dropped": max(0, self._created - exported - failed),
+            "first_error": self._log.first,
         }
 
     def shutdown(self) -> None:
@@ -261,6 +270,18 @@ class _OtlpTelemetry(Telemetry):
         self._tracer_provider.shutdown()
         self._meter_provider.force_flush()
         self._meter_provider.shutdown()
+        self._logger.removeHandler(self._log)
+        self._logger.propagate = self._propagate
+
+
+class _FirstMessage(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.first is None:
+            self.first = record.getMessage().splitlines()[0][:300]
 
 
 class _PresetIds:

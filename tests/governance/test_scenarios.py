@@ -186,8 +186,8 @@ def test_report_groups_routes_and_junit_suites_by_scenario(tmp_path: Path, cli, 
         "max", "--correlate", "off", "--allow-writes", "--confirm-risk", "high",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    junit = tmp_path / "junit.xml"
-    report = cli("--config", config, "report", out, "--junit", junit, "--json")
+    junit, page = tmp_path / "junit.xml", tmp_path / "report.html"
+    report = cli("--config", config, "report", out, "--junit", junit, "--html", page, "--json")
     # The staging kit answers /login with another body and 404s the orders: checkout drifts.
     payload = json.loads(report.stdout)
     groups = {g["name"]: g for g in payload["scenarios"]}
@@ -206,3 +206,5 @@ def test_report_groups_routes_and_junit_suites_by_scenario(tmp_path: Path, cli, 
     loose = {c.get("name") for c in suites["shadowtape.routes"].iter("testcase")}
     assert "GET /health" in loose and "POST /login" not in loose
     assert checkout.find("properties/property").get("value") == "high"
+    html = page.read_text()
+    assert "<h2>Scenarios</h2>" in html and "<strong>checkout</strong> (high risk)" in html

@@ -209,3 +209,41 @@ def test_an_unreachable_collector_is_counted_not_fatal(tmp_path: Path, cli, stag
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "telemetry: 3 spans to " + dead + ": 0 exported, 3 failed, 0 dropped" in result.output
+    (line,) = [ln for ln in result.output.splitlines() if "telemetry:" in ln]
+    assert "(first error: " in line and "Connection refused" in line
+    assert "Transient error" not in result.output.replace(line, "")  # no SDK log lines
+
+
+def test_ctrl_c_flushes_what_was_sent(tmp_path: Path, staging, otlp, audit_log) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from shadowtape.governance.audit import AuditLog
+    from shadowtape.schema import batch_to_rows, iter_batches
+
+    records = [exchange(f"s{i % 4}", i // 4, 500 * i, "GET", f"/items/{i}") for i in range(40)]
+    src = write_dataset(tmp_path / "clean", records)  # 20 recorded seconds at --speed 1
+    out = tmp_path / "results"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "shadowtape", "--no-config", "replay", str(src), "--target",
+            staging.url, "--out", str(out), "--speed", "1", "--correlate", "off",
+            "--otlp-endpoint", otlp.url,
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(staging.received) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    rows = [r for b in iter_batches(out) for r in batch_to_rows(b)]
+    sent = {(r["trace_id"], r["span_id"]) for r in rows if r["outcome"] in ("sent", "failed")}
+    assert 5 <= len(sent) < 40
+    assert {(s.trace_id.hex(), s.span_id.hex()) for s in otlp.spans} == sent
+    assert otlp.metric("shadowtape.replay.request.duration")
+    (record,) = AuditLog(audit_log).records()
+    assert record["exit_code"] == 130 and record["counts"]["status"] == "interrupted"

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from shadowtape import __version__
-from shadowtape.cli.audit_hook import ACTOR_ENV, AUDIT_LOG_ENV, AuditScope
+from shadowtape.cli.audit_hook import ACTOR_ENV, AUDIT_LOG_ENV, AuditScope, StageContext
 from shadowtape.config import CONFIG_ENV, Config, build_default_map, find_config, load_config
 from shadowtape.errors import ShadowtapeError
 
@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
 
 class StageGroup(click.Group):
     """Imports a command's module on first use and turns expected errors into one line."""
+
+    context_class = StageContext  # the audit hook needs the exit code ctx.exit() was given
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -136,6 +136,17 @@ def _argv(ctx: click.Context) -> list[str]:
     return [*words, *rest, *ctx.args]
 
 
+class StageContext(click.Context):
+    """The root context: remembers the code `exit()` was asked for, because `exit()` closes
+    the context (which writes the audit record) before it raises the exit."""
+
+    requested_exit: int | None = None
+
+    def exit(self, code: int = 0) -> NoReturn:
+        self.requested_exit = code
+        super().exit(code)
+
+
 class AuditScope:
     """Entered by `StageGroup.invoke` through `ctx.with_resource`, left when the root context
     closes: click hands over the exception in flight (Exit with the code, a usage error, a
@@ -161,12 +172,13 @@ class AuditScope:
         if command not in AUDITED or any(a in ("--help", "-h") for a in self.argv):
             return
         if exc is None:
-            # `ctx.exit(code)` closes the context before it raises, so an error that
-            # StageGroup.invoke maps to an exit arrives here as the exception being handled.
+            # Closed by `ctx.exit(code)`: the code is the one asked for; the error, if the
+            # exit was called while handling one, is the exception being handled.
             exc = sys.exc_info()[1]
         from shadowtape.governance.audit import AuditError, AuditLog, build_record
 
-        code = _exit_code(exc)
+        requested = getattr(self.ctx, "requested_exit", None)
+        code = requested if requested is not None else _exit_code(exc)
         facts = run_facts()
         root = self.ctx.find_root()
         config = (root.obj or {}).get("config") if isinstance(root.obj, dict) else None
@@ -179,7 +191,7 @@ class AuditScope:
                 facts,
                 code,
                 actor=actor_of(self.ctx),
-                error=_error_text(exc),
+                error=facts.error or _error_text(exc),
                 started=self.started,
                 duration_s=round(time.monotonic() - self.t0, 3),
                 config=str(config.path) if config is not None and config.path else None,

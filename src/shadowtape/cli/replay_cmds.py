@@ -102,6 +102,7 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
         click.echo(
             f"  telemetry: {t['spans']} spans to {t['endpoint']}: {t['exported']} exported, "
             f"{t['failed']} failed, {t['dropped']} dropped"
+            + (f" (first error: {t['first_error']})" if t["failed"] and t["first_error"] else "")
         )
 
 

@@ -210,7 +210,7 @@ def report(
         click.echo(terminal.render(data, verdicts, groups), nl=False)
     written = []
     if html_out is not None:
-        written.append(str(write_text_atomic(html_out, html.render(data, verdicts))))
+        written.append(str(write_text_atomic(html_out, html.render(data, verdicts, groups))))
     if junit_out is not None:
         written.append(str(write_text_atomic(junit_out, junit.render(data, verdicts, groups))))
     if notebook_out is not None:

@@ -153,6 +153,9 @@ class RunFacts:
     risk: str | None = None
     risk_confirmed: str | None = None
     counts: dict[str, Any] = field(default_factory=dict)
+    # The failure line the user saw, when the CLI's error mapping knows it best; else the
+    # hook derives it from the exception.
+    error: str | None = None
     _pending_outputs: list[tuple[str, str]] = field(default_factory=list)
 
     def read_dataset(self, path: str | os.PathLike[str]) -> DatasetFingerprint | None:
@@ -251,7 +254,7 @@ def build_record(
         "version": __version__,
         **facts.to_json(),
         "exit_code": exit_code,
-        "error": error,
+        "error": _URL.sub(lambda m: _redact_url(m.group(0)), error) if error else None,
     }
 
 
