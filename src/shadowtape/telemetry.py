@@ -91,6 +91,19 @@ class Telemetry:
 NO_TELEMETRY = Telemetry()
 
 
+def merge_telemetry(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Several senders' export counts as one (a Ray replay's shards)."""
+    if not summaries:
+        return None
+    merged: dict[str, Any] = {k: sum(s[k] for s in summaries) for k in _COUNTS}
+    merged["endpoint"] = summaries[0]["endpoint"]
+    merged["first_error"] = next((s["first_error"] for s in summaries if s["first_error"]), None)
+    return merged
+
+
+_COUNTS = ("spans", "exported", "failed", "dropped")
+
+
 def configured(endpoint: str | None, environ: Mapping[str, str] | None = None) -> bool:
     environ = os.environ if environ is None else environ
     if str(environ.get("OTEL_SDK_DISABLED", "")).lower() == "true":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -106,7 +107,7 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
         )
 
 
-def _print_plan(plan: ReplayPlan) -> None:
+def _print_plan(plan: ReplayPlan, scenario: bool = False) -> None:
     click.echo(
         f"plan: {plan.sessions} sessions, {plan.requests} requests, {plan.timing} "
         f"(shard {plan.shard}); nothing sent (--dry-run)"
@@ -115,6 +116,7 @@ def _print_plan(plan: ReplayPlan) -> None:
         f"  send {plan.to_send}, skip {plan.skipped_writes} writes"
         + (" (pass --allow-writes to send them)" if plan.skipped_writes else "")
         + f", {plan.skipped_limit} over --limit, {plan.not_sampled} not sampled"
+        + (" or outside the scenario" if scenario else "")
     )
     duration = "depends on the target" if plan.duration_s is None else f"{plan.duration_s:.1f} s"
     click.echo(f"  dispatch takes {duration}; {plan.correlation_rules} correlation rules")
@@ -344,7 +346,7 @@ def replay(source: str, **opts: Any) -> None:
     senders = _check_engine(opts)
     config = _with_scenarios(config, opts, facts)
     if opts["dry_run"]:
-        _print_plan(plan_replay(config))
+        _print_plan(plan_replay(config), scenario=config.session_filter is not None)
         return
     facts.wrote_dataset(config.out)
     line = LiveLine()
@@ -405,7 +407,9 @@ def _with_scenarios(config: ReplayConfig, o: dict[str, Any], facts: Any) -> Repl
     return dataclasses.replace(
         config,
         session_filter=sc.SessionFilter(tuple(selected)) if selected else None,
-        otlp_endpoint=o["otlp_endpoint"],
+        # Ray senders do not see this process's environment: the base endpoint travels.
+        otlp_endpoint=o["otlp_endpoint"]
+        or (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") if o["engine"] == "ray" else None),
     )
 
 
