@@ -117,14 +117,14 @@ def test_secrets_never_reach_the_command_line_record() -> None:
         "--key-file",
         "team.key",
         "--session-key",
-        "header:X-Session",
+        "cookie:sid",
         "SHADOWTAPE_KEY=deadbeefdeadbeef",
     ]
     out = redact_argv(argv)
     text = " ".join(out)
     for secret in ("hunter2", "abc123", "s3cr3t-token", "k-123456", "pw-999", "deadbeef"):
         assert secret not in text
-    for kept in ("deploy:", "page=2", "X-Trace: keep-me", "team.key", "header:X-Session"):
+    for kept in ("deploy:", "page=2", "X-Trace: keep-me", "team.key", "cookie:sid"):
         assert kept in text
     assert out[out.index("--api-key") + 1] == "<redacted>"
 

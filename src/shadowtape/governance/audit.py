@@ -104,20 +104,25 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     """The command line as it may be stored: option values that are secrets, credentials in
     URLs and secret header or NAME=VALUE values are replaced with <redacted>."""
     out: list[str] = []
-    hide_next = False
+    next_is: str | None = None  # "secret" | "name" | None: what the previous option takes
     for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
+        if next_is is not None:
+            out.append(REDACTED if next_is == "secret" else arg)
+            next_is = None
             continue
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            secret = _SECRET_OPTION.match(name) and name not in _NAMING_OPTIONS
+            kind = (
+                "name"
+                if name in _NAMING_OPTIONS
+                else ("secret" if _SECRET_OPTION.match(name) else None)
+            )
             if eq:
-                out.append(f"{name}={REDACTED if secret else _redact_value(value)}")
+                shown = {"secret": REDACTED, "name": value}.get(kind or "")
+                out.append(f"{name}={shown if shown is not None else _redact_value(value)}")
             else:
                 out.append(arg)
-                hide_next = bool(secret)
+                next_is = kind
             continue
         out.append(_redact_value(arg))
     return out
