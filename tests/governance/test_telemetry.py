@@ -247,3 +247,34 @@ def test_ctrl_c_flushes_what_was_sent(tmp_path: Path, staging, otlp, audit_log) 
     assert otlp.metric("shadowtape.replay.request.duration")
     (record,) = AuditLog(audit_log).records()
     assert record["exit_code"] == 130 and record["counts"]["status"] == "interrupted"
+
+
+def test_the_api_for_serve_parents_a_server_span_and_honours_the_sampler(otlp, monkeypatch) -> None:
+    from shadowtape.telemetry import RequestSpan
+
+    trace, parent, own = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "b7ad6b7169203331"
+    tel = open_telemetry(otlp.url, prefix="shadowtape.serve", environ={})
+    assert tel.enabled
+    tel.span_for_request(
+        RequestSpan(
+            "GET /users/{id}", trace_id=trace, span_id=own, start_ns=1_000, end_ns=5_000,
+            attributes={"http.route": "GET /users/{id}", "gone": None},
+            parent_span_id=parent, server=True, error="recorded 500",
+        )
+    )  # fmt: skip
+    tel.record_latency("GET /users/{id}", "GET", 500, 4.0)
+    tel.add_error("GET /users/{id}", "5xx")
+    tel.shutdown()
+    (span,) = otlp.spans
+    assert (span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex()) == (
+        trace, own, parent,
+    )  # fmt: skip
+    assert span.kind == span.SPAN_KIND_SERVER and span.status.message == "recorded 500"
+    assert _attrs(span) == {"http.route": "GET /users/{id}"}
+    assert otlp.metric("shadowtape.serve.request.duration")
+    assert tel.summary()["exported"] == 1
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")  # read by the SDK itself
+    off = open_telemetry(otlp.url, environ={})
+    off.span_for_request(RequestSpan("GET /", trace_id=trace, span_id=own, start_ns=1, end_ns=2))
+    off.shutdown()
+    assert len(otlp.spans) == 1 and off.summary()["not_sampled"] == 1
