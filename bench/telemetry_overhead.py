@@ -3,8 +3,10 @@
 Peers, in the same run, alternating rounds against the same loopback server and dataset
 (replay_throughput.py's): `before` is `git archive main` (the replay without any telemetry
 code), `off` is this checkout with no endpoint configured, `on` exports to a loopback OTLP
-sink that answers 200. Prints ONE JSON line with the median requests/s of each and the ratios
-off/before (the hot-path cost of telemetry when off: should be ~1.0) and on/off.
+sink that answers 200. Prints ONE JSON line with, for each, the median requests/s and the
+median CPU time of the replay process per request (user + system, from rusage: far less
+sensitive than throughput to other load on a shared machine), and the ratios off/before
+(the cost of telemetry when off: should be ~1.0) and on/off.
 
     .venv/bin/python bench/telemetry_overhead.py [--requests N] [--rounds R] [--base REF]
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import replay_throughput  # noqa: E402
 from replay_throughput import _serve, make_dataset, run_replay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +48,28 @@ def _sink() -> str:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+_CPU: list[float] = []
+
+
+def _measured_cpu(cmd: list[str], timeout: float) -> tuple[float, int, str]:
+    """replay_throughput._measured, also keeping the child's CPU seconds in _CPU."""
+    wrapper = (
+        "import resource, subprocess, sys, json;"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(json.dumps({'rc': p.returncode, 'out': p.stdout + p.stderr,"
+        " 'rss': u.ru_maxrss, 'cpu': u.ru_utime + u.ru_stime}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, timeout=timeout
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({result['rc']}): {result['out'][-2000:]}")
+    _CPU.append(result["cpu"])
+    return 0.0, result["rss"], result["out"]
 
 
 def _export_base(ref: str, into: Path) -> Path:
@@ -72,21 +97,27 @@ def main() -> None:
     ds = make_dataset(work / "ds", args.requests, 200, 60.0, "127.0.0.1")
     common = ("--speed", "max", "--concurrency", str(args.concurrency))
     rps: dict[str, list[float]] = {"before": [], "off": [], "on": []}
+    cpu: dict[str, list[float]] = {"before": [], "off": [], "on": []}
+    replay_throughput._measured = _measured_cpu  # same runner, with the CPU time kept
     saved = os.environ.get("PYTHONPATH")
     try:
         for _ in range(args.rounds):
             os.environ["PYTHONPATH"] = str(base_src)
             rps["before"].append(run_replay(ds, url, work / "out-before", *common)["rps"])
+            cpu["before"].append(_CPU[-1] / args.requests * 1e6)
             if saved is None:
                 os.environ.pop("PYTHONPATH")
             else:
                 os.environ["PYTHONPATH"] = saved
             rps["off"].append(run_replay(ds, url, work / "out-off", *common)["rps"])
+            cpu["off"].append(_CPU[-1] / args.requests * 1e6)
             on = run_replay(ds, url, work / "out-on", *common, "--otlp-endpoint", sink)
             rps["on"].append(on["rps"])
+            cpu["on"].append(_CPU[-1] / args.requests * 1e6)
     finally:
         server.terminate()
     med = {k: statistics.median(v) for k, v in rps.items()}
+    us = {k: statistics.median(v) for k, v in cpu.items()}
     print(
         json.dumps(
             {
@@ -98,6 +129,11 @@ def main() -> None:
                 "on_rps": round(med["on"]),
                 "off_vs_before": round(med["off"] / med["before"], 3),
                 "on_vs_off": round(med["on"] / med["off"], 3),
+                "before_cpu_us_per_request": round(us["before"], 1),
+                "off_cpu_us_per_request": round(us["off"], 1),
+                "on_cpu_us_per_request": round(us["on"], 1),
+                "cpu_off_vs_before": round(us["off"] / us["before"], 3),
+                "cpu_on_vs_off": round(us["on"] / us["off"], 3),
                 "all_rps": {k: [round(x) for x in v] for k, v in rps.items()},
             }
         )

@@ -103,6 +103,13 @@ def _attrs(span: Any) -> dict[str, Any]:
     return out
 
 
+def rows_run_id(results: Path) -> str:
+    from shadowtape.schema import iter_batches
+
+    (run_id,) = {r for b in iter_batches(results) for r in b.column("run_id").to_pylist()}
+    return run_id
+
+
 def _dataset(tmp_path: Path) -> Path:
     records = [
         exchange(s, i, 10 * i + n, "GET", path)
@@ -150,6 +157,7 @@ def test_one_span_per_request_with_the_trace_ids_staging_saw(
     )
     service = {kv.key: kv.value.string_value for kv in otlp.resources[0].attributes}
     assert service["service.name"] == "shadowtape-replay"
+    assert service["shadowtape.run_id"] == rows_run_id(tmp_path / "results")
     # The results rows carry the same ids: the diff verdict joins by them.
     from shadowtape.schema import batch_to_rows, iter_batches
 

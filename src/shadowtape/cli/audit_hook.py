@@ -2,7 +2,14 @@
 scope that writes one record when the command's context closes, whatever its outcome.
 
 Commands report what they read and wrote through `run_facts()` (a typed object on the root
-context); the record itself is built and chained by `shadowtape.governance.audit`.
+context); the record itself is built and chained by `shadowtape.governance.audit`. A new
+command (serve, say) needs its name in AUDITED and a few lines:
+
+    facts = run_facts()
+    facts.read_dataset(dataset)        # fingerprinted now, before the command works
+    facts.target = listen_url          # what it sends to or serves on
+    facts.wrote_dataset(out)           # fingerprinted when the record is written
+    facts.count(answered=n, missed=m)  # what the one-line summary says
 """
 
 from __future__ import annotations
@@ -101,9 +108,10 @@ def _exit_code(exc: BaseException | None) -> int:
         return exc.exit_code
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    if isinstance(exc, click.ClickException | ShadowtapeError):
+    if isinstance(exc, click.ClickException):
         return exc.exit_code
-    return 1  # a bug, Ctrl-C (click's Abort) or anything else: click exits 1
+    # A bug, Ctrl-C (click's Abort), or an error let through by --debug: a traceback, exit 1.
+    return 1
 
 
 def _error_text(exc: BaseException | None) -> str | None:

@@ -103,6 +103,7 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
         click.echo(
             f"  telemetry: {t['spans']} spans to {t['endpoint']}: {t['exported']} exported, "
             f"{t['failed']} failed, {t['dropped']} dropped"
+            + (f", {t['not_sampled']} not sampled" if t["not_sampled"] else "")
             + (f" (first error: {t['first_error']})" if t["failed"] and t["first_error"] else "")
         )
 

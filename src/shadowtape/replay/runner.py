@@ -209,7 +209,8 @@ def run_replay(
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
     meta = {**meta, **lineage_metadata("replay", datasets=[config.source])}
     run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
-    run.telemetry = open_telemetry(config.otlp_endpoint)
+    # The run id is the same on every span: a resource attribute, encoded once per export.
+    run.telemetry = open_telemetry(config.otlp_endpoint, resource={"shadowtape.run_id": run.run_id})
     try:
         return asyncio.run(run.run(stop))
     finally:
@@ -728,9 +729,7 @@ class _Replay:
                 "error.type": ("send_failed" if status is None else None),
                 "shadowtape.outcome": fields["outcome"],
                 "shadowtape.retries": outcome.retries,
-                "shadowtape.attempts": outcome.attempts,
                 "shadowtape.replay_pass": common["replay_pass"],
-                "shadowtape.run_id": self.run_id,
                 "shadowtape.replay_id": common["replay_id"],
                 "shadowtape.exchange_id": row["id"],
                 "shadowtape.session_id": row["session_id"],
