@@ -1,28 +1,28 @@
-"""Route templates for scenarios, through one seam.
+"""Route templates for scenarios and telemetry, in the one grammar of the HTTP core.
 
-The grammar (`GET /users/{id}`: `{name}` is exactly one path segment, the method optional) is
-the one the diff stage groups reports by, so a scenario names routes exactly as a report shows
-them. It lives in `diff/routes.py` until the shared HTTP core (`shadowtape.http.routes`)
-lands; this adapter is the only place that knows where, so switching is one import.
+`shadowtape.http.routes` defines it (`GET /users/{id}`: `{name}` is one path segment or part
+of one, the method optional), and diff groups reports by it, so a scenario names routes exactly
+as a report shows them. This module only adds what governance needs on top: a template that
+keeps the text it was written as, matching against a report's route label, and an InputError
+(exit 2) instead of the core's ValueError.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shadowtape.diff.routes import Template, compile_template, infer_template
+from shadowtape.errors import InputError
+from shadowtape.http import routes as core
+from shadowtape.http.target import target_path
 
 
 @dataclass(frozen=True, slots=True)
 class RouteTemplate:
     text: str
-    template: Template
+    template: core.RouteTemplate
 
     def matches(self, method: str, path: str | None) -> bool:
-        t = self.template
-        if t.method is not None and t.method != (method or "").upper():
-            return False
-        return bool(t.pattern.match((path or "/").split("?", 1)[0]))
+        return self.template.matches(method or None, target_path(path or "/"))
 
     def matches_label(self, label: str) -> bool:
         """A report's route label, `GET /users/{id}`: placeholders match placeholders."""
@@ -34,10 +34,13 @@ def route_label(method: str, path: str | None, recorded: str | None = None) -> s
     """`GET /users/{id}`: the recorded route, else one inferred from the path's shape; what
     telemetry groups latencies by (raw paths would make one series per id)."""
     if recorded:
-        return recorded if " " in recorded else f"{method} {recorded}"
-    return f"{method} {infer_template((path or '/').split('?', 1)[0])}"
+        return recorded if " " in recorded else core.route_label(method, recorded)
+    return core.route_label(method, core.infer_template(target_path(path or "/")))
 
 
 def compile_route(text: str) -> RouteTemplate:
     """Raises InputError (naming the template) when the text is not a template."""
-    return RouteTemplate(text.strip(), compile_template(text))
+    try:
+        return RouteTemplate(text.strip(), core.parse_route(text))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
