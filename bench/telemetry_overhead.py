@@ -50,28 +50,6 @@ def _sink() -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-_CPU: list[float] = []
-
-
-def _measured_cpu(cmd: list[str], timeout: float) -> tuple[float, int, str]:
-    """replay_throughput._measured, also keeping the child's CPU seconds in _CPU."""
-    wrapper = (
-        "import resource, subprocess, sys, json;"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
-        "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
-        "print(json.dumps({'rc': p.returncode, 'out': p.stdout + p.stderr,"
-        " 'rss': u.ru_maxrss, 'cpu': u.ru_utime + u.ru_stime}))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, timeout=timeout
-    )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    if result["rc"] != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({result['rc']}): {result['out'][-2000:]}")
-    _CPU.append(result["cpu"])
-    return 0.0, result["rss"], result["out"]
-
-
 def _export_base(ref: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", ref, "src"], capture_output=True, check=True
@@ -98,22 +76,21 @@ def main() -> None:
     common = ("--speed", "max", "--concurrency", str(args.concurrency))
     rps: dict[str, list[float]] = {"before": [], "off": [], "on": []}
     cpu: dict[str, list[float]] = {"before": [], "off": [], "on": []}
-    replay_throughput._measured = _measured_cpu  # same runner, with the CPU time kept
     saved = os.environ.get("PYTHONPATH")
     try:
         for _ in range(args.rounds):
             os.environ["PYTHONPATH"] = str(base_src)
             rps["before"].append(run_replay(ds, url, work / "out-before", *common)["rps"])
-            cpu["before"].append(_CPU[-1] / args.requests * 1e6)
+            cpu["before"].append(replay_throughput.LAST_CPU_S / args.requests * 1e6)
             if saved is None:
                 os.environ.pop("PYTHONPATH")
             else:
                 os.environ["PYTHONPATH"] = saved
             rps["off"].append(run_replay(ds, url, work / "out-off", *common)["rps"])
-            cpu["off"].append(_CPU[-1] / args.requests * 1e6)
+            cpu["off"].append(replay_throughput.LAST_CPU_S / args.requests * 1e6)
             on = run_replay(ds, url, work / "out-on", *common, "--otlp-endpoint", sink)
             rps["on"].append(on["rps"])
-            cpu["on"].append(_CPU[-1] / args.requests * 1e6)
+            cpu["on"].append(replay_throughput.LAST_CPU_S / args.requests * 1e6)
     finally:
         server.terminate()
     med = {k: statistics.median(v) for k, v in rps.items()}
