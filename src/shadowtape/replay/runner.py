@@ -4,8 +4,9 @@ Rows stream from the dataset (a worker thread reads row groups), pass a reorder 
 handed to per-session lanes at their due time; every row yields exactly one results row, sent,
 skipped or failed, even when the run stops early. With a baseline each row is sent to every
 side at once (`sides.py`: each with its own breaker, sender and correlation state) and its row
-holds every side's answer; a second baseline's answers are replay_pass 2 rows. The loop takes a frozen, picklable
-`ReplayConfig`, so a CLI, a test or a remote worker (a Ray actor) run the same code.
+holds every side's answer; a second baseline's answers are replay_pass 2 rows. The loop takes
+a frozen, picklable `ReplayConfig`, so a CLI, a test or a remote worker (a Ray actor) run the
+same code.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shadowtape.errors import InputError
+from shadowtape.governance.lineage import META_LINEAGE, lineage_metadata
+from shadowtape.governance.routes import route_label
 from shadowtape.latency import LatencyHistogram
 from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
@@ -72,6 +75,7 @@ from shadowtape.schema import (
     iter_batches,
     uuid7,
 )
+from shadowtape.telemetry import NO_TELEMETRY, RequestSpan, Telemetry, open_telemetry
 
 REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
 
@@ -209,8 +213,14 @@ def run_replay(
     scan = scan_dataset(config)
     rules = load_correlation(config)
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
+    meta = {**meta, **lineage_metadata("replay", datasets=[config.source])}
     run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
-    return asyncio.run(run.run(stop))
+    # The run id is the same on every span: a resource attribute, encoded once per export.
+    run.telemetry = open_telemetry(config.otlp_endpoint, resource={"shadowtape.run_id": run.run_id})
+    try:
+        return asyncio.run(run.run(stop))
+    finally:
+        run.telemetry.shutdown()  # flushed on every exit: complete, Ctrl-C, breaker, error
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -266,6 +276,7 @@ class _Replay:
         self.sendable = 0
         self.pass1_rows = 0
         self.timer: asyncio.Future[None] | None = None
+        self.telemetry: Telemetry = NO_TELEMETRY
 
     # time: one origin, monotonic for scheduling and wall clock for the results
     def _set_origin(self) -> None:
@@ -293,9 +304,11 @@ class _Replay:
         self.sides = [Side(spec, cfg, self.clock.now) for spec in side_specs(cfg)]
         self.baseline = next((s for s in self.sides if s.name == BASELINE), None)
         metadata = {"shadowtape.run_id": self.run_id}
-        for key in (META_SANITIZED, META_POLICY):
+        for key in (META_SANITIZED, META_POLICY, META_LINEAGE):
             if key in self.input_meta:
                 metadata[key] = self.input_meta[key]
+        for side in self.sides:
+            self.telemetry.observe_breaker(lambda breaker=side.breaker: breaker.open)
         # One file per run (per shard): the run's figures are known only at the end and go in
         # the footer of the file finalized last, so a rolled-over first file would carry a
         # stale "running" summary. SIGINT and SIGTERM finalize it; only a hard kill loses it.
@@ -341,6 +354,8 @@ class _Replay:
         if self.abandon_tail:
             self.counts.rows_not_written = self.scan.shard_rows - self.pass1_rows
         summary = self._summary(time.monotonic() - started, [])
+        self.telemetry.shutdown()  # before the summary, so it holds the export counts
+        summary.telemetry = self.telemetry.summary()
         self.sink.set_summary(self._metadata(summary))
         files = await self.sink.close()
         summary.files = [str(f) for f in files]
@@ -500,6 +515,7 @@ class _Replay:
             default_reason,
             sampled=self.scan.sampled,
             allow_writes=self.config.allow_writes,
+            scenario=self.scan.scenario_sessions,
         )
         for reason, n in count_values(reasons).items():
             self.counts.skipped[reason] += n
@@ -779,6 +795,8 @@ class _Replay:
                 "substitutions": request.substitutions,
             }
             side_fields.update(self._outcome_fields(request.side, outcome, scheduled, replay_pass))
+            if outcome is not None and self.telemetry.enabled:
+                self._emit(base, fields, side_fields, request.side, outcome)
             if request.side.is_candidate:
                 has_candidate = True
                 fields.update(side_fields)
@@ -794,6 +812,61 @@ class _Replay:
             )
         self._count_row(replay_pass)
         return result_row(base, **fields)
+
+    def _emit(
+        self,
+        row: dict[str, Any],
+        common: dict[str, Any],
+        fields: dict[str, Any],
+        side: Side,
+        outcome: SendOutcome,
+    ) -> None:
+        """One span for one send, and for the candidate's sends the metrics. The span's ids
+        are the traceparent's, so the target's server span is its child; the diff verdict is
+        not known yet and is joined later by trace and span id (results columns trace_id and
+        span_id, baseline_span_id for a baseline's send). The metrics stay the candidate's
+        (staging's latency and errors), as without a baseline; a baseline's spans say
+        `shadowtape.side`."""
+        tel = self.telemetry
+        method = row["method"]
+        route = route_label(method, row.get("path"), row.get("route"))
+        start_us = fields["sent_at"] or common["scheduled_at"] or time.time_ns() // 1000
+        end_us = fields["done_at"] or fields["first_byte_at"] or start_us
+        status = outcome.status
+        error = outcome.error if status is None else None
+        span = RequestSpan(
+            route,
+            trace_id=common["trace_id"],
+            span_id=fields["span_id"],
+            start_ns=start_us * 1000,
+            end_ns=end_us * 1000,
+            error=error,
+            attributes={
+                "http.request.method": method,
+                "http.route": route,
+                "url.full": fields["target_url"],
+                "http.response.status_code": status,
+                "error.type": ("send_failed" if status is None else None),
+                "shadowtape.outcome": fields["outcome"],
+                "shadowtape.retries": outcome.retries,
+                "shadowtape.replay_pass": common["replay_pass"],
+                "shadowtape.replay_id": common["replay_id"],
+                "shadowtape.exchange_id": row["id"],
+                "shadowtape.session_id": row["session_id"],
+                "shadowtape.recorded_status": row.get("status"),
+                "shadowtape.side": None if side.is_candidate else side.name,
+            },
+        )
+        tel.span_for_request(span)
+        if not side.is_candidate:
+            return
+        if fields["sent_at"] is not None and fields["done_at"] is not None:
+            tel.record_latency(route, method, status, (end_us - start_us) / 1000)
+        if status is None:
+            tel.add_error(route, "send_failed")
+        elif status >= 500:
+            tel.add_error(route, f"{status // 100}xx")
+        tel.add_retries(route, outcome.retries)
 
     def _count_row(self, replay_pass: int) -> None:
         self.counts.rows += 1

@@ -352,7 +352,7 @@ def _latency_seed(route: str) -> int:
     return zlib.crc32(route.encode("utf-8"))
 
 
-def _test_latency(routes: Sequence[RouteFigures], overall: RouteFigures, threshold: float) -> None:
+def _test_latency(routes: Sequence[RouteFigures], threshold: float) -> None:
     """Candidate vs baseline per route, one family of tests for the whole report."""
     pairs = [(r.histogram("baseline").total, r.histogram("staging").total) for r in routes]
     tests = count_tests(pairs)
@@ -366,10 +366,24 @@ def _test_latency(routes: Sequence[RouteFigures], overall: RouteFigures, thresho
             seed=_latency_seed(r.route),
         )
         r.latency_regressions = int(r.latency_test.regression)
-    overall.latency_tested_routes = sum(
-        1 for r in routes if r.latency_test and r.latency_test.tested
+
+
+def combine(routes: list[RouteFigures], label: str) -> RouteFigures:
+    """The figures of several routes as one (the run, or a scenario's routes)."""
+    fig = RouteFigures(
+        route=label,
+        **{k: sum(getattr(r, k) for r in routes) for k in (*_COUNT_FIELDS, *_ADDED_IN_2)},
+        drift_paths=sum(r.drift_paths for r in routes),
+        noise_paths=sum(r.noise_paths for r in routes),
     )
-    overall.latency_regressions = sum(r.latency_regressions for r in routes)
+    fig.latency = {
+        side: LatencyHistogram.merged(r.histogram(side) for r in routes) for side in SIDES
+    }
+    if routes:
+        fig.reference = routes[0].reference
+    fig.latency_tested_routes = sum(1 for r in routes if r.latency_test and r.latency_test.tested)
+    fig.latency_regressions = sum(r.latency_regressions for r in routes)
+    return fig
 
 
 def load_report(diff_dir: str | Path, latency_threshold: float = DEFAULT_THRESHOLD) -> ReportData:
@@ -379,17 +393,13 @@ def load_report(diff_dir: str | Path, latency_threshold: float = DEFAULT_THRESHO
     where = str(diff_dir / SUMMARY_NAME)
     comparison = _comparison(summary)
     routes = [_figures(r["route"], r, version, where) for r in summary.get("routes", [])]
-    overall = RouteFigures(
-        route=ALL_ROUTES,
-        **{k: sum(getattr(r, k) for r in routes) for k in (*_COUNT_FIELDS, *_ADDED_IN_2)},
-    )
-    overall.latency = {
-        side: LatencyHistogram.merged(r.histogram(side) for r in routes) for side in SIDES
-    }
-    for fig in (*routes, overall):
+    for fig in routes:
         fig.reference = comparison.reference
     if comparison.has_baseline:
-        _test_latency(routes, overall, latency_threshold)
+        _test_latency(routes, latency_threshold)
+    overall = combine(routes, ALL_ROUTES)
+    overall.reference = comparison.reference
+    overall.drift_paths = overall.noise_paths = 0  # counted below, from the paths
     examples = _examples(diff_dir)
     paths = []
     for d in summary.get("paths", []):

@@ -17,6 +17,7 @@ from html import escape
 from shadowtape.latency import bucket_bounds
 from shadowtape.report.aggregate import PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
+from shadowtape.report.scenarios import ScenarioGroup
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1d2330}
@@ -321,7 +322,31 @@ def _slo_html(data: ReportData) -> str:
     return f'<h2>Error budgets</h2><ul id="slo">{items}</ul>'
 
 
-def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
+def _scenario_html(groups: Sequence[ScenarioGroup]) -> str:
+    if not groups:
+        return ""
+    items = []
+    for g in groups:
+        routes = (
+            ", ".join(f'<a href="#{anchor(r.route)}">{_e(r.route)}</a>' for r in g.routes)
+            or "no routes in this run"
+        )
+        gates = "".join(
+            f'<li class="gate {"drift" if v.tripped else "ok"}">{_e(v.describe())}</li>'
+            for v in g.gates
+        )
+        o = g.overall
+        items.append(
+            f"<li><strong>{_e(g.name)}</strong> ({_e(g.scenario.risk)} risk): {o.compared} "
+            f"compared, {o.drift_requests} with drift, {o.status_mismatch} status mismatches; "
+            f"{routes}{f'<ul>{gates}</ul>' if gates else ''}</li>"
+        )
+    return f"<h2>Scenarios</h2><ul>{''.join(items)}</ul>"
+
+
+def render(
+    data: ReportData, gates: Sequence[GateResult] = (), scenarios: Sequence[ScenarioGroup] = ()
+) -> str:
     t = data.totals
     drift_paths = [p for p in data.paths if p.classification == "drift"]
     who = (
@@ -366,6 +391,7 @@ truncated bodies; {t.get("not_compared", 0)} without a recorded response;
 <div id="verdict">{verdict}</div>
 {_slo_html(data)}
 {gate_html}
+{_scenario_html(scenarios)}
 <h2>Routes</h2>
 <table class="sortable" id="routes"><thead><tr>{heads}</tr></thead>
 <tbody>

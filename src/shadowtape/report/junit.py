@@ -8,8 +8,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from shadowtape.report.aggregate import ALL_ROUTES, PathFinding, ReportData
+from shadowtape.report.aggregate import ALL_ROUTES, PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
+from shadowtape.report.scenarios import ScenarioGroup
 
 
 def _path_text(p: PathFinding) -> str:
@@ -20,8 +21,11 @@ def _path_text(p: PathFinding) -> str:
     return text
 
 
-def _properties(suite: ET.Element, data: ReportData) -> None:
+def _properties(suite: ET.Element, data: ReportData, **first: str) -> None:
+    """The suite's own properties (`first`), then what was compared with what."""
     props = ET.SubElement(suite, "properties")
+    for name, value in first.items():
+        ET.SubElement(props, "property", name=name, value=value)
     ET.SubElement(props, "property", name="comparison", value=data.comparison.label)
     for side, url in data.comparison.targets.items():
         ET.SubElement(props, "property", name=f"target.{side}", value=url)
@@ -40,23 +44,17 @@ def _latency_suite(suites: ET.Element, data: ReportData) -> None:
             failures += 1
             ET.SubElement(case, "failure", type="latency_regression", message=test.verdict())
         else:
-            out = ET.SubElement(case, "system-out")
-            out.text = test.verdict()
-    suite.set("tests", str(len(data.latency_tests)))
-    suite.set("failures", str(failures))
-    suite.set("skipped", str(skipped))
-    suite.set("errors", "0")
+            ET.SubElement(case, "system-out").text = test.verdict()
+    _close(suite, len(data.latency_tests), failures, skipped)
 
 
 def _slo_suite(suites: ET.Element, data: ReportData) -> None:
     suite = ET.SubElement(suites, "testsuite", name="shadowtape.slo")
     failures = skipped = 0
     for result in data.slo:
-        name = (
-            result.rule.text
-            if result.scope in (result.rule.route, ALL_ROUTES)
-            else (f"{result.rule.text} [{result.scope}]")
-        )
+        name = result.rule.text
+        if result.scope not in (result.rule.route, ALL_ROUTES):
+            name += f" [{result.scope}]"
         case = ET.SubElement(suite, "testcase", classname="shadowtape.slo", name=name)
         if result.consumed is None:
             skipped += 1
@@ -66,62 +64,92 @@ def _slo_suite(suites: ET.Element, data: ReportData) -> None:
             ET.SubElement(case, "failure", type="error_budget", message=result.describe())
         else:
             ET.SubElement(case, "system-out").text = result.describe()
-    suite.set("tests", str(len(data.slo)))
+    _close(suite, len(data.slo), failures, skipped)
+
+
+def _route_case(suite: ET.Element, classname: str, fig: RouteFigures, data: ReportData) -> str:
+    """One route's test case; returns 'failure', 'skipped' or ''."""
+    case = ET.SubElement(suite, "testcase", classname=classname, name=fig.route)
+    drift = data.findings(fig.route, "drift")
+    state = ""
+    if drift:
+        state = "failure"
+        failure = ET.SubElement(
+            case,
+            "failure",
+            type="drift",
+            message=f"{len(drift)} drift paths: " + ", ".join(p.where for p in drift),
+        )
+        failure.text = "\n".join(_path_text(p) for p in drift) + "\n"
+    elif not fig.compared:
+        state = "skipped"
+        ET.SubElement(
+            case, "skipped",
+            message=f"nothing compared ({fig.skipped} skipped, {fig.failed} failed)",
+        )  # fmt: skip
+    noise = data.findings(fig.route, "noise")
+    out = ET.SubElement(case, "system-out")
+    out.text = (
+        f"{data.comparison.label}: {fig.compared} compared, {fig.drift_requests} with drift, "
+        f"{fig.noise_only_requests} differing only by noise on {len(noise)} paths"
+        + "".join(f"\nnoise {p.location}: {p.reason}" for p in noise)
+    )
+    return state
+
+
+def _gate_cases(suite: ET.Element, classname: str, gates: Sequence[GateResult]) -> int:
+    tripped = 0
+    for g in gates:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=g.gate.text)
+        if g.tripped:
+            tripped += 1
+            ET.SubElement(case, "failure", type="gate", message=g.describe())
+        elif g.not_applicable is not None:
+            ET.SubElement(case, "skipped", message=g.describe())
+    return tripped
+
+
+def _close(suite: ET.Element, tests: int, failures: int, skipped: int = 0) -> None:
+    suite.set("tests", str(tests))
     suite.set("failures", str(failures))
     suite.set("skipped", str(skipped))
     suite.set("errors", "0")
 
 
-def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
+def render(
+    data: ReportData,
+    gates: Sequence[GateResult] = (),
+    scenarios: Sequence[ScenarioGroup] = (),
+) -> str:
+    """Routes in a scenario go to that scenario's suite (`shadowtape.scenario.NAME`, with its
+    gates); the others to `shadowtape.routes`."""
     suites = ET.Element("testsuites", name="shadowtape")
-    routes = ET.SubElement(suites, "testsuite", name="shadowtape.routes")
-    _properties(routes, data)
-    failures = skipped = 0
-    for fig in data.routes:
-        case = ET.SubElement(routes, "testcase", classname="shadowtape.routes", name=fig.route)
-        drift = data.findings(fig.route, "drift")
-        if drift:
-            failures += 1
-            failure = ET.SubElement(
-                case,
-                "failure",
-                type="drift",
-                message=f"{len(drift)} drift paths: " + ", ".join(p.where for p in drift),
-            )
-            failure.text = "\n".join(_path_text(p) for p in drift) + "\n"
-        elif not fig.compared:
-            skipped += 1
-            ET.SubElement(
-                case, "skipped",
-                message=f"nothing compared ({fig.skipped} skipped, {fig.failed} failed)",
-            )  # fmt: skip
-        noise = data.findings(fig.route, "noise")
-        out = ET.SubElement(case, "system-out")
-        out.text = (
-            f"{data.comparison.label}: {fig.compared} compared, {fig.drift_requests} with drift, "
-            f"{fig.noise_only_requests} differing only by noise on {len(noise)} paths"
-            + "".join(f"\nnoise {p.location}: {p.reason}" for p in noise)
+    grouped = {r.route for g in scenarios for r in g.routes}
+    loose = [fig for fig in data.routes if fig.route not in grouped]
+    if loose or not scenarios:
+        routes = ET.SubElement(suites, "testsuite", name="shadowtape.routes")
+        _properties(routes, data)
+        states = [_route_case(routes, "shadowtape.routes", fig, data) for fig in loose]
+        _close(routes, len(loose), states.count("failure"), states.count("skipped"))
+    for group in scenarios:
+        name = f"shadowtape.scenario.{group.name}"
+        suite = ET.SubElement(suites, "testsuite", name=name)
+        _properties(suite, data, risk=group.scenario.risk)
+        states = [_route_case(suite, name, fig, data) for fig in group.routes]
+        tripped = _gate_cases(suite, name, group.gates)
+        _close(
+            suite,
+            len(group.routes) + len(group.gates),
+            states.count("failure") + tripped,
+            states.count("skipped"),
         )
-    routes.set("tests", str(len(data.routes)))
-    routes.set("failures", str(failures))
-    routes.set("skipped", str(skipped))
-    routes.set("errors", "0")
     if data.comparison.has_baseline:
         _latency_suite(suites, data)
     if data.slo:
         _slo_suite(suites, data)
     if gates:
         suite = ET.SubElement(suites, "testsuite", name="shadowtape.gates")
-        tripped = 0
-        for g in gates:
-            case = ET.SubElement(suite, "testcase", classname="shadowtape.gates", name=g.gate.text)
-            if g.tripped:
-                tripped += 1
-                ET.SubElement(case, "failure", type="gate", message=g.describe())
-            elif g.not_applicable is not None:
-                ET.SubElement(case, "skipped", message=g.describe())
-        suite.set("tests", str(len(gates)))
-        suite.set("failures", str(tripped))
-        suite.set("errors", "0")
+        tripped = _gate_cases(suite, "shadowtape.gates", gates)
+        _close(suite, len(gates), tripped)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"

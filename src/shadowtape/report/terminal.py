@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from shadowtape.latency import MIN_SAMPLES, describe_shift
 from shadowtape.report.aggregate import PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
+from shadowtape.report.scenarios import ScenarioGroup, group_line
 
 MAX_DRIFT_LINES = 40
 
@@ -124,7 +125,9 @@ def slo_lines(data: ReportData) -> list[str]:
     return [head, *(f"  {r.describe()}" for r in data.slo)]
 
 
-def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
+def render(
+    data: ReportData, gates: Sequence[GateResult] = (), scenarios: Sequence[ScenarioGroup] = ()
+) -> str:
     t = data.totals
     compared = data.comparison
     lines = [
@@ -215,4 +218,8 @@ def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
         lines.append("")
         for g in gates:
             lines.append(("FAIL " if g.tripped else "ok   ") + g.describe())
+    if scenarios:
+        lines.append("")
+        lines.append("Scenarios (routes matched by each scenario's templates):")
+        lines.extend(group_line(g) for g in scenarios)
     return "\n".join(lines) + "\n"
