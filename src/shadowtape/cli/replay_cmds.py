@@ -407,6 +407,9 @@ def replay(source: str, **opts: Any) -> None:
         status=summary.status, rows=c.rows, sent=c.sent, failed=c.failed, retries=c.retries,
         skipped=sum(c.skipped.values()), sessions=c.sessions,
     )  # fmt: skip
+    if config.baseline is not None:
+        # The audit's target is the candidate; the baselines were sent to as well.
+        facts.count(baseline_sent=dict(c.baseline_sent), baseline_failed=dict(c.baseline_failed))
     _print_summary(summary, config.out)
     if summary.status == "circuit_open":
         where = ", ".join(u for u in (config.target, config.baseline, config.baseline_2) if u)
