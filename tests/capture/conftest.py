@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from shadowtape.keyed import Key, Keyed
 from shadowtape.schema import batch_to_rows, dataset_files, iter_batches
 
 KEY = "capture-test-key-0123456789abcdef"
@@ -261,3 +262,9 @@ def cli(monkeypatch: pytest.MonkeyPatch, capture_env: dict[str, str]) -> Callabl
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def keyed() -> Keyed:
+    """The keyed functions under the key the capture and import fixtures run with."""
+    return Keyed(Key(KEY.encode(), "$SHADOWTAPE_KEY"))
