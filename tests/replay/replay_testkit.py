@@ -304,3 +304,41 @@ def raw_server() -> Iterator[RawStaging]:
 def raw_staging() -> Iterator[RawStaging]:
     with raw_server() as state:
         yield state
+
+
+@contextlib.contextmanager
+def mitmdump_reverse(upstream: str, confdir: Path, *sets: str) -> Iterator[int]:
+    """A real mitmdump in reverse mode in front of `upstream`, TLS (its own CA) and cleartext
+    on one port; yields the port. `sets`: more mitmproxy options (`http2=false`)."""
+    import shutil
+    import subprocess
+    import sys
+
+    mitmdump = Path(sys.executable).with_name("mitmdump")
+    if not mitmdump.exists():
+        mitmdump = Path(shutil.which("mitmdump") or "mitmdump")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Lazy: ALPN is chosen from what the client offers, not from the (HTTP/1.1) upstream.
+    options = [f"confdir={confdir}", "connection_strategy=lazy", *sets]
+    proc = subprocess.Popen(
+        [str(mitmdump), "-q", "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1"]
+        + ["--listen-port", str(port)]
+        + [arg for o in options for arg in ("--set", o)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

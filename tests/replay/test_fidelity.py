@@ -14,7 +14,7 @@ import h2.connection
 import h2.events
 import pytest
 from click.testing import CliRunner
-from replay_testkit import exchange, write_dataset
+from replay_testkit import exchange, mitmdump_reverse, write_dataset
 
 from shadowtape.cli import main
 from shadowtape.http.headers import decode
@@ -171,3 +171,22 @@ def test_http2_sends_the_recorded_target_as_path_and_header_bytes_as_recorded(tm
         (b"x-dup", b"2"),
     ]
     assert [v for n, v in plain if n == b"cookie"] == [b"a=1; b=2"]
+
+
+def test_http11_over_tls_in_auto_mode_keeps_the_bytes(tmp_path, raw_staging):
+    """A TLS server that does not speak HTTP/2: `--http auto` sends HTTP/1.1 through the lean
+    transport (not httpcore's h11 writer, which would refuse the raw target and move Host)."""
+    records = [_raw("s1", 0, ODD_TARGET, [(b"X-Name", b"Jos\xe9")])]
+    src = write_dataset(tmp_path / "in", records)
+    with mitmdump_reverse(raw_staging.url, tmp_path / "mitm", "http2=false") as port:
+        done = _replay(src, f"https://127.0.0.1:{port}", tmp_path / "out", "--insecure")
+    assert done.exit_code == 0, done.output
+    (got,) = raw_staging.received
+    assert got.line == b"GET " + ODD_TARGET + b" HTTP/1.1"
+    assert got.fields()[:3] == [
+        (b"Host", raw_staging.url.removeprefix("http://").encode()),  # mitmproxy's rewrite
+        (b"X-Session", b"s1"),
+        (b"X-Name", b"Jos\xe9"),
+    ]
+    (row,) = _results(tmp_path / "out")
+    assert row["staging_http_version"] == "HTTP/1.1"

@@ -252,7 +252,7 @@ def har_entry_to_exchange(
         scheme=parts.scheme,
         host=parts.hostname,
         port=port,
-        server_address=server_address(entry.get("serverIPAddress"), port),
+        server_address=server_address(entry.get("serverIPAddress")),
         path=path or "/",
         query=query,
         request_target=target,
@@ -341,16 +341,12 @@ def stored_body(headers: Pairs, body: bytes | None) -> tuple[Pairs, bytes | None
     return headers_for_decoded_body(headers, len(body)), body, False
 
 
-def server_address(ip: Any, port: int | None) -> str | None:
-    """`serverIPAddress` as capture writes a peer address. HAR keeps no port: the URL's port is
-    the one connected to (writers that went through a proxy would say so in their own
-    fields, which none of the formats read here has)."""
+def server_address(ip: Any) -> str | None:
+    """`serverIPAddress`: the address the writer connected to. HAR keeps no port (the URL's
+    is not it behind a proxy), so the address is the IP alone, where capture has IP:port."""
     if not isinstance(ip, str) or not ip.strip("[] "):
         return None
-    ip = ip.strip("[] ")
-    if port is None:
-        return ip
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return ip.strip("[] ")
 
 
 def from_cache(entry: dict[str, Any], status: int | None, response: dict[str, Any]) -> bool:

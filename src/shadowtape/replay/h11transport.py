@@ -72,11 +72,30 @@ def _timeouts(request: httpx.Request) -> dict[str, float | None]:
     return request.extensions.get("timeout", {})
 
 
+class HTTP2Negotiated(Exception):
+    """TLS chose HTTP/2 for this origin: the request goes to the HTTP/2 transport instead
+    (nothing was sent; the origin is remembered in `H11Transport.h2_origins`)."""
+
+
 class H11Transport(httpx.AsyncBaseTransport):
-    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    """`offers_h2`: TLS connections offer h2 first (replay's `--http auto`); an origin that
+    picks it gets HTTP2Negotiated, so HTTP/1.1 over TLS still goes out byte for byte here
+    rather than through httpcore's h11 writer, and HTTP/2 where the server prefers it."""
+
+    def __init__(
+        self,
+        max_connections: int,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        offers_h2: bool = False,
+    ) -> None:
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: dict[Origin, list[_Connection]] = defaultdict(list)
         self._ssl = ssl_context
+        self._offers_h2 = offers_h2 and ssl_context is not None
+        if self._offers_h2:
+            ssl_context.set_alpn_protocols(["h2", "http/1.1"])
+        self.h2_origins: set[Origin] = set()
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -170,6 +189,12 @@ class H11Transport(httpx.AsyncBaseTransport):
             ) from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from None
+        if self._offers_h2:
+            chosen = writer.get_extra_info("ssl_object")
+            if chosen is not None and chosen.selected_alpn_protocol() == "h2":
+                writer.close()
+                self.h2_origins.add(origin)
+                raise HTTP2Negotiated(origin)
         return _Connection(reader, writer)
 
     def _send(

@@ -18,6 +18,7 @@ one failed row with the reason, and the run goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -46,7 +47,7 @@ from shadowtape.http.target import (
 )
 from shadowtape.replay.config import ReplayConfig, RewriteRule
 from shadowtape.replay.guardrails import CircuitBreaker
-from shadowtape.replay.h11transport import H11Transport
+from shadowtape.replay.h11transport import H11Transport, HTTP2Negotiated
 from shadowtape.replay.plan import stable_hash
 from shadowtape.replay.transport import ShardedPoolTransport, httpx_request, tls_context
 
@@ -74,23 +75,24 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Every change replay makes to a recorded request, and why; nothing else differs on the wire.
-# (The README's list is this one.)
+# The README's list is generated from this one (scripts/gen_cli_reference.py).
 REWRITES: tuple[tuple[str, str], ...] = (
     (
         "Host",
-        "set to the target's host and port (the recorded one with --keep-host), where the "
+        "set to the target's host and port (kept as recorded with --keep-host) where the "
         "recording had it; added first when it had none (HTTP/2 and HTTP/3 carry it as "
-        ":authority)",
+        ":authority, which the record keeps as `host`)",
     ),
     (
         "traceparent, X-Shadowtape-Replay-Id",
-        "set on every request (replacing recorded ones) so staging's traces and logs join the "
-        "results",
+        "set on every request, so staging's traces and logs join the results: a recorded one "
+        "is replaced where it stood, else they are appended",
     ),
-    ("--header NAME:VALUE", "set as given, replacing recorded headers of that name"),
+    ("--header NAME:VALUE", "set the same way, as given"),
     (
         "Content-Length",
-        "the length of the body sent: sanitize and correlation change bodies",
+        "the length of the body sent (sanitize and correlation change bodies); added after the "
+        "recorded headers when a recorded body had none",
     ),
     (
         "Transfer-Encoding",
@@ -103,19 +105,26 @@ REWRITES: tuple[tuple[str, str], ...] = (
         "dropped: they describe the recorded connection, and replay runs its own",
     ),
     (
-        "HTTP/2 pseudo-headers",
-        "recorded `:method`, `:path`... are request-line data, sent as the request line",
+        "header lines",
+        "written `name: value`, one space after the colon: whitespace around a value is not "
+        "part of it (RFC 9110 5.5), and capture keeps the value only",
+    ),
+    (
+        "request body with a Content-Encoding",
+        "stored decoded (so sanitize can read it) and sent decoded, without that header; a body "
+        "that did not decode was kept with its header and is sent as recorded",
     ),
     (
         "request target",
         "verbatim, unless correlation or --rewrite PATH changed part of it: then only that "
-        "parameter or segment is re-encoded; the target's base path is prefixed; a dataset "
-        "without raw targets (schema 1) is spelled from path and query pairs",
+        "query parameter or path segment is re-encoded; a target URL's base path is prefixed; "
+        "a dataset without raw targets (schema 1) is spelled from its path and query pairs",
     ),
     (
         "HTTP version",
-        "the request line says HTTP/1.1 (or the request goes as HTTP/2 with --http 2, or "
-        "where TLS negotiates it), whatever version was recorded",
+        "the request line says HTTP/1.1, or the request goes as HTTP/2 (--http 2, or where TLS "
+        "negotiates it), whatever version was recorded; recorded pseudo-headers (`:path`...) "
+        "are request-line data, not headers",
     ),
     (
         "over HTTP/2",
@@ -382,13 +391,16 @@ class Sender:
         bases = TargetMap(config.target, config.rewrites).bases()
         needs_tls = any(urlsplit(b).scheme == "https" for b in bases)
         tls = tls_context(config.tls_verify and needs_tls)
-        lean = H11Transport(config.concurrency, ssl_context=tls)
+        auto = config.http == "auto"
+        lean = H11Transport(config.concurrency, ssl_context=tls, offers_h2=auto and needs_tls)
         if config.http == "2":
             # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
             h2 = ShardedPoolTransport(config.concurrency, http1=False, http2=True, verify=tls)
             mounts = {"http://": h2, "https://": h2}
-        elif config.http == "auto":
-            # Cleartext is HTTP/1.1 without an upgrade; TLS may negotiate HTTP/2.
+        elif auto:
+            # Cleartext is HTTP/1.1 without an upgrade; TLS may negotiate HTTP/2. The lean
+            # transport asks first (h2 offered) and hands an origin that picks h2 to httpcore,
+            # so HTTP/1.1 over TLS keeps its bytes too.
             h2 = ShardedPoolTransport(config.concurrency, http1=True, http2=True, verify=tls)
             mounts = {"http://": lean, "https://": h2}
         else:
@@ -396,7 +408,7 @@ class Sender:
         # Schemes sent straight through the lean transport (see h11transport): the client's
         # auth, redirect and cookie layers are all off for replay and cost more than HTTP.
         self.direct = {
-            scheme: lean for scheme in ("http", "https") if mounts[f"{scheme}://"] is lean
+            scheme: lean for scheme in ("http", "https") if auto or mounts[f"{scheme}://"] is lean
         }
         self.timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.total}
         self.client = httpx.AsyncClient(
@@ -482,9 +494,12 @@ class Sender:
             try:
                 async with asyncio.timeout(cfg.timeouts.total):
                     lean = self.direct.get(request.scheme)
-                    if lean is not None:
-                        response = await lean.send(request, self.timeouts)
-                    else:
+                    response = None
+                    origin = (request.scheme, request.host, request.port)
+                    if lean is not None and origin not in lean.h2_origins:
+                        with contextlib.suppress(HTTP2Negotiated):
+                            response = await lean.send(request, self.timeouts)
+                    if response is None:
                         # A bare request, not client.build_request: the client's default
                         # headers (User-Agent, Accept...) would be merged in and change what
                         # was recorded.
