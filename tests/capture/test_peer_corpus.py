@@ -143,8 +143,9 @@ def scrub_target(keyed: Keyed, target: str) -> tuple[str, list[tuple[str, str]]]
 def decoded_body(
     headers: list[tuple[str, str]], body: bytes | None, stored_decoded: bool
 ) -> tuple[list[tuple[str, str]], bytes | None, bool]:
-    """(headers, body, undecodable) as stored. `stored_decoded`: the writer already undid
-    the coding (HAR text), unless the bytes still are in that coding."""
+    """(headers, body, undecodable) as stored. `stored_decoded`: the writer already undid the
+    coding (HAR text, by the spec), unless the bytes still carry the coding's signature and
+    do not decode (what mitmproxy's savehar writes for a body it could not decode)."""
     codings = [
         c.strip().lower()
         for n, v in headers
@@ -159,11 +160,10 @@ def decoded_body(
         for coding in reversed(codings):
             data = DECODERS[coding](data)
     except Exception:
-        looks_encoded = any(body.startswith(MAGIC.get(c, b"\x00\x00\x00")) for c in codings[-1:])
-        if stored_decoded and not looks_encoded:
-            data = body  # a browser's HAR: the text is the decoded body
-        else:
+        if not stored_decoded or body.startswith(MAGIC.get(codings[-1], b"\x00\x00\x00")):
             return headers, body, True
+    if stored_decoded:
+        data = body
     out = []
     for n, v in headers:
         if n.lower() == "content-encoding":

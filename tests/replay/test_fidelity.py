@@ -90,6 +90,33 @@ def test_one_unsendable_request_is_a_failed_row_and_the_run_goes_on(tmp_path, ra
     }
 
 
+def test_an_exception_preparing_one_request_fails_that_row_only(tmp_path, raw_staging, monkeypatch):
+    """Whatever goes wrong with one row (here: the request builder raising, as a bug would),
+    that row is failed with the reason and the run completes; the scheduler no longer stops
+    the run and drops every results row."""
+    import shadowtape.replay.runner as runner
+
+    real = runner.parts_of
+
+    def choke_on_seq_1(row):
+        if row["seq"] == 1:
+            raise RuntimeError("cannot read this row")
+        return real(row)
+
+    monkeypatch.setattr(runner, "parts_of", choke_on_seq_1)
+    src = write_dataset(tmp_path / "in", [_raw("s1", i, f"/r{i}".encode(), []) for i in range(3)])
+    done = _replay(src, raw_staging.url, tmp_path / "out")
+    assert done.exit_code == 0, done.output
+    assert sorted(r.line for r in raw_staging.received) == [
+        b"GET /r0 HTTP/1.1",
+        b"GET /r2 HTTP/1.1",
+    ]
+    failed = [r for r in _results(tmp_path / "out") if r["outcome"] == "failed"]
+    assert [(r["seq"], r["staging_error"]) for r in failed] == [
+        (1, "not sent: RuntimeError: cannot read this row")
+    ]
+
+
 # --- HTTP/2 (prior knowledge on cleartext): the :path is the recorded target ---------------
 
 

@@ -315,8 +315,8 @@ def _size(content: dict[str, Any]) -> int:
     return size if isinstance(size, int) else 0
 
 
-# Bytes still in a coding start with its signature; brotli has none, so for `br` only a body
-# that decodes is known to be encoded.
+# Bytes still in a coding start with its signature. Brotli has none: a raw `br` body that a
+# writer could not decode cannot be told from decoded text, and is taken as decoded.
 _SIGNATURES = {"gzip": b"\x1f\x8b", "x-gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}
 
 
@@ -328,17 +328,23 @@ def _looks_encoded(body: bytes, coding: str) -> bool:
 
 
 def stored_body(headers: Pairs, body: bytes | None) -> tuple[Pairs, bytes | None, bool]:
-    """(headers, body, undecodable) as the record keeps them (see the module doc)."""
+    """(headers, body, undecodable) as the record keeps them (see the module doc). Bytes that
+    decode are not decoded again: per the spec they are the decoded body, which may well be a
+    gzip file itself (a .tar.gz served with Content-Encoding: gzip)."""
     codings = split_codings(joined(headers, "content-encoding"))
     if not codings or not body:
         return headers, body, False
-    try:
-        # A writer that stored the body still encoded (against the spec): undo it here.
-        body = decode_coding(body, codings)
-    except ContentCodingError:
-        if _looks_encoded(body, codings[-1]):
-            return headers, body, True
+    if _looks_encoded(body, codings[-1]) and not _decodes(body, codings):
+        return headers, body, True
     return headers_for_decoded_body(headers, len(body)), body, False
+
+
+def _decodes(body: bytes, codings: list[str]) -> bool:
+    try:
+        decode_coding(body, codings)
+    except ContentCodingError:
+        return False
+    return True
 
 
 def server_address(ip: Any) -> str | None:

@@ -129,7 +129,7 @@ REWRITES: tuple[tuple[str, str], ...] = (
     (
         "over HTTP/2",
         "header names lower-cased and Host sent as :authority, among the pseudo-headers that "
-        "come first (HTTP/2 requires both)",
+        "come first (HTTP/2 requires both); the h2 library strips whitespace around a value",
     ),
 )
 
