@@ -217,3 +217,26 @@ def test_http11_over_tls_in_auto_mode_keeps_the_bytes(tmp_path, raw_staging):
     ]
     (row,) = _results(tmp_path / "out")
     assert row["staging_http_version"] == "HTTP/1.1"
+
+
+def test_keep_host_without_a_recorded_host_sends_the_recorded_authority():
+    from shadowtape.replay.correlate import parts_of
+    from shadowtape.replay.sender import TargetMap, build_request
+
+    # An HTTP/2 recording: no Host header, the authority kept as host and port.
+    row = {
+        "method": "GET",
+        "scheme": "https",
+        "host": "api.example.com",
+        "port": 8443,
+        "path": "/x",
+        "query": [],
+        "request_target": "/x",
+        "request_headers": [("accept", "*/*")],
+        "request_body": None,
+    }
+    targets = TargetMap("http://127.0.0.1:9000")
+    kept = build_request(parts_of(row), targets, keep_host=True)
+    assert kept.headers == [(b"Host", b"api.example.com:8443"), (b"accept", b"*/*")]
+    plain = build_request(parts_of(row), targets)
+    assert plain.headers[0] == (b"Host", b"127.0.0.1:9000")

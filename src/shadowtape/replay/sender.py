@@ -216,9 +216,9 @@ class Site:
     scheme: str
     host: str
     port: int
-    base_path: str
-    netloc: str
-    prefix: str
+    base_path: str  # put before every target ("" or "/api")
+    netloc: str  # the Host value: host, and the port unless it is the scheme's default
+    prefix: str  # "scheme://authority", before the target in `OutgoingRequest.url`
 
 
 class TargetMap:
