@@ -191,3 +191,20 @@ def test_refusals(tmp_path: Path, kw: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=re.escape(message)):
         run_replay(_config(src, "http://127.0.0.1:9", tmp_path / "out", **kw))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_request_that_cannot_be_sent_goes_to_no_side(tmp_path: Path, staging, baseline) -> None:
+    """The comparison needs both answers: a row one side cannot be sent is sent to none, and
+    its row says so for each side; the run goes on."""
+    bad = exchange("s1", 1, 1, "GET", "/b c")
+    bad.request_target = "/b c"  # a space in the target cannot be framed
+    records = [exchange("s1", 0, 0, "GET", "/a"), bad, exchange("s1", 2, 2, "GET", "/c")]
+    src = write_dataset(tmp_path / "in", records)
+    summary = run_replay(_config(src, staging.url, tmp_path / "out", baseline=baseline.url))
+    assert summary.status == "complete" and summary.counts.unsendable == 1
+    assert summary.counts.baseline_failed["baseline"] == 1
+    assert [r.path for r in staging.received] == [r.path for r in baseline.received] == ["/a", "/c"]
+    (row,) = [r for r in _results(tmp_path / "out") if r["seq"] == 1]
+    assert row["outcome"] == row["baseline_outcome"] == "failed"
+    assert row["staging_error"] == row["baseline_error"]
+    assert row["staging_error"].startswith("not sent: request target b'/b c'")

@@ -58,7 +58,9 @@ from shadowtape.replay.sender import (
     RequestParts,
     SendOutcome,
     TargetMap,
+    UnsendableRequest,
     build_request,
+    describe_error,
 )
 from shadowtape.replay.sides import BASELINE, Side, check_sides, send_order, side_specs
 from shadowtape.replay.stats import ReplayCounts, ReplaySummary
@@ -681,9 +683,15 @@ class _Replay:
         if row["seq"] < state.last_seq:
             self.counts.out_of_order += 1
         state.last_seq = max(state.last_seq, row["seq"])
-        requests = [
-            self._correlate(side, state.bindings[k], row) for k, side in enumerate(self.sides)
-        ]
+        try:
+            requests = [
+                self._correlate(side, state.bindings[k], row) for k, side in enumerate(self.sides)
+            ]
+        except Exception as exc:
+            # A row this replayer cannot make a request of: one failed row, the run goes on.
+            self._learn(state, row, None)
+            await self._not_sent(row, state.trace_id, [], None, exc)
+            return
         if self.config.on_miss == "skip-session" and any(r.missed for r in requests):
             # The rest of the session, after the miss (on any side: a comparison needs both).
             state.aborted = "session_aborted"
@@ -701,6 +709,49 @@ class _Replay:
         if twin is not None:
             await self._send_twin(twin, requests, state.trace_id, outcomes)
 
+    async def _not_sent(
+        self,
+        row: dict[str, Any],
+        trace: str,
+        sub_rows: list[dict[str, str]],
+        scheduled: float | None,
+        exc: Exception,
+        url: str | None = None,
+    ) -> SendOutcome:
+        """A request that cannot be sent: one failed row with the reason, counted. With a
+        baseline no side was sent (a comparison needs both), and the row says so for each."""
+        reason = str(exc) if isinstance(exc, UnsendableRequest) else describe_error(exc)
+        self.counts.failed += 1
+        self.counts.unsendable += 1
+        self._count_row(1)
+        baseline: dict[str, Any] = {}
+        if self.baseline is not None:
+            baseline = {
+                "baseline_outcome": "failed",
+                "baseline_error": f"not sent: {reason}",
+                "baseline_attempts": 0,
+                "baseline_retries": 0,
+            }
+            for side in self.sides[1:]:
+                self.counts.baseline_failed[side.name] += 1
+        await self.sink.add(
+            result_row(
+                row,
+                run_id=self.run_id,
+                replay_pass=1,
+                trace_id=trace,
+                outcome="failed",
+                target_url=url,
+                scheduled_at=self.wall_us(scheduled),
+                staging_error=f"not sent: {reason}",
+                attempts=0,
+                retries=0,
+                substitutions=sub_rows,
+                **baseline,
+            )
+        )
+        return SendOutcome(error=reason)
+
     async def _send(
         self,
         row: dict[str, Any],
@@ -717,9 +768,7 @@ class _Replay:
         row (`replay_pass` 2: a noise twin)."""
         cfg = self.config
         passes = [replay_pass or r.side.spec.replay_pass for r in requests]
-        # A row per pass; a copy for the second, taken before the first row takes `row` over.
-        bases = {p: row if i == 0 else dict(row) for i, p in enumerate(sorted(set(passes)))}
-        replay_ids = {p: uuid7(rand=self._id_random.randbytes(10)) for p in bases}
+        replay_ids = {p: uuid7(rand=self._id_random.randbytes(10)) for p in sorted(set(passes))}
         spans: list[str] = []
         outgoing: list[OutgoingRequest] = []
         for r, p in zip(requests, passes, strict=True):
@@ -732,9 +781,25 @@ class _Replay:
                 (REPLAY_ID_HEADER, replay_ids[p]),
             )
             spans.append(span)
-            outgoing.append(
-                build_request(r.parts, r.side.targets, keep_host=cfg.keep_host, extra_headers=extra)
-            )
+            try:
+                outgoing.append(
+                    build_request(
+                        r.parts, r.side.targets, keep_host=cfg.keep_host, extra_headers=extra
+                    )
+                )
+            except Exception as exc:  # UnsendableRequest, or a recorded row the builder chokes on
+                # Not sent to any side: what one side cannot be sent, the comparison lacks.
+                if replay_pass == 2:
+                    self.counts.noise_not_sent += 1
+                    return [SendOutcome(error=str(exc))] * len(requests)
+                unsendable = isinstance(exc, UnsendableRequest) and r.side.is_candidate
+                url = exc.url if unsendable else None
+                lost = await self._not_sent(
+                    row, trace, requests[0].substitutions, scheduled, exc, url
+                )
+                return [lost] * len(requests)
+        # A row per pass; a copy for the second, taken before the first row takes `row` over.
+        bases = {p: row if i == 0 else dict(row) for i, p in enumerate(replay_ids)}
         outcomes: list[SendOutcome | None] = [None] * len(requests)
 
         async def send(k: int) -> None:
