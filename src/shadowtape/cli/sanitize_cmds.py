@@ -222,6 +222,11 @@ def sanitize(
     _echo_totals("found", totals_by(counts, "detected"))
     _echo_totals("rules", totals_by(counts, "actions"))
     _echo_totals("bodies", totals_by(counts, "bodies"))
+    if "propagation|learned" in counts:
+        click.echo(
+            f"  {'propagated:':<8} {counts['propagation|learned']:,} values learned, "
+            f"{counts.get('propagation|applied', 0):,} further occurrences replaced"
+        )
     if m.unavailable_entities:
         click.echo(
             f"  warning: no detector for {', '.join(m.unavailable_entities)} "
@@ -261,16 +266,18 @@ def verify(
 ) -> None:
     """Re-scan a sanitized dataset; exit 1 with locations if anything sensitive remains.
 
-    Runs the detectors over every value the policy does not keep, and checks that credential
-    locations hold keyed tokens. Prints one line per finding: row id, field, entity type
-    (never the value). Exit 0 when clean, 1 when something is found, 2 when DIR is not a
-    sanitized dataset. Give the --policy sanitize used.
+    An independent second opinion: it scans every value with its own strict set (every
+    pattern recognizer, emails of any domain, secret formats, the name lexicon, street
+    addresses, the built-in key vocabularies), whatever policy sanitize ran with, and checks
+    OUT/_manifest.json against the files. Prints one line per finding: row id, field, entity
+    type (never the value). Exit 0 when clean, 1 when something is found, 2 when DIR is not
+    a sanitized dataset. --policy only adds a note when DIR was sanitized under another.
 
     \b
     Example:
       shadowtape verify clean/ --policy my-policy.yaml
     """
-    policy_obj = load_policy(policy_path)
+    policy_obj = load_policy(policy_path) if policy_path else None
     with _live_progress("verifying") as progress:
         report = verify_dataset(
             directory,
