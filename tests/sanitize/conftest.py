@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ from faker import Faker
 
 from shadowtape import schema
 from shadowtape.keyed import Key, Keyed
+
+# Test folders are not packages; canary.py (the canary corpus) is imported through sys.path.
+sys.path.insert(0, str(Path(__file__).parent))
 
 # The key of tests/conftest.py's test_key fixture (that module cannot be imported by name).
 TEST_KEY = "shadowtape-test-key-0123456789abcdef"

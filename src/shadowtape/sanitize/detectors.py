@@ -136,13 +136,14 @@ def check_nlp_model(name: str | None) -> None:
 # --- our own recognizers --------------------------------------------------------------------
 
 # Any syntactically valid address: a dot-atom local part and a dotted domain whose last label
-# starts with a letter (any TLD), or localhost, or an address literal. Quotes, '/', '&', '=',
+# starts with a letter (any TLD), a single-label host (`ops@localhost`, `jo@intranet`), or an
+# address literal. Quotes, '/', '&', '=',
 # '?' and '%' are left out of the local part so that an address inside a URL or a query
 # string is found without its surroundings (percent-encoded ones are decoded first).
 EMAIL_PATTERN = (
     r"(?<![\w.+!#$*^~-])[\w!#$*+^~-]+(?:\.[\w!#$*+^~-]+)*@"
-    r"(?:(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_](?:[\w-]{0,61}[^\W_])?|localhost"
-    r"|\[[0-9A-Fa-f:.]+\])(?![\w-])"
+    r"(?:(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_](?:[\w-]{0,61}[^\W_])?"
+    r"|\[[0-9A-Fa-f:.]+\]|[^\W_][\w-]{0,61}(?<=[^\W\d_][\w-]*))(?![\w-]|\.[\w-])"
 )
 # `logo@2x.png`: an image at a pixel density, the one common non-address of this shape.
 _DENSITY_RE = re.compile(r"@\d+(?:\.\d+)?x\.(?:png|jpe?g|gif|webp|svg|avif)$", re.IGNORECASE)
@@ -273,8 +274,6 @@ class _PatternRunner:
         self.entity = entity
         self.recognizer = recognizer
         self.context = frozenset(w.lower() for w in getattr(recognizer, "context", None) or ())
-        # The entity's own name is context too: a key "nhs_number" or "passport".
-        self.context |= frozenset(w for w in entity.lower().split("_") if len(w) > 2)
         flags = recognizer.global_regex_flags
         self.patterns = [
             (regex.compile(p.regex, flags=flags), p.score) for p in recognizer.patterns
@@ -525,8 +524,18 @@ def _has_context(
 
 
 def resolve_overlaps(found: list[Finding]) -> list[Finding]:
-    # A URL recognizer hit inside an email, a phone inside a card: keep the strongest, then the
-    # longest match, so each character is replaced once.
+    # A finding inside a longer one is part of it (an NHS-shaped "415-555-2671" inside the
+    # phone number "+1 415-555-2671"): the longer is replaced whole, so the value gets the
+    # same pseudonym wherever it is found. Of findings that merely overlap, keep the
+    # strongest, then the longest, so each character is replaced once.
+    found = [
+        f
+        for f in found
+        if not any(
+            g.start <= f.start and f.end <= g.end and (g.end - g.start) > (f.end - f.start)
+            for g in found
+        )
+    ]
     # Credentials in a URL outrank the email-shaped "password@host" around them.
     ranked = sorted(
         found,

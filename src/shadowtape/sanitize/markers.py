@@ -101,3 +101,11 @@ def is_pseudonym(entity: str, text: str) -> bool:
 
 def _b64url(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def is_whole_pseudonym(value: str) -> bool:
+    """Whether a whole value reads as one of our replacements (trusted input only): an email,
+    IP or UUID pseudonym, or text whose every word of three letters or more is marked."""
+    if any(is_pseudonym(e, value) for e in ("EMAIL_ADDRESS", "IP_ADDRESS", "UUID")):
+        return True
+    return not any(ch.isdigit() for ch in value) and is_pseudonym("PERSON", value)

@@ -300,7 +300,10 @@ def sanitize_dataset(
     overwrite: bool = False,
     progress: Progress | None = None,
     results_fn: ResultsFn | None = None,
+    compression: str = "zstd",
 ) -> SanitizeResult:
+    """Scrub dataset `src` into `dst`. `compression` is the output's Parquet codec (tests
+    write "none" to search the files' bytes for what must not be there)."""
     src_p, dst_p = Path(src), Path(dst)
     files = schema.dataset_files(src_p)
     if not files:
@@ -360,6 +363,7 @@ def sanitize_dataset(
                 ),
                 progress,
                 total,
+                compression,
             )
             if propagation.enabled:
                 literal_set = LiteralSet.of(learned)
@@ -376,6 +380,7 @@ def sanitize_dataset(
                     None,
                     progress,
                     total,
+                    compression,
                 )
                 shutil.rmtree(first, ignore_errors=True)
         applied = sum(n for k, n in counts.items() if k.startswith("propagated|"))
@@ -417,6 +422,7 @@ def _write_pass(
     learn: Callable[[dict[str, str] | None], None] | None,
     progress: Progress | None,
     total: int,
+    compression: str,
 ) -> list[tuple[Path, int, int]]:
     """Writes one pass's results in the input's layout: (relative path, rows, row groups)."""
     written = []
@@ -430,7 +436,7 @@ def _write_pass(
             out_schema = pf.schema_arrow.with_metadata(_output_metadata(pf, info, config))
             pf.close()
             with pq.ParquetWriter(
-                out_path, out_schema, compression="zstd", write_statistics=True
+                out_path, out_schema, compression=compression, write_statistics=True
             ) as writer:
                 for _ in range(info.num_row_groups):
                     batch, batch_counts, literals = next(results)

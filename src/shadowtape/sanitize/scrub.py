@@ -54,8 +54,6 @@ _MAX_NESTING = 3  # base64 inside base64 inside ...: deeper is undecodable (fail
 _AUTH_SCHEME_RE = re.compile(
     r"^(Bearer|Basic|Token|Digest|Negotiate|Bot|JWT|ApiKey|OAuth)(\s+)(\S.*)$", re.IGNORECASE
 )
-# Characters that end a token for every recognizer (see _clean_edge).
-_SEPARATORS = ",;()[]{}<>\"'`|"
 # Characters a path segment may hold unescaped (RFC 3986 pchar minus '/').
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 # A full name: two to four capitalised words (initials allowed).
@@ -357,32 +355,39 @@ class ExchangeScrubber(_Walker):
             is_clean_word=lambda w: not lex.is_name(w) and w not in lex.street_suffixes,
         )
         self._detected: dict[tuple[str, tuple[str, ...]], _Detected] = {}
-        self._pseudonyms: dict[str, str] = {}
-        self._clean: dict[str, bool] = {}
+        self._pseudonyms: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._clean: dict[tuple[str, tuple[str, ...]], bool] = {}
+        # The context words of the key being worked on: a replacement must be clean where it
+        # goes (a 9-digit pseudonym under "passport" is checked as a passport number would be).
+        self.context: tuple[str, ...] = ()
 
     # Values -------------------------------------------------------------------------------
 
     def _is_clean(self, text: str) -> bool:
         """Whether one of our own replacements is invisible to the detectors."""
-        clean = self._clean.get(text)
+        key = (text, self.context)
+        clean = self._clean.get(key)
         if clean is None:
-            clean = not self.detector.find(text, trust=True)
-            _bounded_put(self._clean, text, clean)
+            clean = not self.detector.find(text, self.context, trust=True)
+            _bounded_put(self._clean, key, clean)
         return clean
 
     def pseudonymize(self, value: str) -> str:
         """The pseudonym of a whole value: by its format when it has one; otherwise what the
         detectors find in it gets its entity's pseudonym and the rest is text, word by word
         (so `jane@corp.internal or Jane Doe` keeps a well-formed email pseudonym)."""
-        out = self._pseudonyms.get(value)
+        key = (value, self.context)
+        out = self._pseudonyms.get(key)
         if out is None:
             out = self._pseudonymize_uncached(value)
-            _bounded_put(self._pseudonyms, value, out)
+            _bounded_put(self._pseudonyms, key, out)
         return out
 
     def _pseudonymize_uncached(self, value: str) -> str:
         if not value or markers.is_opaque_token(value):
             return value
+        if self.detector.trust_markers and markers.is_whole_pseudonym(value):
+            return value  # sanitized input under our key: already a pseudonym
         maker = self.pseudo.format_of(value)
         if maker is not None:
             return self._format_pseudonym(maker, value)
@@ -434,7 +439,7 @@ class ExchangeScrubber(_Walker):
         return self.pseudonymize(found)
 
     def detect(self, value: str, location: str, counts: Counter[str], key: str = _NO_KEY) -> str:
-        context = self._context(key)
+        context = self.context = self.context_of(key)
         if len(value) <= _CACHEABLE_LEN:
             cache_key = (value, context)
             hit = self._detected.get(cache_key)
@@ -450,7 +455,7 @@ class ExchangeScrubber(_Walker):
                 self.collector.learn(span, f"entity:{entity}", is_name=entity == "PERSON")
         return out
 
-    def _context(self, key: str) -> tuple[str, ...]:
+    def context_of(self, key: str) -> tuple[str, ...]:
         if not key:
             return ()
         words = self.rules.vocabulary.words(key)
@@ -481,10 +486,10 @@ class ExchangeScrubber(_Walker):
             found += ((f.entity, span),)
         parts.append(value[pos:])
         out = "".join(parts)
-        # A replacement glued to other text can form a new match (digits joining digits):
-        # then look again, and redact whatever the detectors still see (fail-closed).
-        glued = view is None and any(not _clean_edge(value, f.start, f.end) for f in findings)
-        residual = self.detector.find(out, context, trust=True) if glued else []
+        # A replacement glued to other text can form a new match (digits joining digits), and
+        # one drawn clean on its own can read as sensitive next to a word ("my passport is
+        # 482913075"): look again, and redact whatever the detectors still see (fail-closed).
+        residual = self.detector.find(out, context, trust=True) if view is None else []
         if residual:
             parts, pos = [], 0
             for f in residual:
@@ -521,6 +526,7 @@ class ExchangeScrubber(_Walker):
             return value
         if action == "detect":
             return self.detect(value, location, counts, key)
+        self.context = self.context_of(key)
         if action == "drop":
             out: Any = DROP
         elif action == "redact":
@@ -549,7 +555,7 @@ class LiteralApplier(_Walker):
         super().__init__(rules)
         self.scrubber = scrubber
         self.matcher = matcher
-        self._cache: dict[str, tuple[str, int]] = {}
+        self._cache: dict[tuple[str, tuple[str, ...]], tuple[str, int]] = {}
 
     def wants_body(self, text: str) -> bool:
         # JSON escapes (\u00e9) and base64 hide literals from a plain look; those are walked.
@@ -560,11 +566,12 @@ class LiteralApplier(_Walker):
         )
 
     def replace(self, value: str, depth: int = 0) -> tuple[str, int]:
-        hit = self._cache.get(value)
+        key = (value, self.scrubber.context)
+        hit = self._cache.get(key)
         if hit is None:
             hit = self._replace_uncached(value, depth)
             if len(value) <= _CACHEABLE_LEN:
-                _bounded_put(self._cache, value, hit)
+                _bounded_put(self._cache, key, hit)
         return hit
 
     def _replace_uncached(self, value: str, depth: int) -> tuple[str, int]:
@@ -601,6 +608,7 @@ class LiteralApplier(_Walker):
     ) -> Any:
         if rule.action == "keep" or not value:
             return value
+        self.scrubber.context = self.scrubber.context_of(key)
         out, n = self.replace(value)
         if n:
             counts[f"propagated|{location}"] += n
@@ -621,22 +629,6 @@ def _base64_body(data: bytes) -> encoded.Base64View | None:
 def _sniff(text: str) -> str:
     head = text.lstrip()[:1]
     return bodies.JSON if head in ("{", "[") else bodies.TEXT
-
-
-def _clean_edge(text: str, start: int, end: int) -> bool:
-    """Whether a span is set apart from its neighbours, so a replacement cannot merge with
-    them into a new match: whitespace or bracketing punctuation, or sentence punctuation
-    followed by whitespace, on both sides."""
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
-    after2 = text[end + 1] if end + 1 < len(text) else " "
-    ok_before = before.isspace() or before in _SEPARATORS
-    ok_after = (
-        after.isspace()
-        or after in _SEPARATORS
-        or (after in ".!?" and (after2.isspace() or after2 in _SEPARATORS))
-    )
-    return ok_before and ok_after
 
 
 def _header(headers: list[dict[str, str]] | None, name: str) -> str | None:
