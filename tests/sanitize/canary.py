@@ -30,6 +30,7 @@ LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pl_PL
 TLDS = ("corp.internal", "host.local", "canarymail.example", "shop.test", "mail.corp", "lan")
 # Names no list holds: found only through a cue, a key or propagation.
 INVENTED = (("Zebulon", "Quackenbush"), ("Orsolya", "Vantongerloo"), ("Thaddeus", "Wojnarowski"))
+SUFFIXES = ("Street", "Avenue", "Road", "Lane")
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.91"
 # Shapes from Presidio's recognizer tests (values written for this corpus).
 NATIONAL_IDS = (
@@ -105,7 +106,7 @@ def people(n: int = 8, seed: int = 77) -> list[Person]:
                 last=last,
                 email=f"{local}{i}@{TLDS[i % len(TLDS)]}",
                 phone=f"+1 415-555-{(1000 + 137 * i) % 10000:04d}",
-                street=f"{100 + 17 * i} {us.last_name()} {('Street', 'Avenue', 'Road', 'Lane')[i % 4]}",
+                street=f"{100 + 17 * i} {us.last_name()} {SUFFIXES[i % len(SUFFIXES)]}",
                 city=us.city(),
                 postcode=f"{94100 + i}",
                 dob=f"19{60 + i}-0{1 + i % 9}-1{i % 10}",
@@ -316,6 +317,8 @@ def build(directory: Path) -> Canary:
         )
         plant(p.last, rid, "request_body:$.text")
 
-    with schema.DatasetWriter(directory, roll=schema.RollPolicy(max_rows=30, row_group_rows=12)) as w:
+    with schema.DatasetWriter(
+        directory, roll=schema.RollPolicy(max_rows=30, row_group_rows=12)
+    ) as w:
         w.write_exchanges(rows)
     return canary

@@ -125,9 +125,7 @@ def test_propagation_replaces_a_surname_found_nowhere_else(canary: Canary, clean
     # The invented surnames can only be found by propagation; others the lexicon may find.
     assert propagation["learned"] > 100 and propagation["applied"] >= len(INVENTED)
     rows = {ex.id: ex for ex in schema.iter_exchanges(clean)}
-    notes = [
-        json.loads(ex.request_body)["text"] for ex in rows.values() if ex.path == "/api/notes"
-    ]
+    notes = [json.loads(ex.request_body)["text"] for ex in rows.values() if ex.path == "/api/notes"]
     surnames = {name.split()[-1] for name in canary.full_names.values()}
     assert notes and not any(s in note for s in surnames for note in notes)
     for sid, name in canary.full_names.items():

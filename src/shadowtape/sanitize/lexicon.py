@@ -131,6 +131,10 @@ def lexicon() -> Lexicon:
     common = {w.lower() for w in Lorem.word_list} | {w.lower() for w in STOP_WORDS}
     common |= {h.lower() for h in _HONORIFICS} | suffixes
     common |= {m.lower() for m in _CALENDAR}
+    # Colours name products ("Coral Lamp", "Olive Desk") more often than people.
+    from faker.providers.color import Provider as Colors
+
+    common |= {w.lower() for c in Colors.all_colors for w in re.findall(r"[A-Z][a-z]+", c)}
     return Lexicon(frozenset(given), frozenset(surnames), frozenset(common), frozenset(suffixes))
 
 
@@ -182,7 +186,10 @@ _CALENDAR = [
 
 # A capitalised word of a name: "Anne", "O'Brien", "Smith-Jones", "McDonald", "ZEBULON", or an
 # initial ("J.").
-_WORD = r"(?:[A-ZÀ-ÖØ-ÞĀ-Ž][a-zß-öø-ÿā-ž]*(?:['’-][A-ZÀ-ÖØ-Þa-zß-öø-ÿ][a-zß-öø-ÿ]+)*[a-zß-öø-ÿā-ž]|[A-Z]\.)"
+_WORD = (
+    r"(?:[A-ZÀ-ÖØ-ÞĀ-Ž][a-zß-öø-ÿā-ž]*(?:['’-][A-ZÀ-ÖØ-Þa-zß-öø-ÿ][a-zß-öø-ÿ]+)*"
+    r"[a-zß-öø-ÿā-ž]|[A-Z]\.)"
+)
 _NAME_RUN_RE = re.compile(rf"(?<![\w@.]){_WORD}(?:[ \t]+{_WORD}){{0,3}}(?![\w@])")
 _UPPER_RUN_RE = re.compile(r"(?<![\w@.])[A-Z]{2,}(?:[ \t]+[A-Z]{2,}){1,2}(?![\w@])")
 _HONORIFIC_RE = re.compile(
@@ -259,7 +266,24 @@ def _listed_pair(run: str, offset: int) -> tuple[int, int] | None:
     best: tuple[int, int] | None = None
     for i, w in enumerate(words):
         first = w.group()
-        if first.endswith(".") or first.lower() not in lex.given:
+        if first.endswith("."):
+            continue
+        if first.lower() not in lex.given:
+            if lex.is_common(first):
+                continue
+            # An unlisted given name before a listed surname ("Thaddeus Okonkwo-Smith" has
+            # neither; "Zorya Kowalski" has one): both capitalised, neither a common word.
+            nxt = words[i + 1].group() if i + 1 < len(words) else ""
+            if (
+                nxt.lower() in lex.surnames
+                and not lex.is_common(nxt)
+                and nxt.lower() not in lex.given
+                and len(first) >= 3
+                and not first.isupper()
+            ):
+                span = (offset + w.start(), offset + words[i + 1].end())
+                if best is None or span[1] - span[0] > best[1] - best[0]:
+                    best = span
             continue
         j = i + 1
         while j < len(words) and len(words[j].group()) == 2 and words[j].group().endswith("."):

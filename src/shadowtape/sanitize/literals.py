@@ -39,23 +39,9 @@ MIN_DIGITS_WITHOUT_LETTERS = 6
 _TOKEN_RE = re.compile(r"\w+")
 _WORD_RE = re.compile(r"[^\W\d_][\w'’-]*")
 _STRUCTURAL_WORDS = frozenset(
-    [
-        "true",
-        "false",
-        "null",
-        "none",
-        "nil",
-        "undefined",
-        "yes",
-        "no",
-        "n/a",
-        "na",
-        "unknown",
-        "default",
-        "other",
-        "test",
-    ]
-)
+    ("true", "false", "null", "none", "nil", "undefined", "yes", "no", "n/a", "na",
+     "unknown", "default", "other", "test")
+)  # fmt: skip
 
 
 class LiteralBoundError(InputError):

@@ -5,7 +5,8 @@ row group each) are scrubbed. Each Ray actor builds the scrubber (Presidio, poli
 and runs the local engine's own unit task (`ScrubTask` for the first pass, `PropagateTask`
 with the merged literals for the second), so a row is scrubbed by exactly the same code in
 both engines. Both passes run in one Ray session; what each unit learned comes back with its
-result and is merged by the driver, as in the local engine. Results come back to the driver in unit order
+result and is merged by the driver, as in the local engine. Results come back to the driver
+in unit order
 (`preserve_order`) and are written there by the local engine's writer; the output is therefore
 byte-identical to the local engine's, files and row-group layout included, not only its rows,
 and no row order needs normalising.

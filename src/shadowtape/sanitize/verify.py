@@ -55,6 +55,8 @@ _FRAMING = {
     "content-length": re.compile(r"^\d+$"),
     "content-encoding": re.compile(r"^[A-Za-z0-9, -]*$"),
     "transfer-encoding": re.compile(r"^[A-Za-z0-9, -]*$"),
+    # The server replay talks to, not a person: a host name or address and a port.
+    "host": re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::\d{1,5})?$"),
     "date": re.compile(r"^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$"),
 }
 _WORD_RE = re.compile(r"[^\W\d_]+")
@@ -114,9 +116,12 @@ class StrictScanner:
         category = self.vocabulary.category(path[-1])
         if category is None and len(path) > 1:
             category = self.vocabulary.part_category(path[-2], path[-1])
-        elif category is not None and len(path) > 1:
-            if set(self.vocabulary.words(path[-2])).intersection(category.unless):
-                category = None
+        elif (
+            category is not None
+            and len(path) > 1
+            and set(self.vocabulary.words(path[-2])).intersection(category.unless)
+        ):
+            category = None
         if category is not None and not value_fits(category, value):
             return None
         return category
