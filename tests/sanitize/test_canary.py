@@ -231,3 +231,29 @@ def test_the_summary_reports_propagation(canary: Canary, tmp_path: Path, cli) ->
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stdout.splitlines() if "propagated:" in x)
     assert re.search(r"\d+ values learned, \d+ further occurrences replaced", line)
+
+
+def test_a_jwt_that_only_claims_to_be_ours_is_scrubbed(tmp_path: Path) -> None:
+    """Our `kid` in a raw JWT's header does not make its claims safe: a forged or foreign
+    token with `kid: shadowtape` and an email claim is replaced like any other."""
+    import base64 as b64
+
+    def part(obj: dict) -> str:
+        return b64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    forged = f"{part({'alg': 'HS256', 'kid': 'shadowtape'})}.{part({'email': 'x@corp.lan'})}.c2ln"
+    ex = schema.Exchange(
+        id="j1",
+        session_id="s",
+        seq=0,
+        started_at=1,
+        method="POST",
+        path="/x",
+        request_headers=[("Content-Type", "application/json"), ("Authorization", forged)],
+        request_body=json.dumps({"data": forged, "id_token": forged}).encode(),
+    )
+    with schema.DatasetWriter(tmp_path / "raw") as writer:
+        writer.write_exchanges([ex])
+    sanitize_dataset(tmp_path / "raw", tmp_path / "out", SanitizeConfig(default_policy(), KEY))
+    assert "x@corp.lan" not in "\n".join(_row_texts(tmp_path / "out").values())
+    assert verify_dataset(tmp_path / "out").clean

@@ -41,6 +41,8 @@ class ManifestData:
     nlp_model: str | None
     entities: tuple[str, ...]
     unavailable_entities: tuple[str, ...]
+    # The marker redacted values became: verify accepts it wherever a value was removed.
+    redact_marker: str = "[REDACTED]"
     files: list[FileEntry] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -57,6 +59,7 @@ class ManifestData:
             "nlp_model": self.nlp_model,
             "entities": list(self.entities),
             "unavailable_entities": list(self.unavailable_entities),
+            "redact_marker": self.redact_marker,
             "rows": self.rows,
             "files": [
                 {"name": f.name, "rows": f.rows, "row_groups": f.row_groups, "sha256": f.sha256}

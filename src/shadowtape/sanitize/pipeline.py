@@ -338,6 +338,7 @@ def sanitize_dataset(
         nlp_model=config.nlp_model,
         entities=config.policy.entities,
         unavailable_entities=unavailable_entities(config.policy.entities, config.nlp_model),
+        redact_marker=config.policy.redact_marker,
     )
     dst_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst_p.parent / f".{dst_p.name}.partial-{os.getpid()}"

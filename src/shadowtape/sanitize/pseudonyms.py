@@ -121,7 +121,7 @@ class Pseudonymizer:
         """The pseudonymizer of a value with a format of its own (email, UUID, card, ...);
         None for anything else, which is text."""
         if looks_like_jwt(value) or is_token(value):
-            return self.keyed.secret
+            return self.secret
         if _EMAIL_RE.match(value):
             return self.email
         if _UUID_RE.match(value):
@@ -153,11 +153,19 @@ class Pseudonymizer:
             "US_SSN": self.ssn,
             "UUID": self.uuid,
             "PHONE_NUMBER": self.phone,
-            "JWT": self.keyed.secret,
-            "BEARER_TOKEN": self.keyed.secret,
-            "API_KEY": self.keyed.secret,
+            "JWT": self.secret,
+            "BEARER_TOKEN": self.secret,
+            "API_KEY": self.secret,
         }.get(entity, self.auto)
         return maker(value)
+
+    def secret(self, value: str) -> str:
+        """The credential token of a value. A JWT that only *claims* to be ours (our `kid` in
+        its header, but claims that are not all tokens) is raw data and gets a token of its
+        own: keyed.secret would pass it through as already scrubbed."""
+        if is_token(value) and not markers.is_opaque_token(value):
+            return self.keyed.token(value)
+        return self.keyed.secret(value)
 
     def email(self, value: str) -> str:
         local, _, domain = value.rpartition("@")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
-from shadowtape.keyed import Keyed, is_token
+from shadowtape.keyed import Keyed
 from shadowtape.sanitize import bodies, encoded, markers
 from shadowtape.sanitize.detectors import Detector
 from shadowtape.sanitize.lexicon import lexicon
@@ -146,7 +146,7 @@ class _Walker:
 
     def cookies(self, header: str, is_set_cookie: bool, counts: Counter[str]) -> str:
         # Capture may already have replaced the whole header with one token.
-        if is_token(header):
+        if markers.is_opaque_token(header):
             return header
         parts = header.split(";")
         # In Set-Cookie only the first part is a cookie; the rest are attributes (Path, ...).
@@ -207,11 +207,11 @@ class _Walker:
             kind = bodies.classify(_header(headers, "content-type"), data)
             b64 = _base64_body(data) if kind.kind in (bodies.TEXT, bodies.BINARY) else None
             if b64 is not None:
-                new_inner = self._content(b64.text, _sniff(b64.text), location, counts)
+                # A body that is base64 text: its content is scrubbed, then encoded back.
                 text = data.decode("ascii")
-                new = text if new_inner is None or new_inner == b64.text else b64.encode(new_inner)
-                if new_inner is None:
-                    new = None
+                inner = self._content(b64.text, _sniff(b64.text), location, counts)
+                unchanged = inner is None or inner == b64.text
+                new = inner if inner is None else (text if unchanged else b64.encode(inner))
             else:
                 if kind.kind == bodies.BINARY:
                     raise bodies.Undecodable("binary content")
@@ -419,11 +419,11 @@ class ExchangeScrubber(_Walker):
         # keeps any scheme word of Authorization headers, so "<word> <our token>" stays too.
         m = _AUTH_SCHEME_RE.match(value)
         if m:
-            return m.group(1) + m.group(2) + self.keyed.secret(m.group(3))
+            return m.group(1) + m.group(2) + self.pseudo.secret(m.group(3))
         scheme, sep, rest = value.partition(" ")
         if sep and scheme.isalpha() and markers.is_opaque_token(rest.strip()):
             return value
-        return self.keyed.secret(value)
+        return self.pseudo.secret(value)
 
     def replacement(self, found: str, kind: str) -> str:
         """What a learned literal's occurrence becomes: the replacement its kind gives."""

@@ -45,7 +45,7 @@ from shadowtape.sanitize.policy import Policy, default_policy
 
 MAX_KEPT_FINDINGS = 10_000
 STRICT_THRESHOLD = 0.4
-REDACT_MARKERS = ("[REDACTED]",)
+DEFAULT_REDACT_MARKER = "[REDACTED]"
 _HASH_RE = re.compile(r"^[0-9a-f]{32}$")
 _COLUMNS = ("id", "method", "path", "query", "request_headers", "request_body",
             "response_headers", "response_body", "error")  # fmt: skip
@@ -99,8 +99,14 @@ Progress = Callable[[int, int], None]
 class StrictScanner:
     """What verify finds in one value, with its own detector and vocabularies."""
 
-    def __init__(self, trust_markers: bool, nlp_model: str | None = None) -> None:
+    def __init__(
+        self,
+        trust_markers: bool,
+        nlp_model: str | None = None,
+        redact_markers: tuple[str, ...] = (DEFAULT_REDACT_MARKER,),
+    ) -> None:
         self.trust = trust_markers
+        self.redact_markers = redact_markers
         self.detector = Detector(
             strict_entities(), STRICT_THRESHOLD, nlp_model, trust_markers=trust_markers
         )
@@ -128,7 +134,7 @@ class StrictScanner:
 
     def check(self, value: str, path: tuple[str, ...] = ()) -> tuple[str, ...]:
         """The entities wrong with one value under the keys `path` (innermost last)."""
-        if not value or value in REDACT_MARKERS:
+        if not value or value in self.redact_markers:
             return ()
         category = self.category(path, value)
         cache_key = (value, category.name if category else "", *path[-1:])
@@ -186,7 +192,7 @@ class StrictScanner:
         return self._entities(text, "", depth)
 
     def _scrubbed_secret(self, value: str) -> bool:
-        if value in REDACT_MARKERS or markers.is_opaque_token(value) or _HASH_RE.match(value):
+        if value in self.redact_markers or markers.is_opaque_token(value) or _HASH_RE.match(value):
             return True
         _scheme, _, rest = value.partition(" ")
         return bool(rest) and markers.is_opaque_token(rest.strip())
@@ -257,10 +263,13 @@ def _cookies(header: str, is_set: bool, where: str) -> Iterator[tuple[str, str, 
 
 
 def _body_values(
-    raw: bytes | None, headers: list[dict[str, str]] | None, side: str
+    raw: bytes | None,
+    headers: list[dict[str, str]] | None,
+    side: str,
+    redact_markers: tuple[str, ...],
 ) -> Iterator[tuple[str, str, tuple[str, ...]]] | None:
     """Values of a body, or None when it cannot be decoded (and so was not scanned)."""
-    if not raw or raw.decode("latin-1") in REDACT_MARKERS:
+    if not raw or raw.decode("latin-1") in redact_markers:
         return iter(())
     heads = {p["name"].lower(): p["value"] for p in headers or ()}
     where = f"{side}_body"
@@ -286,21 +295,22 @@ def _body_values(
         return None
 
 
-def check_manifest(path: Path, report: VerifyReport) -> None:
-    """The manifest's own findings: missing, unreadable, or not describing the files."""
+def check_manifest(path: Path, report: VerifyReport) -> dict[str, Any]:
+    """The manifest's own findings: missing, unreadable, or not describing the files. Returns
+    the manifest ({} when there is none to read)."""
     manifest_path = path / MANIFEST_NAME if path.is_dir() else path.parent / MANIFEST_NAME
     where = MANIFEST_NAME
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         report.add("-", where, "MANIFEST_MISSING")
-        return
+        return {}
     except (OSError, UnicodeDecodeError, ValueError):
         report.add("-", where, "MANIFEST_UNREADABLE")
-        return
+        return {}
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         report.add("-", where, "MANIFEST_UNREADABLE")
-        return
+        return {}
     base = manifest_path.parent
     listed: dict[str, dict[str, Any]] = {}
     for entry in manifest.get("files") or []:
@@ -327,6 +337,7 @@ def check_manifest(path: Path, report: VerifyReport) -> None:
     total = sum(e.get("rows", 0) for e in listed.values() if isinstance(e.get("rows"), int))
     if manifest.get("rows") != total:
         report.add("-", where, "MANIFEST_ROW_COUNT")
+    return manifest
 
 
 def verify_dataset(
@@ -352,8 +363,12 @@ def verify_dataset(
     report = VerifyReport(sanitized=sanitized)
     if policy is not None:
         report.policy_mismatch = meta.get(schema.META_POLICY) not in (None, policy.fingerprint)
-    check_manifest(Path(path), report)
-    scanner = StrictScanner(trust_markers=sanitized, nlp_model=nlp_model)
+    manifest = check_manifest(Path(path), report)
+    marker = manifest.get("redact_marker")
+    markers_ok = (DEFAULT_REDACT_MARKER,) + (
+        (marker,) if isinstance(marker, str) and marker else ()
+    )
+    scanner = StrictScanner(trust_markers=sanitized, nlp_model=nlp_model, redact_markers=markers_ok)
     total = sum(info.num_rows for info in schema.read_files(path, schema.KIND_EXCHANGES))
     for batch in schema.iter_batches(path, schema.KIND_EXCHANGES, columns=list(_COLUMNS)):
         cols = {name: batch.column(name).to_pylist() for name in _COLUMNS}
@@ -369,7 +384,9 @@ def verify_dataset(
 def _scan_row(scanner: StrictScanner, row: dict[str, Any], report: VerifyReport) -> None:
     sources: list[Iterator[tuple[str, str, tuple[str, ...]]]] = [_row_values(row)]
     for side in ("request", "response"):
-        found = _body_values(row[f"{side}_body"], row[f"{side}_headers"], side)
+        found = _body_values(
+            row[f"{side}_body"], row[f"{side}_headers"], side, scanner.redact_markers
+        )
         if found is None:
             report.unscanned_bodies += 1
         else:
