@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 from faker import Faker
 
 from shadowtape import schema
+from shadowtape.http.target import build_target
 
 LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pl_PL")
 TLDS = ("corp.internal", "host.local", "canarymail.example", "shop.test", "mail.corp", "lan")
@@ -59,8 +60,6 @@ class Canary:
     path: Path
     planted: list[Planted] = field(default_factory=list)
     ordinary: list[str] = field(default_factory=list)
-    # (row id, location) pairs where one person's email must get one pseudonym.
-    email_places: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     full_names: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -141,8 +140,12 @@ def build(directory: Path) -> Canary:
         def ex(method: str, path: str, sid: str = sid, **kw: object) -> str:
             nonlocal n
             row_id = f"{sid}-{n}"
+            # The raw request target as a client spelled it: what replay sends, and where
+            # the path and query values are planted a second time.
+            target = build_target(path, kw.get("query") or [])  # type: ignore[arg-type]
             rows.append(
                 schema.Exchange(
+                    request_target=target,
                     id=row_id,
                     session_id=sid,
                     seq=n,
@@ -210,7 +213,6 @@ def build(directory: Path) -> Canary:
         plant(p.phone, rid, "request_body:$.mobilePhone")
         plant(p.ip6, rid, "request_body:$.last_ip")
         plant(p.ip4, rid, "request_header:X-Forwarded-For")
-        canary.email_places.setdefault(p.email, []).append((rid, "json"))
 
         # 2. The email in a path segment, a query value and the Referer (percent-encoded).
         referer = f"https://shop.example/account?email={quote(p.email)}&name={quote(p.name)}"
@@ -233,7 +235,6 @@ def build(directory: Path) -> Canary:
         plant(p.email, rid, "request_header:Referer")
         plant(p.name, rid, "request_header:X-Customer-Name")
         plant(p.email, rid, "response_header:Location")
-        canary.email_places[p.email] += [(rid, "path"), (rid, "query")]
 
         # 3. A support ticket in free text: cues, an address sentence, a signature.
         ticket = (

@@ -15,6 +15,7 @@ import pytest
 from canary import INVENTED, UA, Canary, build
 
 from shadowtape import schema
+from shadowtape.http.target import query_pairs, split_target
 from shadowtape.keyed import Key
 from shadowtape.sanitize import bodies, encoded, markers
 from shadowtape.sanitize.literals import LiteralBoundError
@@ -54,7 +55,7 @@ def _views(text: str) -> list[str]:
 def _row_texts(path: Path) -> dict[str, str]:
     out = {}
     for ex in schema.iter_exchanges(path):
-        values = [ex.path or "", ex.error or ""]
+        values = [ex.path or "", ex.error or "", ex.request_target or ""]
         values += [f"{n}={v}" for n, v in ex.query + ex.request_headers + ex.response_headers]
         for side in ("request", "response"):
             body = getattr(ex, f"{side}_body")
@@ -103,6 +104,10 @@ def test_one_email_one_pseudonym_in_path_query_header_and_bodies(
         assert markers.PSEUDONYM_EMAIL_RE.match(email), email
         orders = rows[f"{sid}-1"]
         assert orders.path == f"/api/users/{email}/orders"
+        # The raw target agrees with the scrubbed path and query (only changed parts
+        # re-spelled), so replay sends the pseudonyms.
+        target_path, raw_query = split_target(orders.request_target)
+        assert target_path == orders.path and query_pairs(raw_query) == orders.query
         query = dict(orders.query)
         assert query["q"] == f"orders for {email}"
         headers = dict(orders.request_headers)

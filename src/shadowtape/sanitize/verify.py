@@ -31,24 +31,26 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pyarrow.parquet as pq
 
 from shadowtape import schema
 from shadowtape.errors import InputError
+from shadowtape.http import cookies, jsonpath
+from shadowtape.http.target import decode_segment, query_pairs, split_target
 from shadowtape.sanitize import bodies, encoded, markers
 from shadowtape.sanitize.detectors import Detector, check_nlp_model, strict_entities
 from shadowtape.sanitize.keywords import Category, KeyVocabulary, value_fits
 from shadowtape.sanitize.manifest import MANIFEST_FORMAT, MANIFEST_NAME, file_digest
+from shadowtape.sanitize.pipeline import read_column
 from shadowtape.sanitize.policy import Policy, default_policy
 
 MAX_KEPT_FINDINGS = 10_000
 STRICT_THRESHOLD = 0.4
 DEFAULT_REDACT_MARKER = "[REDACTED]"
 _HASH_RE = re.compile(r"^[0-9a-f]{32}$")
-_COLUMNS = ("id", "method", "path", "query", "request_headers", "request_body",
-            "response_headers", "response_body", "error")  # fmt: skip
+_COLUMNS = ("id", "method", "path", "query", "request_target", "request_headers",
+            "request_body", "response_headers", "response_body", "error")  # fmt: skip
 # Headers whose values are framing that replay needs and that hold nothing personal; their
 # syntax is checked instead of their content.
 _FRAMING = {
@@ -205,29 +207,32 @@ def _json_values(
     keys = tuple(p for p in path if isinstance(p, str))
     if isinstance(node, dict):
         for key, value in node.items():
-            yield f"{_json_path(path)}{{key}}", key, ()
+            yield f"{jsonpath.spell(path)}{{key}}", key, ()
             yield from _json_values(value, (*path, key))
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from _json_values(value, (*path, i))
     elif isinstance(node, str) or (isinstance(node, int) and not isinstance(node, bool)):
-        yield _json_path(path), str(node), keys
-
-
-def _json_path(path: tuple[str | int, ...]) -> str:
-    out = "$"
-    for seg in path:
-        out += f"[{seg}]" if isinstance(seg, int) else f".{seg}"
-    return out
+        yield jsonpath.spell(path), str(node), keys
 
 
 def _row_values(row: dict[str, Any]) -> Iterator[tuple[str, str, tuple[str, ...]]]:
     """(field, value, keys) for every value of a row outside its bodies."""
-    for segment in (row["path"] or "").split("/"):
+    # The raw target, when there is one, is what replay would send: check it, and the parsed
+    # query beside it wherever the two differ.
+    target = row.get("request_target")
+    columns = [(p["name"], p["value"]) for p in row["query"] or ()]
+    if target is not None:
+        path, raw_query = split_target(target)
+        query = query_pairs(raw_query)
+        query += [pair for pair in columns if pair not in query]
+    else:
+        path, query = row["path"] or "", columns
+    for segment in path.split("/"):
         if segment:
-            yield "path", unquote(segment), ()
-    for pair in row["query"] or ():
-        yield f"query:{pair['name']}", pair["value"], (pair["name"],)
+            yield "path", decode_segment(segment), ()
+    for name, value in query:
+        yield f"query:{name}", value, (name,)
     for side in ("request", "response"):
         for pair in row[f"{side}_headers"] or ():
             name, value = pair["name"], pair["value"]
@@ -247,19 +252,18 @@ def _row_values(row: dict[str, Any]) -> Iterator[tuple[str, str, tuple[str, ...]
 def _cookies(header: str, is_set: bool, where: str) -> Iterator[tuple[str, str, tuple[str, ...]]]:
     if markers.is_opaque_token(header):
         return
-    parts = header.split(";")
-    for part in parts[:1] if is_set else parts:
-        name, eq, value = part.partition("=")
-        if not eq:
-            name, value = "", part
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        yield f"{where}:{name.strip()}", value, (name.strip(),) if name.strip() else ()
     if is_set:
+        parsed = cookies.parse_set_cookie(header)
+        items = [parsed.cookie]
         # Attributes hold no personal data, except a Domain or Path that someone made so.
-        for attr in parts[1:]:
-            yield where, attr.strip(), ()
+        for _name, value in parsed.attribute_pairs():
+            if value:
+                yield where, value, ()
+    else:
+        items = cookies.parse_cookie_header(header)
+    for item in items:
+        value, _ = cookies.unquote(item.value)
+        yield f"{where}:{item.name}", value, (item.name,) if item.name else ()
 
 
 def _body_values(
@@ -371,7 +375,7 @@ def verify_dataset(
     scanner = StrictScanner(trust_markers=sanitized, nlp_model=nlp_model, redact_markers=markers_ok)
     total = sum(info.num_rows for info in schema.read_files(path, schema.KIND_EXCHANGES))
     for batch in schema.iter_batches(path, schema.KIND_EXCHANGES, columns=list(_COLUMNS)):
-        cols = {name: batch.column(name).to_pylist() for name in _COLUMNS}
+        cols = {name: read_column(batch, name) for name in _COLUMNS}
         for i in range(batch.num_rows):
             row = {name: cols[name][i] for name in _COLUMNS}
             _scan_row(scanner, row, report)
