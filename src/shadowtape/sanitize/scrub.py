@@ -516,7 +516,7 @@ class ExchangeScrubber(_Walker):
             else:
                 # What the walk found was counted and learned inside it; the outer value only
                 # needs to know whether anything changed.
-                return new, (("ENCODED", None),) if new != text else ()
+                return new, (("BASE64_CONTENT", None),) if new != text else ()
         return self._detect_uncached(text, context, depth)
 
     def _entity_pseudonym(self, entity: str, span: str) -> str:
