@@ -66,11 +66,19 @@ class LiteralCollector:
     min_length: int = 4
     part_min_length: int = 3
     literals: dict[str, str] = field(default_factory=dict)  # literal -> kind
+    _rejected: set[str] = field(default_factory=set)  # seen, not eligible, no name parts
 
     def learn(self, value: str, kind: str, *, is_name: bool = False) -> None:
         text = value.strip()
+        # The same value is replaced again in every row that holds it: learned once.
+        if self.literals.get(text) == kind or text in self._rejected:
+            return
+        if len(self._rejected) > 100_000:
+            self._rejected.clear()
         if self._eligible(text):
             self._put(text, kind)
+        elif not is_name:
+            self._rejected.add(text)
         if is_name:
             self.learn_parts(text, kind)
 
@@ -153,28 +161,31 @@ Replace = Callable[[str, str], str]
 
 
 class LiteralMatcher:
-    """Finds literals in text on word boundaries. Candidates are indexed by their first
-    word, so the cost per text is one dictionary lookup per word, not per literal."""
+    """Finds literals in text on word boundaries. Each literal is indexed by its longest word
+    (rarer than its first: a phone number's first word is "1"), so the cost per text is one
+    dictionary lookup per word, not per literal, and a text none of whose words is such a key
+    word is passed over at once."""
 
     def __init__(self, literals: Iterable[tuple[str, str]]) -> None:
         self._index: dict[str, list[tuple[str, str, int, bool]]] = {}
         for text, kind in literals:
-            first = _TOKEN_RE.search(text)
-            if first is None:
+            words = list(_TOKEN_RE.finditer(text))
+            if not words:
                 continue
+            # The longest word that is not a common one ("street", "suite"), else the longest.
+            lex = lexicon.lexicon()
+            rare = [m for m in words if not lex.is_common(m.group())] or words
+            key = max(rare, key=lambda m: len(m.group()))
             part = kind.endswith(PART_SUFFIX)
-            entry = (text.lower(), kind.removesuffix(PART_SUFFIX), first.start(), part)
-            self._index.setdefault(first.group().lower(), []).append(entry)
-        for entries in self._index.values():
-            # Longest first: "Jane Doe" before "Jane".
-            entries.sort(key=lambda e: -len(e[0]))
+            entry = (text.lower(), kind.removesuffix(PART_SUFFIX), key.start(), part)
+            self._index.setdefault(key.group().lower(), []).append(entry)
 
     def __bool__(self) -> bool:
         return bool(self._index)
 
     def could_match(self, text: str) -> bool:
-        index = self._index
-        return any(m.group().lower() in index for m in _TOKEN_RE.finditer(text))
+        """Whether any literal occurs in `text` (a whole body, before it is walked)."""
+        return bool(self.find(text))
 
     def replace(self, text: str, replace: Replace) -> tuple[str, int]:
         """`text` with every literal occurrence replaced, and how many were."""
@@ -190,30 +201,34 @@ class LiteralMatcher:
         return "".join(out), len(spans)
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
-        """Non-overlapping (start, end, kind) of literal occurrences, in text order."""
+        """Non-overlapping (start, end, kind) of literal occurrences, in text order; of
+        overlapping ones the longest wins ("Jane Doe" over "Jane")."""
         if not self._index:
             return []
-        spans: list[tuple[int, int, str]] = []
-        pos = 0
+        candidates: list[tuple[int, int, str]] = []
         for m in _TOKEN_RE.finditer(text):
-            if m.start() < pos:
-                continue
             entries = self._index.get(m.group().lower())
             if not entries:
                 continue
             for low, kind, lead, part in entries:
                 start = m.start() - lead
                 end = start + len(low)
-                if start < pos or text[start:end].lower() != low:
+                if start < 0 or text[start:end].lower() != low:
                     continue
                 if not _boundary(text, start, end):
                     continue
                 found = text[start:end]
                 if part and not (found.istitle() or found.isupper()):
                     continue
-                spans.append((start, end, kind))
-                pos = end
-                break
+                candidates.append((start, end, kind))
+        candidates.sort(key=lambda c: (c[0], -(c[1] - c[0])))
+        spans: list[tuple[int, int, str]] = []
+        for start, end, kind in candidates:
+            if spans and start < spans[-1][1]:
+                if end - start > spans[-1][1] - spans[-1][0] and start == spans[-1][0]:
+                    spans[-1] = (start, end, kind)
+                continue
+            spans.append((start, end, kind))
         return spans
 
 

@@ -365,6 +365,7 @@ class ExchangeScrubber(_Walker):
         # The context words of the key being worked on: a replacement must be clean where it
         # goes (a 9-digit pseudonym under "passport" is checked as a passport number would be).
         self.context: tuple[str, ...] = ()
+        self._contexts: dict[str, tuple[str, ...]] = {}
 
     # Values -------------------------------------------------------------------------------
 
@@ -461,10 +462,15 @@ class ExchangeScrubber(_Walker):
         return out
 
     def context_of(self, key: str) -> tuple[str, ...]:
+        """The words of a key that some recognizer takes as context (usually none)."""
         if not key:
             return ()
-        words = self.rules.vocabulary.words(key)
-        return tuple(sorted(set(words) & self.detector.context_words))
+        hit = self._contexts.get(key)
+        if hit is None:
+            words = self.rules.vocabulary.words(key)
+            hit = tuple(sorted(set(words) & self.detector.context_words))
+            _bounded_put(self._contexts, key, hit)
+        return hit
 
     def _detect_uncached(self, value: str, context: tuple[str, ...], depth: int) -> _Detected:
         """The value with what the detectors find replaced, and (entity, text found) of each
