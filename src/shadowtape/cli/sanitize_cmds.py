@@ -106,6 +106,12 @@ def policy_check(file: str) -> None:
         f"ok: {file}: {rules} rules; default {p.default.action}; fingerprint {p.fingerprint}"
     )
     click.echo(f"  detects: {', '.join(p.entities) or '(nothing)'}")
+    click.echo(f"  key words: {', '.join(c.name for c in p.key_words) or '(none)'}")
+    prop = p.propagation
+    click.echo(
+        "  propagation: "
+        + (f"on (at most {prop.max_literals:,} values)" if prop.enabled else "off")
+    )
 
 
 def _load_key(key_file: str | None, key_env: str, ephemeral: bool) -> Key:
