@@ -228,7 +228,8 @@ def test_a_literal_bound_that_is_hit_stops_the_job(canary: Canary, tmp_path: Pat
         "--ephemeral-key",
     )
     assert result.exit_code == 2
-    assert "max_literals" in result.stderr and result.stderr.count("\n") == 1
+    errors = [x for x in result.stderr.splitlines() if x.startswith("shadowtape: error:")]
+    assert len(errors) == 1 and "max_literals" in errors[0]
 
 
 def test_the_summary_reports_propagation(canary: Canary, tmp_path: Path, cli) -> None:
