@@ -80,6 +80,8 @@ class VerifyReport:
     unscanned_bodies: int = 0
     policy_mismatch: bool = False
     sanitized: bool = False
+    # The fingerprint of the policy the dataset says it was sanitized under, if any.
+    dataset_policy: str | None = None
 
     @property
     def total_findings(self) -> int:
@@ -364,7 +366,7 @@ def verify_dataset(
             f"{path}: not a sanitized dataset (no shadowtape.sanitized flag on every file); "
             "run `shadowtape sanitize` first, or pass --allow-unsanitized to scan it anyway"
         )
-    report = VerifyReport(sanitized=sanitized)
+    report = VerifyReport(sanitized=sanitized, dataset_policy=meta.get(schema.META_POLICY))
     if policy is not None:
         report.policy_mismatch = meta.get(schema.META_POLICY) not in (None, policy.fingerprint)
     manifest = check_manifest(Path(path), report)
