@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shadowtape.errors import DatasetError
+from shadowtape.errors import DatasetError, InputError
 
 SCHEMA_VERSION = 1
 
@@ -431,6 +431,17 @@ def dataset_metadata(path: str | os.PathLike[str], kind: str | None = None) -> d
 
 def is_sanitized(path: str | os.PathLike[str]) -> bool:
     return dataset_metadata(path).get(META_SANITIZED) == "true"
+
+
+def check_sanitized(source: str, sanitized: bool, allow_unsanitized: bool) -> None:
+    """Refuse unsanitized data unless asked: replay sends it to staging and serve answers
+    tests with it, and either would spread real user data where it does not belong."""
+    if sanitized or allow_unsanitized:
+        return
+    raise InputError(
+        f"{source}: dataset is not sanitized; run `shadowtape sanitize {source} CLEAN` first, "
+        "or pass --allow-unsanitized if it holds no real user data"
+    )
 
 
 # --- writing ------------------------------------------------------------------------------

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from shadowtape.capture.bodies import (
+from shadowtape.bodies import (
     DEFAULT_MAX_BODY,
     has_content_encoding,
     headers_for_decoded_body,
     keep_body,
 )
-from shadowtape.capture.credentials import CredentialScrubber
+from shadowtape.credentials import CredentialScrubber
 from shadowtape.schema import Exchange, Pairs
 
 

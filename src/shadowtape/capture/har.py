@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mitmproxy.net.http.headers import infer_content_encoding, parse_content_type
 
-from shadowtape.capture.bodies import (
+from shadowtape.bodies import (
     has_content_encoding,
     headers_for_decoded_body,
     keep_body,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from shadowtape.capture.bodies import DEFAULT_MAX_BODY
-from shadowtape.capture.sessions import DEFAULT_GAP_SECONDS
+from shadowtape.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
 from shadowtape.cli.progress import LiveLine
 from shadowtape.keyed import DEFAULT_KEY_ENV
+from shadowtape.sessions import DEFAULT_GAP_SECONDS
 
 
 def _human_bytes(n: int) -> str:
@@ -268,8 +268,8 @@ def import_files(
     """
     from shadowtape.capture.importer import ImportSettings
     from shadowtape.capture.importer import import_files as run_import
-    from shadowtape.capture.sessions import SessionKey
     from shadowtape.keyed import Key
+    from shadowtape.sessions import SessionKey
 
     key = Key.load(key_file, env=key_env)
     live = LiveLine()

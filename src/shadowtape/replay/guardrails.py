@@ -23,15 +23,6 @@ def check_target_allowed(url: str, patterns: Iterable[str], option: str = "--tar
     )
 
 
-def check_sanitized(source: str, sanitized: bool, allow_unsanitized: bool) -> None:
-    if sanitized or allow_unsanitized:
-        return
-    raise InputError(
-        f"{source}: dataset is not sanitized; run `shadowtape sanitize {source} CLEAN` first, "
-        "or pass --allow-unsanitized if it holds no real user data"
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class BreakerTrip:
     reason: str

@@ -24,11 +24,7 @@ import pyarrow.compute as pc
 from shadowtape.errors import InputError
 from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
-from shadowtape.replay.guardrails import (
-    CircuitBreaker,
-    check_sanitized,
-    check_target_allowed,
-)
+from shadowtape.replay.guardrails import CircuitBreaker, check_target_allowed
 from shadowtape.replay.plan import (
     OffsetClock,
     ReorderBuffer,
@@ -66,6 +62,7 @@ from shadowtape.schema import (
     META_SANITIZED,
     RollPolicy,
     batch_to_rows,
+    check_sanitized,
     dataset_metadata,
     iter_batches,
     uuid7,
