@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shadowtape.errors import InputError
-from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
+from shadowtape.replay.config import ReplayConfig, Timing
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
-from shadowtape.replay.guardrails import CircuitBreaker, check_target_allowed
+from shadowtape.replay.guardrails import CircuitBreaker
 from shadowtape.replay.plan import (
     OffsetClock,
     ReorderBuffer,
@@ -67,6 +67,7 @@ from shadowtape.schema import (
     iter_batches,
     uuid7,
 )
+from shadowtape.targets import check_target_allowed, check_target_url
 
 REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
 
