@@ -35,10 +35,16 @@ META_KIND = "shadowtape.kind"
 META_SANITIZED = "shadowtape.sanitized"
 META_POLICY = "shadowtape.policy_fingerprint"
 META_PREFIX = "shadowtape."
+# Where a recorded dataset came from: which recorder run, what recorded it, under which key
+# (its fingerprint, never the key), so tokens of different datasets can be told comparable.
+META_CAPTURE_ID = "shadowtape.capture_id"
+META_SOURCE = "shadowtape.source"
+META_KEY_FINGERPRINT = "shadowtape.key_fingerprint"
 
 KIND_EXCHANGES = "exchanges"
 KIND_RESULTS = "results"
 KIND_DIFFS = "diffs"
+KIND_SERVED = "served"
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 NAME_VALUE = pa.struct([("name", pa.string()), ("value", pa.string())])
@@ -133,10 +139,46 @@ DIFF_SCHEMA = pa.schema(
     ]
 )
 
+# One row per request a `shadowtape serve` double received: what was asked, which recorded
+# exchange answered it and how well it matched, and what the double did on top (faults,
+# latency), so a test run's use of a double can be audited and analysed like any dataset.
+SERVED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("received_at", TIMESTAMP, nullable=False),
+        pa.field("answered_at", TIMESTAMP),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("query", NAME_VALUE_LIST),
+        pa.field("request_headers", NAME_VALUE_LIST),  # credentials tokenized
+        pa.field("request_body", BODY),
+        pa.field("request_body_truncated", pa.bool_()),
+        pa.field("route", pa.string()),
+        pa.field("route_arrival", pa.int64()),  # 0-based arrival index on the route
+        pa.field("outcome", pa.string()),  # matched | missed | fallback | held | reset
+        pa.field("scope", pa.string()),  # session | route: which pool answered
+        pa.field("matched_exchange_id", pa.string()),
+        pa.field("matched_session_id", pa.string()),
+        pa.field("score", pa.float64()),  # 1.0 = identical in every compared part
+        pa.field("exhausted", pa.string()),  # cycle | repeat-last when the pool ran out
+        pa.field("miss_reason", pa.string()),
+        pa.field("closest_exchange_id", pa.string()),
+        pa.field("closest_score", pa.float64()),
+        pa.field("recorded_fault", pa.string()),  # reset | timeout, as recorded
+        pa.field("injected_fault", pa.string()),  # error | timeout | reset, seeded
+        pa.field("latency_applied_us", pa.int64()),
+        pa.field("status", pa.int32()),  # what the client got; null if reset or held
+        pa.field("response_bytes", pa.int64()),
+        pa.field("error", pa.string()),  # what went wrong on the double's side
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     KIND_EXCHANGES: EXCHANGE_SCHEMA,
     KIND_RESULTS: RESULT_SCHEMA,
     KIND_DIFFS: DIFF_SCHEMA,
+    KIND_SERVED: SERVED_SCHEMA,
 }
 
 Pairs = list[tuple[str, str]]
@@ -287,6 +329,17 @@ def make_metadata(kind: str, extra: Mapping[str, str] | None = None) -> dict[str
     if extra:
         meta.update(extra)
     return meta
+
+
+def capture_metadata(capture_id: str, source: str, key_fingerprint: str) -> dict[str, str]:
+    """Metadata of a freshly recorded (so unsanitized) exchanges dataset: capture, import and
+    serve's fallback recording all write it."""
+    return {
+        META_SANITIZED: "false",
+        META_CAPTURE_ID: capture_id,
+        META_SOURCE: source,
+        META_KEY_FINGERPRINT: key_fingerprint,
+    }
 
 
 def _decode_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, str]:

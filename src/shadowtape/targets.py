@@ -1,8 +1,8 @@
-"""Where replay and serve may send traffic: a base URL that parses, on a host the user allowed.
+"""Addresses: where replay and serve may send traffic, and where capture and serve listen.
 
 Replay sends recorded traffic to a target and serve forwards misses to a fallback; both refuse
 a host that is not loopback or named like a test system unless the user allows it by name, so a
-typo cannot send recorded traffic to production.
+typo cannot send recorded traffic to production. Capture and serve read `--listen` alike.
 """
 
 from __future__ import annotations
@@ -23,6 +23,21 @@ DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = (
     "*staging*",
     "*test*",
     "*dev*",
+)
+
+# Connection-level headers describe the recorded hop, not the request: replay and serve's
+# fallback drop them when they send a request on, and httpx sets its own.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    }
 )
 
 
@@ -47,3 +62,11 @@ def check_target_allowed(url: str, patterns: Iterable[str], option: str = "--tar
         f"{option} {url}: host {host!r} is not in the allowlist ({', '.join(pats)}); "
         f"if it really is a test system, pass --allow-host {host}"
     )
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise InputError(f"listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)

@@ -36,12 +36,11 @@ from shadowtape.capture.writer import (
     CaptureWriter,
     ExchangeSink,
     WriterSettings,
-    capture_metadata,
 )
 from shadowtape.credentials import CredentialScrubber
 from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key, Keyed
-from shadowtape.schema import uuid7
+from shadowtape.schema import capture_metadata, uuid7
 from shadowtape.sessions import SessionTracker, sample_keeps
 
 logger = logging.getLogger(__name__)

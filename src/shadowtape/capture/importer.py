@@ -29,12 +29,11 @@ from shadowtape.capture.writer import (
     CaptureCounters,
     ExchangeSink,
     WriterSettings,
-    capture_metadata,
 )
 from shadowtape.credentials import CredentialScrubber, scrub_exchange
 from shadowtape.errors import InputError
 from shadowtape.keyed import Key, Keyed
-from shadowtape.schema import Exchange, uuid7
+from shadowtape.schema import Exchange, capture_metadata, uuid7
 from shadowtape.sessions import SessionKey, SessionTracker
 
 ON_ERROR = ("fail", "skip")

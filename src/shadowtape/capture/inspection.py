@@ -16,9 +16,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shadowtape.capture.writer import META_CAPTURE_ID, CaptureCounters
+from shadowtape.capture.writer import CaptureCounters
 from shadowtape.schema import (
     KIND_EXCHANGES,
+    META_CAPTURE_ID,
     META_SANITIZED,
     iter_batches,
     read_files,

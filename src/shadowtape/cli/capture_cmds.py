@@ -170,7 +170,8 @@ def capture(
       # the same recorder inside your own mitmproxy:
       mitmdump -s <shadowtape>/capture/addon.py --set shadowtape_out=raw/
     """
-    from shadowtape.capture.proxy import ProxySettings, parse_listen, parse_upstream, run_capture
+    from shadowtape.capture.proxy import ProxySettings, parse_upstream, run_capture
+    from shadowtape.targets import parse_listen
 
     host, port = parse_listen(listen)
     upstream_url = parse_upstream(upstream)

@@ -33,8 +33,6 @@ from shadowtape.sanitize.manifest import MANIFEST_NAME, FileEntry, ManifestData
 from shadowtape.sanitize.policy import Policy, PolicyRules
 from shadowtape.sanitize.scrub import READ_COLUMNS, REWRITTEN_COLUMNS, ExchangeScrubber
 
-META_KEY_FINGERPRINT = "shadowtape.key_fingerprint"
-
 
 @dataclass(frozen=True, slots=True)
 class SanitizeConfig:
@@ -151,7 +149,7 @@ def _output_metadata(pf: pq.ParquetFile, info: schema.DatasetFile, config: Sanit
         meta[k.encode()] = v.encode()
     meta[schema.META_SANITIZED.encode()] = b"true"
     meta[schema.META_POLICY.encode()] = config.policy.fingerprint.encode()
-    meta[META_KEY_FINGERPRINT.encode()] = config.key.fingerprint.encode()
+    meta[schema.META_KEY_FINGERPRINT.encode()] = config.key.fingerprint.encode()
     return meta
 
 
