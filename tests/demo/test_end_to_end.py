@@ -16,6 +16,7 @@ import pytest
 
 from shadowtape import schema
 from shadowtape.demo.data import personal_values
+from shadowtape.demo.payments import DEMO_API_KEY
 from shadowtape.demo.pipeline import NOISE_SAMPLE, DemoPaths
 from shadowtape.demo.shop import PLANTED_DRIFT, SEARCH_DELAY_S
 from shadowtape.demo.traffic import plan_sessions
@@ -79,12 +80,17 @@ def test_the_transcript_shows_every_command_a_user_would_run(demo) -> None:
     _, out = demo
     printed = re.findall(r"^  \$ (.+)$", out, re.M)
     starts = [
-        "python -m shadowtape.demo.services --version v1",
-        "python -m shadowtape.demo.services --version v2",
+        "python -m shadowtape.demo.services --app payments",
+        "shadowtape capture --upstream http://127.0.0.1:",
+        "python -m shadowtape.demo.services --version v1 --port 0 --payments-url http://127.0.0.1:",
         "shadowtape capture --upstream http://127.0.0.1:",
         "python -m shadowtape.demo.traffic --base-url http://127.0.0.1:",
         "shadowtape sanitize ",
+        "shadowtape sanitize ",
         "shadowtape verify ",
+        "shadowtape verify ",
+        "shadowtape serve ",
+        "python -m shadowtape.demo.services --version v2 --port 0 --payments-url http://127.0.0.1:",
         "shadowtape replay ",
         "shadowtape diff ",
         "shadowtape report ",
@@ -186,8 +192,39 @@ def test_html_junit_and_notebook_are_written(demo) -> None:
     assert code_cells and all(c.get("execution_count") for c in code_cells)
 
 
+def test_staging_called_a_double_of_payments_that_answered_every_call(demo) -> None:
+    paths, out = demo
+    orders = sum(
+        1 for r in rows(paths.clean) if r["method"] == "POST" and r["path"] == "/api/orders"
+    )
+    # The shop's outbound calls were recorded, credentials tokenized, then sanitized.
+    raw = rows(paths.raw_payments)
+    assert {r["path"].split("/")[-1] for r in raw} <= {"charges", "refund"}
+    assert sum(1 for r in raw if r["path"] == "/v1/charges") == orders
+    auth = {dict(r["request_headers"])["Authorization"] for r in raw}
+    assert all(re.fullmatch(r"Bearer stk_[a-z2-7]{26}", v) for v in auth)
+    assert DEMO_API_KEY not in dataset_text(paths.raw_payments)
+    cards = [p.shopper.card_number for p in plan_sessions(SEED, REQUESTS)]
+    assert any(c in dataset_text(paths.raw_payments) for c in cards)
+    assert not any(c in dataset_text(paths.clean_payments) for c in cards)
+    # v2 charged through the double: one call per replayed order, each from its own session.
+    served = rows(paths.served_payments)
+    assert len(served) == orders
+    assert {(r["outcome"], r["scope"], r["status"]) for r in served} == {
+        ("matched", "session", 201)
+    }
+    sessions = {r["session_id"]: r for r in rows(paths.clean_payments)}
+    assert all(r["matched_session_id"] in sessions for r in served)
+    line = re.search(r"payments double: (\d+) requests, (\d+) matched .*, 0 missed", out)
+    assert line and line.group(1) == line.group(2) == str(orders), out
+    assert re.search(r"serve stopped after .*: \d+ requests, \d+ matched", out)
+
+
 def test_parquet_files_are_whole(demo) -> None:
     paths, _ = demo
-    for dataset in (paths.raw, paths.clean, paths.results):
+    for dataset in (
+        paths.raw, paths.clean, paths.results, paths.raw_payments, paths.clean_payments,
+        paths.served_payments,
+    ):  # fmt: skip
         for f in schema.dataset_files(dataset):
             assert pq.ParquetFile(f).metadata.num_rows > 0

@@ -18,8 +18,10 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import httpx
 
 from shadowtape.demo.defaults import DEFAULT_REQUESTS, DEFAULT_SEED, DEFAULT_WORKDIR
 from shadowtape.demo.processes import Echo, Service, Timeouts, run_step
@@ -29,7 +31,7 @@ from shadowtape.errors import InputError, ShadowtapeError
 MARKER = ".shadowtape-demo"
 REPLAY_SPEED = 5
 NOISE_SAMPLE = 50
-_SERVING = re.compile(r"serving v\d on (http://\S+)")
+_SERVING = re.compile(r"serving (?:v\d|payments) on (http://\S+)")
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
 
@@ -66,6 +68,18 @@ class DemoPaths:
         return self.workdir / "results"
 
     @property
+    def raw_payments(self) -> Path:
+        return self.workdir / "raw-payments"
+
+    @property
+    def clean_payments(self) -> Path:
+        return self.workdir / "clean-payments"
+
+    @property
+    def served_payments(self) -> Path:
+        return self.workdir / "served-payments"
+
+    @property
     def html(self) -> Path:
         return self.workdir / "report.html"
 
@@ -82,6 +96,9 @@ class DemoPaths:
             self.raw,
             self.clean,
             self.results,
+            self.raw_payments,
+            self.clean_payments,
+            self.served_payments,
             self.html,
             self.junit,
             self.notebook,
@@ -95,6 +112,9 @@ class Urls:
     v1: str = "http://127.0.0.1:PORT_V1"
     v2: str = "http://127.0.0.1:PORT_V2"
     proxy: str = "http://127.0.0.1:PORT_PROXY"
+    payments: str = "http://127.0.0.1:PORT_PAYMENTS"
+    payments_proxy: str = "http://127.0.0.1:PORT_PAYMENTS_PROXY"
+    double: str = "http://127.0.0.1:PORT_DOUBLE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,34 +128,41 @@ class Step:
 def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
     """The demo, step by step; the runner and the README both read this list."""
 
-    def shop(version: str) -> tuple[str, ...]:
-        return ("python", "-m", "shadowtape.demo.services", "--version", version, "--port", "0")
+    def shop(version: str, payments: str) -> tuple[str, ...]:
+        return (
+            "python", "-m", "shadowtape.demo.services", "--version", version, "--port", "0",
+            "--payments-url", payments,
+        )  # fmt: skip
+
+    def capture(upstream: str, out: Path) -> tuple[str, ...]:
+        return (
+            "shadowtape", "capture", "--upstream", upstream, "--listen", "127.0.0.1:0",
+            "--out", str(out), *key, "--session-key", f"header:{SESSION_HEADER}",
+        )  # fmt: skip
 
     key = ("--key-file", str(paths.key))
     return [
         Step(
+            "payments",
+            "Start the payment provider: a dependency the shop calls over HTTP",
+            (("python", "-m", "shadowtape.demo.services", "--app", "payments", "--port", "0"),),
+        ),
+        Step(
+            "capture-payments",
+            "Put a capture proxy in front of payments too: it records the shop's outbound calls",
+            (capture(urls.payments, paths.raw_payments),),
+            "the shop passes its shopper's session header on, so these recordings group into "
+            "the same sessions as the shop's",
+        ),
+        Step(
             "services",
-            "Start the sample shop: v1 plays production, v2 plays staging (with planted drift)",
-            (shop("v1"), shop("v2")),
+            "Start the sample shop v1 (production), calling payments through that proxy",
+            (shop("v1", urls.payments_proxy),),
         ),
         Step(
             "capture",
             "Put the capture proxy in front of production; it records every exchange",
-            (
-                (
-                    "shadowtape",
-                    "capture",
-                    "--upstream",
-                    urls.v1,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--out",
-                    str(paths.raw),
-                    *key,
-                    "--session-key",
-                    f"header:{SESSION_HEADER}",
-                ),
-            ),  # fmt: skip
+            (capture(urls.v1, paths.raw),),
             "credentials (Authorization, cookies) become keyed tokens before anything is written",
         ),
         Step(
@@ -155,16 +182,56 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
                 ),
             ),  # fmt: skip
         ),
-        Step("stop", "Stop the capture (Ctrl-C): it flushes and finalizes its files", ()),
+        Step("stop", "Stop both captures (Ctrl-C): they flush and finalize their files", ()),
         Step(
             "sanitize",
             "Scrub personal data with the default policy: keyed, format-preserving pseudonyms",
-            (("shadowtape", "sanitize", str(paths.raw), str(paths.clean), *key),),
+            (
+                ("shadowtape", "sanitize", str(paths.raw), str(paths.clean), *key),
+                (
+                    "shadowtape",
+                    "sanitize",
+                    str(paths.raw_payments),
+                    str(paths.clean_payments),
+                    *key,
+                ),
+            ),
+            "one key for both datasets: a card number gets the same pseudonym in the shop's "
+            "recording and the provider's",
         ),
         Step(
             "verify",
-            "Re-scan the scrubbed dataset for anything that still looks sensitive",
-            (("shadowtape", "verify", str(paths.clean)),),
+            "Re-scan the scrubbed datasets for anything that still looks sensitive",
+            (
+                ("shadowtape", "verify", str(paths.clean)),
+                ("shadowtape", "verify", str(paths.clean_payments)),
+            ),
+        ),
+        Step(
+            "double",
+            "Stand a double in for payments: `shadowtape serve` answers from the provider's "
+            "scrubbed recordings",
+            (
+                (
+                    "shadowtape",
+                    "serve",
+                    str(paths.clean_payments),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--session-key",
+                    f"header:{SESSION_HEADER}",
+                    "--served",
+                    str(paths.served_payments),
+                ),
+            ),  # fmt: skip
+            "each call is answered from its own session's recording, in order, after the "
+            "recorded latency; staging mints its own order ids, so a charge matches its "
+            "recording closely rather than exactly, and the score says how closely",
+        ),
+        Step(
+            "staging",
+            "Start the shop v2 (staging, with planted drift), calling the double for payments",
+            (shop("v2", urls.double),),
         ),
         Step(
             "replay",
@@ -301,20 +368,21 @@ class DemoRun:
         return list(command)
 
     def run_stage(self, key: str) -> list[str]:
-        step = self.step(key)
-        (command,) = step.commands
-        code, output = run_step(
-            display(command),
-            self.executable(command),
-            self.env,
-            self.child,
-            self.options.timeouts.step_s,
-        )
-        if code != 0:
-            raise ShadowtapeError(
-                f"step `{display(command)}` failed with exit {code} (its output is above); "
-                f"the files so far are in {self.paths.workdir}"
+        output: list[str] = []
+        for command in self.step(key).commands:
+            code, lines = run_step(
+                display(command),
+                self.executable(command),
+                self.env,
+                self.child,
+                self.options.timeouts.step_s,
             )
+            if code != 0:
+                raise ShadowtapeError(
+                    f"step `{display(command)}` failed with exit {code} (its output is above); "
+                    f"the files so far are in {self.paths.workdir}"
+                )
+            output += lines
         return output
 
     def start(self, name: str, command: tuple[str, ...], ready: re.Pattern[str]) -> Service:
@@ -335,6 +403,26 @@ class DemoRun:
         self.services.clear()
 
 
+def double_counters(url: str) -> str:
+    """The payments double's counters, from its stats endpoint, as one transcript line."""
+    try:
+        stats = httpx.get(f"{url}/__shadowtape/stats", trust_env=False, timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ShadowtapeError(
+            f"the payments double at {url} did not answer its stats ({exc})"
+        ) from None
+    routes = ", ".join(
+        f"{route} {r['matched']}/{r['requests']} matched, mean score {r['mean_score']}"
+        for route, r in stats["routes"].items()
+    )
+    return (
+        f"payments double: {stats['requests']} requests, {stats['matched']} matched "
+        f"({stats['matched_by_session']} from their session, {stats['exact_matches']} exact), "
+        f"{stats['missed']} missed, {sum(stats['injected_faults'].values())} faults injected"
+        + (f"; {routes}" if routes else "")
+    )
+
+
 def run_demo(
     options: DemoOptions,
     echo: Echo,
@@ -353,14 +441,18 @@ def run_demo(
     )
     echo(prepare_workdir(run.paths))
     try:
-        services = run.step("services")
-        v1 = run.start("v1 service", services.commands[0], _SERVING)
-        v2 = run.start("v2 service", services.commands[1], _SERVING)
-        run.urls = Urls(v1=v1.url, v2=v2.url)
-
-        capture_step = run.step("capture")
-        capture = run.start("capture proxy", capture_step.commands[0], _LISTENING)
-        run.urls = Urls(v1=v1.url, v2=v2.url, proxy=capture.url)
+        (command,) = run.step("payments").commands
+        payments = run.start("payments service", command, _SERVING)
+        run.urls = Urls(payments=payments.url)
+        (command,) = run.step("capture-payments").commands
+        payments_proxy = run.start("payments capture proxy", command, _LISTENING)
+        run.urls = replace(run.urls, payments_proxy=payments_proxy.url)
+        (command,) = run.step("services").commands
+        v1 = run.start("v1 service", command, _SERVING)
+        run.urls = replace(run.urls, v1=v1.url)
+        (command,) = run.step("capture").commands
+        capture = run.start("capture proxy", command, _LISTENING)
+        run.urls = replace(run.urls, proxy=capture.url)
 
         # In-process rather than the printed `python -m` (same code): one interpreter fewer
         # to start, and its live count shows on this terminal.
@@ -383,12 +475,23 @@ def run_demo(
             )
 
         run.step("stop")
-        code = capture.stop(options.timeouts.stop_s)
-        run.services.remove(capture)
-        if code != 0:
-            raise ShadowtapeError(f"the capture proxy exited with {code} when stopped")
+        for proxy in (capture, payments_proxy):
+            code = proxy.stop(options.timeouts.stop_s)
+            run.services.remove(proxy)
+            if code != 0:
+                raise ShadowtapeError(f"the {proxy.name} exited with {code} when stopped")
 
-        for key in ("sanitize", "verify", "replay", "diff", "report"):
+        for key in ("sanitize", "verify"):
+            run.run_stage(key)
+        (command,) = run.step("double").commands
+        double = run.start("payments double", command, _LISTENING)
+        run.urls = replace(run.urls, double=double.url)
+        (command,) = run.step("staging").commands
+        v2 = run.start("v2 service", command, _SERVING)
+        run.urls = replace(run.urls, v2=v2.url)
+        run.run_stage("replay")
+        run.child(double_counters(double.url))
+        for key in ("diff", "report"):
             run.run_stage(key)
         if not options.keep:
             run.stop_all()
@@ -399,6 +502,9 @@ def run_demo(
             ("recorded (raw, credentials tokenized)", run.paths.raw),
             ("sanitized", run.paths.clean),
             ("replay results + diff", run.paths.results),
+            ("payments recorded (raw / sanitized)", run.paths.raw_payments),
+            ("", run.paths.clean_payments),
+            ("what the payments double answered", run.paths.served_payments),
             ("HTML report", run.paths.html),
             ("JUnit XML", run.paths.junit),
             ("executed notebook", run.paths.notebook),
@@ -411,7 +517,10 @@ def run_demo(
         )
         if options.keep:
             echo("")
-            echo(f"Services still running: v1 {v1.url}, v2 {v2.url}. Ctrl-C stops them.")
+            echo(
+                f"Services still running: v1 {v1.url}, v2 {v2.url}, payments {payments.url}, "
+                f"payments double {double.url}. Ctrl-C stops them."
+            )
             wait_forever()
     finally:
         run.stop_all()
