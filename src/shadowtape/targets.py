@@ -8,6 +8,7 @@ typo cannot send recorded traffic to production. Capture and serve read `--liste
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -70,3 +71,13 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise InputError(f"listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -330,3 +330,46 @@ def test_header_bytes_and_reason_phrase_go_out_as_recorded(tmp_path: Path) -> No
     assert answer.startswith("HTTP/1.1 200 Très Bien\r\nx-Lower-Case: café ☕\r\n".encode())
     assert answer.endswith(b'\r\n\r\n{"ok": 1}')
     assert head == answer[: -len(b'{"ok": 1}')]
+
+
+def test_tls_with_a_certificate_and_key(tmp_path: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    dataset = write_recording(tmp_path / "clean", [rec("x", 0, "GET", "/a", response={"tls": 1})])
+    double = start_serve(
+        str(dataset), "--listen", "127.0.0.1:0", "--certfile", str(certfile),
+        "--keyfile", str(keyfile),
+    )  # fmt: skip
+    try:
+        assert double.url.startswith("https://")
+        r = httpx.get(f"{double.url}/a", verify=False, trust_env=False)
+    finally:
+        double.stop()
+    assert r.status_code == 200 and r.json() == {"tls": 1}

@@ -209,7 +209,7 @@ def serve(
     and prints what it did.
     """
     from shadowtape.serve.server import run_serve
-    from shadowtape.targets import parse_listen
+    from shadowtape.targets import is_loopback, parse_listen
 
     host, port = parse_listen(listen)
     config = ServeConfig(
@@ -240,6 +240,12 @@ def serve(
                 click.echo(f"  {label}: {n}")
         for warning in double.warnings:
             click.echo(f"  warning: {warning}", err=True)
+        if not is_loopback(host):
+            click.echo(
+                f"  warning: {host} is not a loopback address: anyone who can reach it can read "
+                "the recording through the double",
+                err=True,
+            )
         sys.stdout.flush()
 
     def on_miss(line: str) -> None:

@@ -173,9 +173,14 @@ class DoubleProtocol(asyncio.Protocol):
         if not self.queue and self.transport is not None:
             self.transport.close()
 
-    def shutdown(self) -> None:
-        """Close now: held slots are settled as held, nothing more is read."""
-        if self.transport is not None and not self.transport.is_closing():
+    def shutdown(self, abort: bool = False) -> None:
+        """Close now (after what is already written, unless `abort`); every slot still
+        waiting is settled by connection_lost, so each request's row is written."""
+        if self.transport is None:
+            return
+        if abort:
+            self.transport.abort()
+        elif not self.transport.is_closing():
             self.transport.close()
 
     # --- parser callbacks -----------------------------------------------------------------

@@ -56,6 +56,7 @@ class BackgroundRows:
         self.dropped = 0
         self.write_errors = 0
         self.error: str | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"serve-{kind}", daemon=True)
         self._thread.start()
 
@@ -64,6 +65,9 @@ class BackgroundRows:
         return self.writer.rows_written
 
     def put(self, row: dict[str, Any] | Exchange) -> bool:
+        if self._closed:
+            self.dropped += 1  # too late: counted, never queued where nothing reads
+            return False
         try:
             self._queue.put_nowait(row)
         except queue.Full:
@@ -113,6 +117,7 @@ class BackgroundRows:
 
     def close(self) -> list[Path]:
         # The stop marker must get in even when the queue is full: wait for room.
+        self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
         return self.writer.close()

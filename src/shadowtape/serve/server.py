@@ -218,7 +218,16 @@ class Double:
             task.cancel()
         for conn in list(self.connections):
             conn.shutdown()
-        await asyncio.sleep(0)  # let connection_lost settle every slot
+        # A closing transport reports connection_lost once its buffer is flushed; a client
+        # that stopped reading gets a second to take it, then the connection is aborted.
+        closing = time.monotonic() + 1.0
+        while self.connections and time.monotonic() < closing:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.shutdown(abort=True)
+        aborted = time.monotonic() + 1.0
+        while self.connections and time.monotonic() < aborted:
+            await asyncio.sleep(0.001)
         if self._fallback is not None:
             await self._fallback.close()
         summary = ServeSummary(

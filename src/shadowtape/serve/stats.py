@@ -96,6 +96,7 @@ class ServeCounters:
             "statuses": dict(sorted(self.statuses.items())),
             "client_gone": self.client_gone,
             "bad_requests": self.bad_requests,
+            "internal_calls": self.internal,
             "served_rows": {
                 "written": self.served_rows_written,
                 "dropped": self.served_rows_dropped,
