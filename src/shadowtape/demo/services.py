@@ -15,13 +15,13 @@ import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
 
 import click
 import httpx
 
 from shadowtape.demo.payments import DEMO_API_KEY, PaymentsAPI
 from shadowtape.demo.shop import VERSIONS, PaymentsUnavailable, Request, Response, ShopAPI
+from shadowtape.http.target import query_pairs, split_target
 
 Api = ShopAPI | PaymentsAPI
 
@@ -38,13 +38,14 @@ class _ShopHandler(BaseHTTPRequestHandler):
     server: _ShopServer
 
     def _serve(self) -> None:
-        url = urlsplit(self.path)
+        path, raw_query = split_target(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         request = Request(
             method=self.command,
-            path=url.path,
-            query=dict(parse_qsl(url.query)),
+            path=path,
+            # Blank values are absent to the shop, as with parse_qsl's default.
+            query={n: v for n, v in query_pairs(raw_query) if v},
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
         )
