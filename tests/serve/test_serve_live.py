@@ -22,6 +22,7 @@ from serve_testkit import (
 )
 
 from shadowtape import schema
+from shadowtape.http.headers import decode
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -315,21 +316,30 @@ def test_endpoints_counters_and_a_sigterm_that_loses_nothing(tmp_path: Path) -> 
 
 
 def test_header_bytes_and_reason_phrase_go_out_as_recorded(tmp_path: Path) -> None:
+    odd = decode(b"\xff\xfe latin-1 \xe9")  # not UTF-8: kept as raw bytes by schema v2
     record = rec(
         "x", 0, "GET", "/h", response={"ok": 1},
-        response_headers=[("x-Lower-Case", "café ☕"), ("Content-Type", "application/json")],
+        response_headers=[
+            ("x-Lower-Case", "café ☕"), ("X-Raw", odd), ("Content-Type", "application/json"),
+        ],
     )  # fmt: skip
     record.reason = "Très Bien"
     dataset = write_recording(tmp_path / "clean", [record])
-    double = start_serve(str(dataset), "--listen", "127.0.0.1:0")
+    served = tmp_path / "served"
+    double = start_serve(str(dataset), "--listen", "127.0.0.1:0", "--served", str(served))
     try:
-        answer = raw_exchange(double.url, b"GET /h HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = raw_exchange(double.url, b"GET /h HTTP/1.1\r\nHost: x\r\nX-In: \xff\r\n\r\n")
         head = raw_exchange(double.url, b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:
         double.stop()
-    assert answer.startswith("HTTP/1.1 200 Très Bien\r\nx-Lower-Case: café ☕\r\n".encode())
+    assert answer.startswith(
+        "HTTP/1.1 200 Très Bien\r\nx-Lower-Case: café ☕\r\n".encode()
+        + b"X-Raw: \xff\xfe latin-1 \xe9\r\n"
+    )
     assert answer.endswith(b'\r\n\r\n{"ok": 1}')
     assert head == answer[: -len(b'{"ok": 1}')]
+    logged = rows(served)
+    assert ("X-In", decode(b"\xff")) in logged[0]["request_headers"]  # the bytes as they came
 
 
 def test_tls_with_a_certificate_and_key(tmp_path: Path) -> None:

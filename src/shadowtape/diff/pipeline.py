@@ -46,8 +46,8 @@ from shadowtape.diff.noise import (
     PinnedRules,
     volatile_kind,
 )
-from shadowtape.diff.routes import RouteTable
 from shadowtape.errors import DatasetError, InputError
+from shadowtape.route_table import RouteTable
 
 DIFF_DIRNAME = "_diff"
 SUMMARY_NAME = "summary.json"

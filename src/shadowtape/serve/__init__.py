@@ -22,7 +22,26 @@ scores candidates, `selection` keeps recorded order, `faults` seeds faults and l
 `protocol` puts bytes on the wire, `server` runs it all and writes what it did (`served`).
 """
 
-from shadowtape.serve.config import ServeConfig
-from shadowtape.serve.server import Double, RunningDouble, ServeSummary, run_serve, start_double
+from __future__ import annotations
 
-__all__ = ["Double", "RunningDouble", "ServeConfig", "ServeSummary", "run_serve", "start_double"]
+from typing import Any
+
+# Imported on first use: the pytest plugin lives in this package, and a suite that never asks
+# for a double must not pay for uvloop, httptools and httpx at start-up.
+_PUBLIC = {
+    "ServeConfig": "shadowtape.serve.config",
+    "Double": "shadowtape.serve.server",
+    "RunningDouble": "shadowtape.serve.server",
+    "ServeSummary": "shadowtape.serve.server",
+    "run_serve": "shadowtape.serve.server",
+    "start_double": "shadowtape.serve.server",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'shadowtape.serve' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

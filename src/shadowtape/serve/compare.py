@@ -20,7 +20,6 @@ fingerprint, so the common case, a request the recording holds, is a dict lookup
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -28,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from shadowtape.serve.http_shared import index_step, key_step, path_covers, query_pairs
+from shadowtape.http.jsonpath import Step, covers, index_step, key_step
+from shadowtape.http.target import query_pairs
 from shadowtape.serve.matchers import RouteMatchers, Rule
 
 WEIGHT_PATH = 4.0
@@ -101,24 +101,16 @@ class Compared:
     fingerprint: Hashable
 
 
-def value_at(doc: Any, steps: tuple[str, ...]) -> Any:
+def value_at(doc: Any, steps: tuple[Step, ...]) -> Any:
     """The value a concrete JSON path names, or MISSING."""
     value = doc
-    for step in steps:
-        if step.startswith("."):
-            key: Any = step[1:]
-        elif step.startswith('["'):
-            key = json.loads(step[1:-1])
-        else:
-            try:
-                key = int(step[1:-1])
-            except ValueError:
-                return MISSING
-            if not isinstance(value, list) or not -len(value) <= key < len(value):
-                return MISSING
-            value = value[key]
-            continue
-        if not isinstance(value, dict) or key not in value:
+    for kind, key in steps:
+        found = (
+            (isinstance(value, dict) and key in value)
+            if kind == "key"
+            else (isinstance(value, list) and key < len(value))
+        )
+        if not found:
             return MISSING
         value = value[key]
     return value
@@ -221,7 +213,7 @@ class RouteComparer:
         doc = view.json()
         if doc is not _NOT_JSON:
             leaves: dict[str, bytes] = {}
-            self._flatten(doc, "$", "$", leaves)
+            self._flatten(doc, "$", leaves)
             return "json", leaves
         if view.content_type == _FORM:
             pairs = query_pairs(view.body.decode("utf-8", "surrogateescape"))
@@ -233,7 +225,7 @@ class RouteComparer:
             return False
         hit = self._excluded.get(location)
         if hit is None:
-            hit = any(path_covers(p, location) for p in self._body_out)
+            hit = any(covers(p, location) for p in self._body_out)
             if len(self._excluded) < 50_000:
                 self._excluded[location] = hit
         return hit
@@ -246,22 +238,21 @@ class RouteComparer:
                 self._keys[key] = step
         return step
 
-    def _flatten(self, value: Any, raw: str, norm: str, out: dict[str, bytes]) -> None:
-        if self._is_excluded(norm):
+    def _flatten(self, value: Any, path: str, out: dict[str, bytes]) -> None:
+        if self._is_excluded(path):
             return
         if isinstance(value, dict):
             if not value:
-                out[raw] = b"{}"
+                out[path] = b"{}"
             for k, v in value.items():
-                step = self._key_step(k)
-                self._flatten(v, raw + step, norm + step, out)
+                self._flatten(v, path + self._key_step(k), out)
         elif isinstance(value, list):
             if not value:
-                out[raw] = b"[]"
+                out[path] = b"[]"
             for i, v in enumerate(value):
-                self._flatten(v, raw + index_step(i), norm + "[*]", out)
+                self._flatten(v, path + index_step(i), out)
         else:
-            out[raw] = _leaf(value)
+            out[path] = _leaf(value)
 
     # --- requirements ---------------------------------------------------------------------
 

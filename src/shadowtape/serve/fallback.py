@@ -25,8 +25,9 @@ from shadowtape.bodies import (
 )
 from shadowtape.content_coding import ContentCodingError, decode, split_codings
 from shadowtape.credentials import CredentialScrubber
+from shadowtape.http.headers import decode as decode_header
+from shadowtape.http.target import query_pairs, split_target
 from shadowtape.schema import Exchange, Pairs, uuid7
-from shadowtape.serve.http_shared import decode_header, query_pairs
 from shadowtape.serve.wire import Rendered, render
 from shadowtape.sessions import SessionTracker
 from shadowtape.targets import HOP_BY_HOP
@@ -109,13 +110,14 @@ class Fallback:
         ex = self._exchange(method, target, request_pairs, body, client, received_us)
         if ex is not None:
             assert self.scrubber is not None
-            kept_headers, kept = _decoded(response_pairs, raw, self.max_body)
+            kept_headers, kept, undecodable = _decoded(response_pairs, raw, self.max_body)
             ex.status = response.status_code
             ex.reason = response.reason_phrase
             ex.response_headers = self.scrubber.headers(kept_headers)
             ex.response_body = kept.body
             ex.response_body_truncated = kept.truncated
             ex.response_body_size = kept.size
+            ex.response_body_undecodable = undecodable
             ex.response_started_at = started_us
             ex.response_ended_at = ended_us
         return Forwarded(rendered, response.status_code, None, ex)
@@ -132,9 +134,10 @@ class Fallback:
         if self.scrubber is None or self.sessions is None:
             return None
         raw_target = decode_header(target)
-        path, _, query = raw_target.partition("?")
+        path, raw_query = split_target(raw_target)
         session_id, seq = self.sessions.assign(headers, client, received_us)
-        kept_headers, kept = _decoded(headers, body, self.max_body)
+        kept_headers, kept, undecodable = _decoded(headers, body, self.max_body)
+        query = self.scrubber.query(query_pairs(raw_query))
         return Exchange(
             id=uuid7(received_us),
             session_id=session_id,
@@ -145,21 +148,25 @@ class Fallback:
             scheme=self.scheme,
             host=self.host,
             port=self.port,
+            server_address=f"{self.host}:{self.port}",
             path=path or "/",
-            query=self.scrubber.query(query_pairs(query)),
+            query=query,
+            request_target=self.scrubber.target(raw_target, query),
             http_version="HTTP/1.1",
             request_headers=self.scrubber.headers(kept_headers),
             request_body=kept.body,
             request_body_truncated=kept.truncated,
             request_body_size=kept.size,
+            request_body_undecodable=undecodable,
             capture_id=self.capture_id,
         )
 
 
-def _decoded(headers: Pairs, body: bytes, max_body: int) -> tuple[Pairs, KeptBody]:
+def _decoded(headers: Pairs, body: bytes, max_body: int) -> tuple[Pairs, KeptBody, bool]:
     """Body and headers as capture stores them: decoded, unless the coding is unknown or the
-    bytes are broken, in which case both stay as they came."""
+    bytes are broken, in which case both stay as they came (and the third value says so)."""
     content = body
+    undecodable = False
     if body and has_content_encoding(headers):
         coding = next((v for n, v in headers if n.lower() == "content-encoding"), "")
         try:
@@ -167,4 +174,5 @@ def _decoded(headers: Pairs, body: bytes, max_body: int) -> tuple[Pairs, KeptBod
             headers = headers_for_decoded_body(headers, len(content))
         except ContentCodingError:
             content = body
-    return headers, keep_body(content, max_body)
+            undecodable = True
+    return headers, keep_body(content, max_body), undecodable

@@ -37,7 +37,8 @@ from typing import Any
 import yaml
 
 from shadowtape.errors import InputError
-from shadowtape.serve.http_shared import split_path, template_key
+from shadowtape.http import jsonpath
+from shadowtape.http.routes import PLACEHOLDER
 
 PARTS = ("query", "header", "body")
 KINDS = ("exact", "regex", "json_subset", "ignore")
@@ -54,7 +55,7 @@ class Rule:
     where: str  # "FILE:LINE" for messages
     pattern: re.Pattern[str] | None = None
     value: Any = None
-    steps: tuple[str, ...] = ()  # JSON path steps (body rules)
+    steps: tuple[jsonpath.Step, ...] = ()  # JSON path steps (body rules)
 
     @property
     def label(self) -> str:
@@ -119,6 +120,15 @@ class MatcherSet:
         """Routes the file names that the recording does not hold (a typo, most likely)."""
         known = {template_key(label) for label in labels}
         return [f"{self.route_lines[k]}: {k}" for k in self.routes if k not in known]
+
+
+def template_key(label: str) -> str:
+    """A route label with placeholder names dropped (`GET /a/{uuid}` -> `GET /a/{}`), so a
+    matcher file may write `{id}` where inference wrote `{uuid}`."""
+    method, _, path = label.strip().partition(" ")
+    if not path:
+        method, path = "", method
+    return f"{method.upper()} {PLACEHOLDER.sub('{}', path)}".strip()
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -194,15 +204,15 @@ def _rule(node: yaml.Node, where: _Where) -> Rule:
     part, kind = parts[0], kinds[0]
     name = _scalar(keys[part], where, part).strip()
     at = where.at(node)
-    steps: tuple[str, ...] = ()
+    steps: tuple[jsonpath.Step, ...] = ()
     if part == "header":
         name = name.lower()
     if part == "body":
         try:
-            steps = tuple(split_path(name))
+            steps = jsonpath.parse(name)
         except ValueError as exc:
             raise where.fail(keys[part], f"{exc}; write paths such as $.items[0].price") from None
-        if kind != "ignore" and any("*" in s or "=" in s for s in steps):
+        if kind != "ignore" and any(step[0] not in ("key", "index") for step in steps):
             raise where.fail(
                 keys[part], f"{name}: only ignore rules may use wildcards; name one location"
             )

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shadowtape.http.routes import parse_route
+from shadowtape.route_table import RouteTable
 from shadowtape.schema import KIND_EXCHANGES, batch_to_rows, dataset_files, iter_batches
 from shadowtape.serve.compare import Compared, RequestView, RouteComparer
 from shadowtape.serve.faults import recorded_fault
-from shadowtape.serve.http_shared import RouteTable, route_table
 from shadowtape.serve.matchers import MatcherSet
 from shadowtape.serve.wire import Rendered, render
 from shadowtape.sessions import SessionKey, session_identity
@@ -115,6 +116,19 @@ def _latency(row: dict[str, Any]) -> int | None:
     if start is None or end is None or end < start:
         return None
     return end - start
+
+
+def route_table(labels: Iterable[str], extra: RouteTable | None = None) -> RouteTable:
+    """A table that maps a request onto the recording's own route templates (most specific
+    first), after any templates the user gave, so live and recorded requests share labels."""
+    templates = list(extra.templates) if extra is not None else []
+    seen = {(t.method, t.path) for t in templates}
+    for label in labels:
+        t = parse_route(label)
+        if (t.method, t.path) not in seen:
+            seen.add((t.method, t.path))
+            templates.append(t)
+    return RouteTable(templates)
 
 
 def load_recording(

@@ -24,7 +24,10 @@ import uvloop
 
 from shadowtape.credentials import CredentialScrubber
 from shadowtape.errors import InputError, ShadowtapeError
+from shadowtape.http.headers import decode as decode_header
+from shadowtape.http.target import query_pairs
 from shadowtape.keyed import Key, Keyed
+from shadowtape.route_table import load_routes
 from shadowtape.schema import (
     KIND_EXCHANGES,
     KIND_SERVED,
@@ -40,7 +43,6 @@ from shadowtape.serve.deadlines import Deadlines
 from shadowtape.serve.decide import FAULT, FORWARD, MATCHED, Decider, Decision, Policy
 from shadowtape.serve.fallback import Fallback
 from shadowtape.serve.faults import FAULT_ERROR, LatencyModel
-from shadowtape.serve.http_shared import decode_header, load_route_file, query_pairs
 from shadowtape.serve.matchers import MatcherSet, load_matchers
 from shadowtape.serve.protocol import HOLD, RESET, DoubleProtocol, Incoming, Slot
 from shadowtape.serve.recording import LoadStats, Recording, load_recording
@@ -105,7 +107,7 @@ class Double:
             raise InputError(f"{config.source}: the dataset has no files; nothing to serve")
         check_sanitized(config.source, meta.get(META_SANITIZED) == "true", config.allow_unsanitized)
         matchers = load_matchers(config.matchers) if config.matchers else MatcherSet()
-        routes = load_route_file(config.routes) if config.routes else None
+        routes = load_routes(config.routes) if config.routes else None
         session_key = config.parsed_session_key
         self.recording: Recording = load_recording(config.source, matchers, session_key, routes)
         self.warnings = [

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from shadowtape.http.headers import encode as encode_header
 from shadowtape.schema import Pairs
-from shadowtape.serve.http_shared import encode_header
 
 _NO_BODY_STATUS = frozenset({204, 304})
 # Characters that would split a response or break the header block: such a header cannot be
