@@ -273,3 +273,15 @@ def test_recorded_headers_go_out_as_recorded_with_true_framing() -> None:
     assert (
         render(204, None, [("Content-Length", "3")], b"").full == b"HTTP/1.1 204 No Content\r\n\r\n"
     )
+
+
+def test_fault_rates_per_route_come_from_the_matcher_file(tmp_path: Path) -> None:
+    f = tmp_path / "m.yaml"
+    f.write_text("routes:\n  POST /charges:\n    faults: {reset_rate: 1.0}\n")
+    records = [rec("a", 0, "POST", "/charges", body={"n": 1}), rec("a", 1, "GET", "/status")]
+    d = decider(tmp_path, records, matchers=load_matchers(f), session_key="auto")
+    assert {ask(d, view("POST", "/charges", {"n": 1})).injected_fault for _ in range(5)} == {
+        "reset"
+    }
+    assert {ask(d, view("GET", "/status")).outcome for _ in range(5)} == {"matched"}
+    assert d.counters.injected_faults == {"reset": 5}

@@ -105,6 +105,10 @@ class BackgroundRows:
             if len(rows) >= BATCH_ROWS:
                 self._batch(rows)
                 rows = []
+                # Under steady load the queue is never idle: the roll interval is checked here
+                # too, so rows become readable every few seconds however busy the double is.
+                if self.writer.due():
+                    self.writer.finalize_file()
         # Whatever was queued before the stop marker is written before the files close.
         while True:
             try:

@@ -9,6 +9,7 @@ double in a background thread for tests (the pytest plugin uses it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import signal
 import ssl
@@ -41,7 +42,7 @@ from shadowtape.serve.compare import RequestView
 from shadowtape.serve.config import ServeConfig
 from shadowtape.serve.deadlines import Deadlines
 from shadowtape.serve.decide import FAULT, FORWARD, MATCHED, Decider, Decision, Policy
-from shadowtape.serve.fallback import Fallback
+from shadowtape.serve.fallback import Fallback, Forwarded
 from shadowtape.serve.faults import FAULT_ERROR, LatencyModel
 from shadowtape.serve.matchers import MatcherSet, load_matchers
 from shadowtape.serve.protocol import HOLD, RESET, DoubleProtocol, Incoming, Slot
@@ -50,6 +51,8 @@ from shadowtape.serve.served import BackgroundRows
 from shadowtape.serve.stats import ServeCounters
 from shadowtape.serve.wire import Rendered, json_response
 from shadowtape.sessions import SessionTracker
+
+logger = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = b"/__shadowtape/"
 DOUBLE_HEADER = "X-Shadowtape-Double"
@@ -330,14 +333,18 @@ class Double:
         self, incoming: Incoming, target: bytes, slot: Slot, conn: DoubleProtocol
     ) -> None:
         assert self._fallback is not None
-        result = await self._fallback.forward(
-            incoming.method,
-            target,
-            incoming.headers,
-            incoming.body,
-            incoming.client,
-            incoming.received_us,
-        )
+        try:
+            result = await self._fallback.forward(
+                incoming.method,
+                target,
+                incoming.headers,
+                incoming.body,
+                incoming.client,
+                incoming.received_us,
+            )
+        except Exception as exc:  # a target httpx refuses, say: the client still gets a 502
+            logger.exception("forwarding to the fallback failed")
+            result = Forwarded(None, None, f"{type(exc).__name__}: {exc}", None)
         recorder = self._recorder
         if result.exchange is not None and recorder is not None and recorder.put(result.exchange):
             self.counters.fallback_recorded += 1
