@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shadowtape.errors import InputError
+from shadowtape.governance.scenarios import SessionFilter
 from shadowtape.targets import DEFAULT_ALLOWED_HOSTS, check_target_url
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -101,6 +102,10 @@ class ReplayConfig:
     overwrite: bool = False
     run_id: str | None = None
     handle_signals: bool = True
+    # Only the sessions of these scenarios are sent (the rest: skipped, not_in_scenario).
+    session_filter: SessionFilter | None = None
+    # OTLP base URL for traces and metrics; None: the OTEL_EXPORTER_OTLP_* variables, or off.
+    otlp_endpoint: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -112,6 +117,8 @@ class ReplayConfig:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("handle_signals")
+        if self.session_filter is not None:  # compiled patterns: shown as written
+            data["session_filter"] = [s.summary() for s in self.session_filter.scenarios]
         return data
 
 

@@ -90,6 +90,7 @@ class ReplaySummary:
     files: list[str]
     config: dict[str, Any]
     correlation_rules: int = 0
+    telemetry: dict[str, Any] | None = None  # OTLP export counts when telemetry was on
 
     @property
     def exit_code(self) -> int:
