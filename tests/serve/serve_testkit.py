@@ -105,12 +105,13 @@ class ServeProcess:
         return self.proc.returncode, "\n".join(self.lines) + "\n" + (out or "")
 
 
-def start_serve(*args: str) -> ServeProcess:
+def start_serve(*args: str, env: dict[str, str] | None = None) -> ServeProcess:
     proc = subprocess.Popen(
         [sys.executable, "-m", "shadowtape", "--no-config", "serve", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     lines = []
     assert proc.stdout is not None

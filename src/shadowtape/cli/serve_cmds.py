@@ -8,12 +8,14 @@ import sys
 
 import click
 
+from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
 from shadowtape.keyed import DEFAULT_KEY_ENV
 from shadowtape.serve.config import ON_MISS, ServeConfig
 from shadowtape.serve.faults import LATENCY_MODES
 from shadowtape.serve.selection import EXHAUSTED_POLICIES
 from shadowtape.serve.stats import counts_text
+from shadowtape.telemetry import summary_line
 
 _CFG = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
 # Misses printed one by one before the rest are only counted (all are in --served).
@@ -189,6 +191,13 @@ Examples:
     metavar="SECONDS",
     help="On Ctrl-C or SIGTERM, how long requests in flight get to be answered.",
 )
+@click.option(
+    "--otlp-endpoint",
+    metavar="URL",
+    help="Export one server span per answered request (a child of the caller's traceparent) "
+    "and latency and error metrics over OTLP/HTTP to this base URL [default: "
+    "$OTEL_EXPORTER_OTLP_ENDPOINT; off when unset]. Needs shadowtape[otel].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the exit summary as JSON.")
 def serve(
     source: str,
@@ -212,6 +221,8 @@ def serve(
     from shadowtape.targets import is_loopback, parse_listen
 
     host, port = parse_listen(listen)
+    facts = run_facts()
+    facts.read_dataset(source)
     config = ServeConfig(
         source=source,
         host=host,
@@ -220,10 +231,18 @@ def serve(
         or _CFG["allow_hosts"],
         **options,  # type: ignore[arg-type]
     )
+    if config.matchers:
+        facts.read_file(config.matchers)
+    for written in (config.served, config.record):
+        if written:
+            facts.wrote_dataset(written)
     live = LiveLine()
     misses = [0]
 
     def on_ready(double) -> None:  # noqa: ANN001 (the Double; imported lazily)
+        facts.target = double.url
+        if config.record or config.served:
+            facts.use_key(double.keyed.key.fingerprint, double.keyed.key.source)
         s = double.recording.stats
         click.echo(
             f"listening on {double.url} ({s.exchanges} exchanges on {s.routes} routes from "
@@ -265,10 +284,19 @@ def serve(
         on_miss=on_miss,
         on_stopping=live.clear,
     )
+    c = summary.counters
+    facts.count(
+        requests=c.requests,
+        matched=c.matched,
+        missed=c.missed_total,
+        faults=c.faults_total,
+        forwarded=c.fallback_forwarded,
+        recorded=summary.recorded_written,
+        served_rows=c.served_rows_written,
+    )
     if as_json:
         click.echo(json.dumps(summary.as_json(), sort_keys=True))
         return
-    c = summary.counters
     click.echo(f"serve stopped after {summary.elapsed_s:.1f} s: {c.line()}")
     if c.missed:
         click.echo(f"  misses by reason: {counts_text(c.missed)}")
@@ -295,6 +323,8 @@ def serve(
             f"{config.record}, {c.recorded_rows_dropped} dropped, "
             f"{summary.recorded_write_errors} not written (unsanitized: sanitize before serving)"
         )
+    if summary.telemetry:
+        click.echo(f"  {summary_line(summary.telemetry)}")
     for warning in summary.warnings:
         click.echo(f"  warning: {warning}", err=True)
     if summary.served_write_errors or summary.recorded_write_errors:

@@ -56,7 +56,6 @@ from shadowtape.replay.sender import (
 )
 from shadowtape.replay.stats import Quantiles, ReplayCounts, ReplaySummary
 from shadowtape.replay.substitute import Correlator, SessionBindings, Substitution
-from shadowtape.replay.traceparent import span_id, trace_id, traceparent
 from shadowtape.schema import (
     EXCHANGE_COLUMNS,
     KIND_EXCHANGES,
@@ -71,6 +70,7 @@ from shadowtape.schema import (
 )
 from shadowtape.targets import check_target_allowed, check_target_url
 from shadowtape.telemetry import NO_TELEMETRY, RequestSpan, Telemetry, open_telemetry
+from shadowtape.traceparent import span_id, trace_id, traceparent
 
 REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
 

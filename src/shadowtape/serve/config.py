@@ -52,6 +52,7 @@ class ServeConfig:
     key_env: str = DEFAULT_KEY_ENV
     redact_headers: tuple[str, ...] = ()  # more credential headers, as capture's option
     grace_s: float = 5.0
+    otlp_endpoint: str | None = None  # None: OTEL_EXPORTER_OTLP_* from the environment, or off
     roll_seconds: float = 10.0  # how long served rows wait before their file is finalized
 
     @property

@@ -51,6 +51,8 @@ from shadowtape.serve.served import BackgroundRows
 from shadowtape.serve.stats import ServeCounters
 from shadowtape.serve.wire import Rendered, json_response
 from shadowtape.sessions import SessionTracker
+from shadowtape.telemetry import NO_TELEMETRY, RequestSpan, Telemetry, open_telemetry
+from shadowtape.traceparent import parse_traceparent
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class ServeSummary:
     recorded_write_errors: int = 0
     recorded_written: int = 0
     warnings: list[str] = field(default_factory=list)
+    telemetry: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +88,7 @@ class ServeSummary:
             "recorded_write_errors": self.recorded_write_errors,
             "recorded_written": self.recorded_written,
             "warnings": self.warnings,
+            "telemetry": self.telemetry,
         }
 
 
@@ -144,6 +148,7 @@ class Double:
         self._recorder: BackgroundRows | None = None
         self._fallback: Fallback | None = None
         self._forwards: set[asyncio.Task[None]] = set()
+        self.telemetry: Telemetry = NO_TELEMETRY
         self._fault_answer = json_response(
             config.error_status,
             {"error": "fault injected by shadowtape serve", "fault": FAULT_ERROR},
@@ -173,6 +178,11 @@ class Double:
                 f"--listen {config.host}:{config.port}: cannot listen ({exc.strerror or exc}); "
                 "pick another port, or 0 for a free one"
             ) from None
+        self.telemetry = open_telemetry(
+            config.otlp_endpoint,
+            prefix="shadowtape.serve",
+            resource={"shadowtape.run_id": self.run_id},
+        )
         sock = self._server.sockets[0]
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
@@ -235,6 +245,7 @@ class Double:
             await asyncio.sleep(0.001)
         if self._fallback is not None:
             await self._fallback.close()
+        self.telemetry.shutdown()  # flushed on every way out, before the summary reads it
         summary = ServeSummary(
             self.url,
             self.run_id,
@@ -242,6 +253,7 @@ class Double:
             self.recording.stats,
             time.monotonic() - self.started_at,
             warnings=list(self.warnings),
+            telemetry=self.telemetry.summary(),
         )
         loop = asyncio.get_running_loop()
         if self._served is not None:
@@ -392,9 +404,60 @@ class Double:
             c.statuses[f"{status // 100}xx"] += 1
         elif error is not None and slot.action != HOLD:
             c.client_gone += 1
+        if self.telemetry.enabled:
+            self._telemetry(slot, decision, view, pairs, status, error)
         if self._served is None:
             return
         self._served.put(self._row(slot, decision, view, pairs, status, error))
+
+    def _telemetry(
+        self,
+        slot: Slot,
+        d: Decision,
+        view: RequestView,
+        pairs: list[tuple[str, str]],
+        status: int | None,
+        error: str | None,
+    ) -> None:
+        """One server span per answered request, a child of the caller's span when the
+        request carried a traceparent (replay's do), and the per-route metrics."""
+        tel = self.telemetry
+        traced = parse_traceparent(next((v for n, v in pairs if n.lower() == "traceparent"), None))
+        trace, parent = traced if traced else (self._ids.randbytes(16).hex(), None)
+        start_ns = slot.request.received_us * 1000
+        end_ns = time.time_ns()
+        fault = d.injected_fault or d.recorded_fault
+        tel.span_for_request(
+            RequestSpan(
+                d.route,
+                trace_id=trace,
+                span_id=self._ids.randbytes(8).hex(),
+                start_ns=start_ns,
+                end_ns=end_ns,
+                parent_span_id=parent,
+                server=True,
+                error=error if status is None else None,
+                attributes={
+                    "http.request.method": view.method,
+                    "http.route": d.route,
+                    "http.response.status_code": status,
+                    "shadowtape.serve.outcome": d.outcome,
+                    "shadowtape.serve.score": d.score,
+                    "shadowtape.serve.exchange_id": d.exchange.id if d.exchange else None,
+                    "shadowtape.serve.fault": fault,
+                    "shadowtape.serve.miss_reason": d.miss_kind,
+                },
+            )
+        )
+        if status is not None:
+            tel.record_latency(d.route, view.method, status, (end_ns - start_ns) / 1e6)
+        kind = (
+            "miss"
+            if d.miss_kind
+            else fault or (f"{status // 100}xx" if status and status >= 500 else None)
+        )
+        if kind:
+            tel.add_error(d.route, kind)
 
     def _row(
         self,
