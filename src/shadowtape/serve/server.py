@@ -92,6 +92,18 @@ class ServeSummary:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """One request settled: what was asked, what the double decided, what the client got."""
+
+    slot: Slot
+    decision: Decision
+    view: RequestView
+    pairs: list[tuple[str, str]]
+    status: int | None  # None: reset, held, or the client left first
+    error: str | None
+
+
 def _ssl_context(config: ServeConfig) -> ssl.SSLContext | None:
     if not config.certfile:
         return None
@@ -404,23 +416,16 @@ class Double:
             c.statuses[f"{status // 100}xx"] += 1
         elif error is not None and slot.action != HOLD:
             c.client_gone += 1
+        answered = Answered(slot, decision, view, pairs, status, error)
         if self.telemetry.enabled:
-            self._telemetry(slot, decision, view, pairs, status, error)
-        if self._served is None:
-            return
-        self._served.put(self._row(slot, decision, view, pairs, status, error))
+            self._telemetry(answered)
+        if self._served is not None:
+            self._served.put(self._row(answered))
 
-    def _telemetry(
-        self,
-        slot: Slot,
-        d: Decision,
-        view: RequestView,
-        pairs: list[tuple[str, str]],
-        status: int | None,
-        error: str | None,
-    ) -> None:
+    def _telemetry(self, a: Answered) -> None:
         """One server span per answered request, a child of the caller's span when the
         request carried a traceparent (replay's do), and the per-route metrics."""
+        slot, d, view, pairs, status, error = a.slot, a.decision, a.view, a.pairs, a.status, a.error
         tel = self.telemetry
         traced = parse_traceparent(next((v for n, v in pairs if n.lower() == "traceparent"), None))
         trace, parent = traced if traced else (self._ids.randbytes(16).hex(), None)
@@ -459,15 +464,8 @@ class Double:
         if kind:
             tel.add_error(d.route, kind)
 
-    def _row(
-        self,
-        slot: Slot,
-        d: Decision,
-        view: RequestView,
-        pairs: list[tuple[str, str]],
-        status: int | None,
-        error: str | None,
-    ) -> dict[str, Any]:
+    def _row(self, a: Answered) -> dict[str, Any]:
+        slot, d, view, pairs, status, error = a.slot, a.decision, a.view, a.pairs, a.status, a.error
         incoming = slot.request
         body = incoming.body
         limit = self.config.max_body
