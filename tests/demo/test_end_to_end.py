@@ -239,45 +239,67 @@ def test_the_audit_log_has_one_record_per_step_chained_by_fingerprint(demo) -> N
     paths, _ = demo
     log = AuditLog(paths.audit_log)
     records = list(log.records())
+    # The double's record comes last: it is written when the double stops, after the report.
     assert [r["command"] for r in records] == [
-        "capture", "sanitize", "verify", "replay", "diff", "report",
+        "capture", "capture", "sanitize", "sanitize", "verify", "verify", "replay", "diff",
+        "report", "serve",
     ]  # fmt: skip
     assert all(r["exit_code"] == 0 and r["actor"] == "e2e-test" for r in records)
-    by = {r["command"]: r for r in records}
 
-    def fp(record: dict, side: str, path: Path) -> str:
-        (entry,) = [e for e in record[side] if Path(e["path"]) == path]
+    def record(command: str, side: str, path: Path) -> dict:
+        (found,) = [
+            r for r in records
+            if r["command"] == command and any(Path(e["path"]) == path for e in r[side])
+        ]  # fmt: skip
+        return found
+
+    def fp(command: str, side: str, path: Path) -> str:
+        (entry,) = [e for e in record(command, side, path)[side] if Path(e["path"]) == path]
         return entry["fingerprint"]
 
-    raw = fp(by["capture"], "outputs", paths.raw)
-    assert raw == dataset_fingerprint(paths.raw).fingerprint
-    assert fp(by["sanitize"], "inputs", paths.raw) == raw
-    clean = fp(by["sanitize"], "outputs", paths.clean)
-    assert fp(by["verify"], "inputs", paths.clean) == clean
-    assert fp(by["replay"], "inputs", paths.clean) == clean
-    results = fp(by["replay"], "outputs", paths.results)
-    assert fp(by["diff"], "inputs", paths.results) == results
-    diff = fp(by["diff"], "outputs", paths.results / "_diff")
-    assert fp(by["report"], "inputs", paths.results) == results
-    assert fp(by["report"], "inputs", paths.results / "_diff") == diff
+    for raw_path, clean_path in (
+        (paths.raw, paths.clean),
+        (paths.raw_payments, paths.clean_payments),
+    ):
+        raw = fp("capture", "outputs", raw_path)
+        assert raw == dataset_fingerprint(raw_path).fingerprint
+        assert fp("sanitize", "inputs", raw_path) == raw
+        clean = fp("sanitize", "outputs", clean_path)
+        assert fp("verify", "inputs", clean_path) == clean
+    clean = fp("sanitize", "outputs", paths.clean)
+    assert fp("replay", "inputs", paths.clean) == clean
+    assert fp("serve", "inputs", paths.clean_payments) == fp(
+        "sanitize", "outputs", paths.clean_payments
+    )
+    results = fp("replay", "outputs", paths.results)
+    assert fp("diff", "inputs", paths.results) == results
+    diff = fp("diff", "outputs", paths.results / "_diff")
+    assert fp("report", "inputs", paths.results) == results
+    assert fp("report", "inputs", paths.results / "_diff") == diff
+    by = {r["command"]: r for r in records}
     assert {Path(e["path"]) for e in by["report"]["outputs"]} == {
         paths.html, paths.junit, paths.notebook,
     }  # fmt: skip
-    key = by["sanitize"]["key"]
-    assert key and by["capture"]["key"] == key and key not in paths.key.read_text()
+    assert {Path(e["path"]) for e in by["serve"]["outputs"]} == {paths.served_payments}
+    key = record("sanitize", "inputs", paths.raw)["key"]
+    assert key and all(r["key"] == key for r in records if r["command"] in ("capture", "sanitize"))
+    assert key not in paths.key.read_text()
     assert by["sanitize"]["policy"] and by["verify"]["policy"] == by["sanitize"]["policy"]
     assert by["replay"]["counts"]["sent"] > 0 and by["replay"]["target"].startswith("http://127.")
+    assert by["serve"]["counts"]["missed"] == 0 and by["serve"]["target"].startswith("http://127.")
 
     verified = shadowtape("audit", "verify", str(paths.audit_log))
-    assert verified.returncode == 0 and "6 records, chain intact" in verified.stdout
+    assert verified.returncode == 0 and f"{len(records)} records, chain intact" in verified.stdout
     lines = paths.audit_log.read_bytes().splitlines(keepends=True)
     tampered = paths.audit_log.with_name("tampered.jsonl")
-    edited = bytearray(lines[3])
+    at_replay = [r["command"] for r in records].index("replay")
+    edited = bytearray(lines[at_replay])
     at = edited.index(b'"sent":') + len(b'"sent":')
     edited[at] = ord("9") if edited[at] != ord("9") else ord("8")
-    tampered.write_bytes(b"".join([*lines[:3], bytes(edited), *lines[4:]]))
+    tampered.write_bytes(b"".join([*lines[:at_replay], bytes(edited), *lines[at_replay + 1 :]]))
     bad = shadowtape("audit", "verify", str(tampered))
-    assert bad.returncode == 1 and "record 4: " in bad.stderr and bad.stderr.count("\n") == 1
+    assert bad.returncode == 1 and f"record {at_replay + 1}: " in bad.stderr
+    assert bad.stderr.count("\n") == 1
     tampered.write_bytes(b"".join([*lines[:1], *lines[2:]]))
     bad = shadowtape("audit", "verify", str(tampered))
     assert bad.returncode == 1 and "record 2: " in bad.stderr
@@ -289,5 +311,6 @@ def test_raw_data_and_the_key_are_owner_only(demo) -> None:
     paths, _ = demo
     assert stat.S_IMODE(paths.key.stat().st_mode) == 0o600
     assert stat.S_IMODE(paths.raw.stat().st_mode) == 0o700
-    files = schema.dataset_files(paths.raw)
+    assert stat.S_IMODE(paths.raw_payments.stat().st_mode) == 0o700
+    files = schema.dataset_files(paths.raw) + schema.dataset_files(paths.raw_payments)
     assert files and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}
