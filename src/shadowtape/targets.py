@@ -27,7 +27,8 @@ DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = (
 )
 
 # Connection-level headers describe the recorded hop, not the request: replay and serve's
-# fallback drop them when they send a request on, and httpx sets its own.
+# fallback drop them when they send a request on (their transports run their own connections,
+# and HTTP/2 forbids them).
 HOP_BY_HOP = frozenset(
     {
         "connection",
