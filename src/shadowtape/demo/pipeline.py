@@ -408,6 +408,13 @@ class DemoRun:
         self.services.append(service)
         return service
 
+    def start_step(self, key: str, name: str, ready: re.Pattern[str], url_field: str) -> Service:
+        """A step that starts one service, whose URL the later steps' commands then show."""
+        (command,) = self.step(key).commands
+        service = self.start(name, command, ready)
+        self.urls = replace(self.urls, **{url_field: service.url})
+        return service
+
     def stop_all(self) -> None:
         for service in reversed(self.services):
             service.stop(self.options.timeouts.stop_s)
@@ -452,18 +459,12 @@ def run_demo(
     )
     echo(prepare_workdir(run.paths))
     try:
-        (command,) = run.step("payments").commands
-        payments = run.start("payments service", command, _SERVING)
-        run.urls = Urls(payments=payments.url)
-        (command,) = run.step("capture-payments").commands
-        payments_proxy = run.start("payments capture proxy", command, _LISTENING)
-        run.urls = replace(run.urls, payments_proxy=payments_proxy.url)
-        (command,) = run.step("services").commands
-        v1 = run.start("v1 service", command, _SERVING)
-        run.urls = replace(run.urls, v1=v1.url)
-        (command,) = run.step("capture").commands
-        capture = run.start("capture proxy", command, _LISTENING)
-        run.urls = replace(run.urls, proxy=capture.url)
+        payments = run.start_step("payments", "payments service", _SERVING, "payments")
+        payments_proxy = run.start_step(
+            "capture-payments", "payments capture proxy", _LISTENING, "payments_proxy"
+        )
+        v1 = run.start_step("services", "v1 service", _SERVING, "v1")
+        capture = run.start_step("capture", "capture proxy", _LISTENING, "proxy")
 
         # In-process rather than the printed `python -m` (same code): one interpreter fewer
         # to start, and its live count shows on this terminal.
@@ -494,12 +495,8 @@ def run_demo(
 
         for key in ("sanitize", "verify"):
             run.run_stage(key)
-        (command,) = run.step("double").commands
-        double = run.start("payments double", command, _LISTENING)
-        run.urls = replace(run.urls, double=double.url)
-        (command,) = run.step("staging").commands
-        v2 = run.start("v2 service", command, _SERVING)
-        run.urls = replace(run.urls, v2=v2.url)
+        double = run.start_step("double", "payments double", _LISTENING, "double")
+        v2 = run.start_step("staging", "v2 service", _SERVING, "v2")
         run.run_stage("replay")
         run.child(double_counters(double.url))
         for key in ("diff", "report"):
