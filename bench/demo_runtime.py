@@ -25,7 +25,8 @@ from shadowtape.demo.defaults import DEFAULT_REQUESTS
 BUDGET_S = 60.0
 _HEADER = re.compile(r"^\[(\d+)/\d+\] ")
 _STEP_NAMES = [
-    "services", "capture", "traffic", "stop", "sanitize", "verify", "replay", "diff", "report",
+    "payments", "capture-payments", "services", "capture", "traffic", "stop", "sanitize",
+    "verify", "double", "staging", "replay", "diff", "report",
 ]  # fmt: skip
 
 

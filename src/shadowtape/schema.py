@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shadowtape.errors import DatasetError
+from shadowtape.errors import DatasetError, InputError
 from shadowtape.governance.access import FileAccess
 from shadowtape.http.headers import decode, display, encode, is_utf8
 
@@ -65,10 +65,16 @@ META_POLICY = "shadowtape.policy_fingerprint"
 META_PREFIX = "shadowtape."
 # A results file's run: replay's configuration and counts, as JSON (diff reads the targets).
 META_REPLAY = "shadowtape.replay"
+# Where a recorded dataset came from: which recorder run, what recorded it, under which key
+# (its fingerprint, never the key), so tokens of different datasets can be told comparable.
+META_CAPTURE_ID = "shadowtape.capture_id"
+META_SOURCE = "shadowtape.source"
+META_KEY_FINGERPRINT = "shadowtape.key_fingerprint"
 
 KIND_EXCHANGES = "exchanges"
 KIND_RESULTS = "results"
 KIND_DIFFS = "diffs"
+KIND_SERVED = "served"
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 # name/value: display text; *_raw: the exact bytes, null unless the text is not valid UTF-8.
@@ -231,10 +237,46 @@ DIFF_SCHEMA = pa.schema(
     ]
 )
 
+# One row per request a `shadowtape serve` double received: what was asked, which recorded
+# exchange answered it and how well it matched, and what the double did on top (faults,
+# latency), so a test run's use of a double can be audited and analysed like any dataset.
+SERVED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("received_at", TIMESTAMP, nullable=False),
+        pa.field("answered_at", TIMESTAMP),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("query", NAME_VALUE_LIST),
+        pa.field("request_headers", NAME_VALUE_LIST),  # credentials tokenized
+        pa.field("request_body", BODY),
+        pa.field("request_body_truncated", pa.bool_()),
+        pa.field("route", pa.string()),
+        pa.field("route_arrival", pa.int64()),  # 0-based arrival index on the route
+        pa.field("outcome", pa.string()),  # matched | missed | fallback | held | reset
+        pa.field("scope", pa.string()),  # session | route: which pool answered
+        pa.field("matched_exchange_id", pa.string()),
+        pa.field("matched_session_id", pa.string()),
+        pa.field("score", pa.float64()),  # 1.0 = identical in every compared part
+        pa.field("exhausted", pa.string()),  # cycle | repeat-last when the pool ran out
+        pa.field("miss_reason", pa.string()),
+        pa.field("closest_exchange_id", pa.string()),
+        pa.field("closest_score", pa.float64()),
+        pa.field("recorded_fault", pa.string()),  # reset | timeout, as recorded
+        pa.field("injected_fault", pa.string()),  # error | timeout | reset, seeded
+        pa.field("latency_applied_us", pa.int64()),
+        pa.field("status", pa.int32()),  # what the client got; null if reset or held
+        pa.field("response_bytes", pa.int64()),
+        pa.field("error", pa.string()),  # what went wrong on the double's side
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     KIND_EXCHANGES: EXCHANGE_SCHEMA,
     KIND_RESULTS: RESULT_SCHEMA,
     KIND_DIFFS: DIFF_SCHEMA,
+    KIND_SERVED: SERVED_SCHEMA,
 }
 
 # Columns a file of the current version may lack, because they joined version 2 before its
@@ -623,6 +665,17 @@ def make_metadata(kind: str, extra: Mapping[str, str] | None = None) -> dict[str
     return meta
 
 
+def capture_metadata(capture_id: str, source: str, key_fingerprint: str) -> dict[str, str]:
+    """Metadata of a freshly recorded (so unsanitized) exchanges dataset: capture, import and
+    serve's fallback recording all write it."""
+    return {
+        META_SANITIZED: "false",
+        META_CAPTURE_ID: capture_id,
+        META_SOURCE: source,
+        META_KEY_FINGERPRINT: key_fingerprint,
+    }
+
+
 def _decode_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, str]:
     if not raw:
         return {}
@@ -780,6 +833,17 @@ def dataset_metadata(path: str | os.PathLike[str], kind: str | None = None) -> d
 
 def is_sanitized(path: str | os.PathLike[str]) -> bool:
     return dataset_metadata(path).get(META_SANITIZED) == "true"
+
+
+def check_sanitized(source: str, sanitized: bool, allow_unsanitized: bool) -> None:
+    """Refuse unsanitized data unless asked: replay sends it to staging and serve answers
+    tests with it, and either would spread real user data where it does not belong."""
+    if sanitized or allow_unsanitized:
+        return
+    raise InputError(
+        f"{source}: dataset is not sanitized; run `shadowtape sanitize {source} CLEAN` first, "
+        "or pass --allow-unsanitized if it holds no real user data"
+    )
 
 
 # --- writing ------------------------------------------------------------------------------

@@ -91,6 +91,17 @@ class Telemetry:
 NO_TELEMETRY = Telemetry()
 
 
+def summary_line(summary: Mapping[str, Any]) -> str:
+    """What was exported, in the words every command's summary uses."""
+    t = summary
+    return (
+        f"telemetry: {t['spans']} spans to {t['endpoint']}: {t['exported']} exported, "
+        f"{t['failed']} failed, {t['dropped']} dropped"
+        + (f", {t['not_sampled']} not sampled" if t["not_sampled"] else "")
+        + (f" (first error: {t['first_error']})" if t["failed"] and t["first_error"] else "")
+    )
+
+
 def merge_telemetry(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Several senders' export counts as one (a Ray replay's shards)."""
     if not summaries:

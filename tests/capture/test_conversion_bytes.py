@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import tflow
 
-from shadowtape.capture.credentials import CredentialScrubber
 from shadowtape.capture.flow_to_exchange import flow_to_exchange
+from shadowtape.credentials import CredentialScrubber
 from shadowtape.http.headers import encode, fields_from_pairs
 from shadowtape.keyed import Key, Keyed
 from shadowtape.schema import DatasetWriter, iter_exchanges

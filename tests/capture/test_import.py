@@ -336,8 +336,7 @@ def test_json_scanner_reads_entries_across_any_chunk_boundary(chunk):
 def test_key_from_another_variable_or_a_file_gives_the_same_tokens(
     har_file, tmp_path, cli, monkeypatch, rows_of
 ):
-    from shadowtape.capture.writer import META_KEY_FINGERPRINT
-    from shadowtape.schema import dataset_metadata
+    from shadowtape.schema import META_KEY_FINGERPRINT, dataset_metadata
 
     key_file = tmp_path / "team.key"
     key_file.write_text("team-key-0123456789abcdef-xyz\n")

@@ -12,19 +12,19 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
 from shadowtape.capture.addon import ShadowtapeCapture
-from shadowtape.capture.credentials import CredentialScrubber, is_secret_query
 from shadowtape.capture.flow_to_exchange import flow_to_exchange
 from shadowtape.capture.inspection import format_report, inspect_dataset, route_of
-from shadowtape.capture.sessions import SessionKey, SessionTracker, sample_keeps
 from shadowtape.capture.writer import (
     CaptureCounters,
     CaptureWriter,
     ExchangeSink,
     WriterSettings,
 )
+from shadowtape.credentials import CredentialScrubber, is_secret_query
 from shadowtape.errors import InputError
 from shadowtape.keyed import Key, Keyed, looks_like_jwt
 from shadowtape.schema import DatasetWriter, Exchange, iter_exchanges, read_files
+from shadowtape.sessions import SessionKey, SessionTracker, sample_keeps
 
 KEY = Key(b"unit-test-key-0123456789abcdef", "test")
 JWT = (

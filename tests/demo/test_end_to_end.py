@@ -16,6 +16,7 @@ import pytest
 
 from shadowtape import schema
 from shadowtape.demo.data import personal_values
+from shadowtape.demo.payments import DEMO_API_KEY
 from shadowtape.demo.pipeline import DemoPaths
 from shadowtape.demo.shop import PLANTED_DRIFT, SEARCH_DELAY_S
 from shadowtape.demo.traffic import plan_sessions
@@ -81,14 +82,21 @@ def test_the_transcript_shows_every_command_a_user_would_run(demo) -> None:
     _, out = demo
     printed = re.findall(r"^  \$ (.+)$", out, re.M)
     starts = [
-        "python -m shadowtape.demo.services --version v1",
-        "python -m shadowtape.demo.services --version v2",
+        "python -m shadowtape.demo.services --app payments",
+        "shadowtape capture --upstream http://127.0.0.1:",
+        "python -m shadowtape.demo.services --version v1 --port 0 --payments-url http://127.0.0.1:",
         "shadowtape capture --upstream http://127.0.0.1:",
         "python -m shadowtape.demo.traffic --base-url http://127.0.0.1:",
         "shadowtape sanitize ",
+        "shadowtape sanitize ",
         "shadowtape verify ",
-        "python -m shadowtape.demo.services --version v1 --port 0 --seed 1",
-        "python -m shadowtape.demo.services --version v1 --port 0 --seed 2",
+        "shadowtape verify ",
+        "shadowtape serve ",
+        "shadowtape serve ",
+        "shadowtape serve ",
+        "python -m shadowtape.demo.services --version v2 --port 0 --payments-url http://127.0.0.1:",
+        "python -m shadowtape.demo.services --version v1 --port 0 --payments-url http://127.0.0.1:",
+        "python -m shadowtape.demo.services --version v1 --port 0 --payments-url http://127.0.0.1:",
         "shadowtape replay ",
         "shadowtape diff ",
         "shadowtape report ",
@@ -203,9 +211,50 @@ def test_html_junit_and_notebook_are_written(demo) -> None:
     assert code_cells and all(c.get("execution_count") for c in code_cells)
 
 
+def test_staging_called_a_double_of_payments_that_answered_every_call(demo) -> None:
+    paths, out = demo
+    orders = sum(
+        1 for r in rows(paths.clean) if r["method"] == "POST" and r["path"] == "/api/orders"
+    )
+    # The shop's outbound calls were recorded, credentials tokenized, then sanitized.
+    raw = rows(paths.raw_payments)
+    assert {r["path"].split("/")[-1] for r in raw} <= {"charges", "refund"}
+    assert sum(1 for r in raw if r["path"] == "/v1/charges") == orders
+    auth = {dict(r["request_headers"])["Authorization"] for r in raw}
+    assert all(re.fullmatch(r"Bearer stk_[a-z2-7]{26}", v) for v in auth)
+    assert DEMO_API_KEY not in dataset_text(paths.raw_payments)
+    cards = [p.shopper.card_number for p in plan_sessions(SEED, REQUESTS)]
+    assert any(c in dataset_text(paths.raw_payments) for c in cards)
+    assert not any(c in dataset_text(paths.clean_payments) for c in cards)
+    # v2 charged through the double: one call per replayed order, each from its own session.
+    served = rows(paths.served_payments)
+    assert len(served) == orders
+    assert {(r["outcome"], r["scope"], r["status"]) for r in served} == {
+        ("matched", "session", 201)
+    }
+    sessions = {r["session_id"]: r for r in rows(paths.clean_payments)}
+    assert all(r["matched_session_id"] in sessions for r in served)
+    # Each system had its own double (the candidate's, then one per baseline), and each
+    # answered every call that system made from the recordings: a charge per order, and for
+    # v1 a refund per cancel (v2's planted 500 on cancel refunds nothing).
+    cancels = sum(
+        1 for r in rows(paths.clean) if r["method"] == "POST" and r["path"].endswith("/cancel")
+    )
+    for who, calls in (("candidate", orders), ("baseline", orders + cancels)):
+        for line in re.finditer(
+            rf"payments double \({who}(?: 2)?\): (\d+) requests, (\d+) matched .*, 0 missed", out
+        ):
+            assert line.group(1) == line.group(2) == str(calls), (who, out)
+    assert len(re.findall(r"payments double \(.*\): .*, 0 missed", out)) == 3, out
+    assert re.search(r"serve stopped after .*: \d+ requests, \d+ matched", out)
+
+
 def test_parquet_files_are_whole(demo) -> None:
     paths, _ = demo
-    for dataset in (paths.raw, paths.clean, paths.results):
+    for dataset in (
+        paths.raw, paths.clean, paths.results, paths.raw_payments, paths.clean_payments,
+        paths.served_payments, paths.served_payments_baseline, paths.served_payments_baseline_2,
+    ):  # fmt: skip
         for f in schema.dataset_files(dataset):
             assert pq.ParquetFile(f).metadata.num_rows > 0
 
@@ -217,45 +266,70 @@ def test_the_audit_log_has_one_record_per_step_chained_by_fingerprint(demo) -> N
     paths, _ = demo
     log = AuditLog(paths.audit_log)
     records = list(log.records())
+    # The doubles' records come last: each is written when its double stops, after the report.
     assert [r["command"] for r in records] == [
-        "capture", "sanitize", "verify", "replay", "diff", "report",
+        "capture", "capture", "sanitize", "sanitize", "verify", "verify", "replay", "diff",
+        "report", "serve", "serve", "serve",
     ]  # fmt: skip
     assert all(r["exit_code"] == 0 and r["actor"] == "e2e-test" for r in records)
-    by = {r["command"]: r for r in records}
 
-    def fp(record: dict, side: str, path: Path) -> str:
-        (entry,) = [e for e in record[side] if Path(e["path"]) == path]
+    def record(command: str, side: str, path: Path) -> dict:
+        (found,) = [
+            r for r in records
+            if r["command"] == command and any(Path(e["path"]) == path for e in r[side])
+        ]  # fmt: skip
+        return found
+
+    def fp(command: str, side: str, path: Path) -> str:
+        (entry,) = [e for e in record(command, side, path)[side] if Path(e["path"]) == path]
         return entry["fingerprint"]
 
-    raw = fp(by["capture"], "outputs", paths.raw)
-    assert raw == dataset_fingerprint(paths.raw).fingerprint
-    assert fp(by["sanitize"], "inputs", paths.raw) == raw
-    clean = fp(by["sanitize"], "outputs", paths.clean)
-    assert fp(by["verify"], "inputs", paths.clean) == clean
-    assert fp(by["replay"], "inputs", paths.clean) == clean
-    results = fp(by["replay"], "outputs", paths.results)
-    assert fp(by["diff"], "inputs", paths.results) == results
-    diff = fp(by["diff"], "outputs", paths.results / "_diff")
-    assert fp(by["report"], "inputs", paths.results) == results
-    assert fp(by["report"], "inputs", paths.results / "_diff") == diff
+    for raw_path, clean_path in (
+        (paths.raw, paths.clean),
+        (paths.raw_payments, paths.clean_payments),
+    ):
+        raw = fp("capture", "outputs", raw_path)
+        assert raw == dataset_fingerprint(raw_path).fingerprint
+        assert fp("sanitize", "inputs", raw_path) == raw
+        clean = fp("sanitize", "outputs", clean_path)
+        assert fp("verify", "inputs", clean_path) == clean
+    clean = fp("sanitize", "outputs", paths.clean)
+    assert fp("replay", "inputs", paths.clean) == clean
+    assert {e["fingerprint"] for r in records if r["command"] == "serve" for e in r["inputs"]} == {
+        fp("sanitize", "outputs", paths.clean_payments)
+    }
+    results = fp("replay", "outputs", paths.results)
+    assert fp("diff", "inputs", paths.results) == results
+    diff = fp("diff", "outputs", paths.results / "_diff")
+    assert fp("report", "inputs", paths.results) == results
+    assert fp("report", "inputs", paths.results / "_diff") == diff
+    by = {r["command"]: r for r in records}
     assert {Path(e["path"]) for e in by["report"]["outputs"]} == {
         paths.html, paths.junit, paths.notebook,
     }  # fmt: skip
-    key = by["sanitize"]["key"]
-    assert key and by["capture"]["key"] == key and key not in paths.key.read_text()
+    serves = [r for r in records if r["command"] == "serve"]
+    assert {Path(e["path"]) for r in serves for e in r["outputs"]} == {
+        paths.served_payments, paths.served_payments_baseline, paths.served_payments_baseline_2,
+    }  # fmt: skip
+    key = record("sanitize", "inputs", paths.raw)["key"]
+    assert key and all(r["key"] == key for r in records if r["command"] in ("capture", "sanitize"))
+    assert key not in paths.key.read_text()
     assert by["sanitize"]["policy"] and by["verify"]["policy"] == by["sanitize"]["policy"]
     assert by["replay"]["counts"]["sent"] > 0 and by["replay"]["target"].startswith("http://127.")
+    assert all(r["counts"]["missed"] == 0 and r["target"].startswith("http://127.") for r in serves)
 
     verified = shadowtape("audit", "verify", str(paths.audit_log))
-    assert verified.returncode == 0 and "6 records, chain intact" in verified.stdout
+    assert verified.returncode == 0 and f"{len(records)} records, chain intact" in verified.stdout
     lines = paths.audit_log.read_bytes().splitlines(keepends=True)
     tampered = paths.audit_log.with_name("tampered.jsonl")
-    edited = bytearray(lines[3])
+    at_replay = [r["command"] for r in records].index("replay")
+    edited = bytearray(lines[at_replay])
     at = edited.index(b'"sent":') + len(b'"sent":')
     edited[at] = ord("9") if edited[at] != ord("9") else ord("8")
-    tampered.write_bytes(b"".join([*lines[:3], bytes(edited), *lines[4:]]))
+    tampered.write_bytes(b"".join([*lines[:at_replay], bytes(edited), *lines[at_replay + 1 :]]))
     bad = shadowtape("audit", "verify", str(tampered))
-    assert bad.returncode == 1 and "record 4: " in bad.stderr and bad.stderr.count("\n") == 1
+    assert bad.returncode == 1 and f"record {at_replay + 1}: " in bad.stderr
+    assert bad.stderr.count("\n") == 1
     tampered.write_bytes(b"".join([*lines[:1], *lines[2:]]))
     bad = shadowtape("audit", "verify", str(tampered))
     assert bad.returncode == 1 and "record 2: " in bad.stderr
@@ -267,5 +341,6 @@ def test_raw_data_and_the_key_are_owner_only(demo) -> None:
     paths, _ = demo
     assert stat.S_IMODE(paths.key.stat().st_mode) == 0o600
     assert stat.S_IMODE(paths.raw.stat().st_mode) == 0o700
-    files = schema.dataset_files(paths.raw)
+    assert stat.S_IMODE(paths.raw_payments.stat().st_mode) == 0o700
+    files = schema.dataset_files(paths.raw) + schema.dataset_files(paths.raw_payments)
     assert files and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}

@@ -15,15 +15,23 @@ from shadowtape.errors import InputError
 
 
 def test_every_printed_shadowtape_command_parses_with_the_real_cli(tmp_path: Path) -> None:
-    urls = Urls("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
+    urls = Urls(*(f"http://127.0.0.1:{port}" for port in range(1, 11)))
     paths = DemoPaths(tmp_path)
     prepare_workdir(paths)
-    for existing in (paths.raw, paths.clean, paths.results):  # as each step finds them
+    # as each step finds them
+    for existing in (
+        paths.raw,
+        paths.clean,
+        paths.results,
+        paths.raw_payments,
+        paths.clean_payments,
+    ):
         existing.mkdir()
     commands = [c for s in steps(paths, urls, 100, 1) for c in s.commands]
     shadowtape = [c for c in commands if c[0] == "shadowtape"]
     assert [c[1] for c in shadowtape] == [
-        "capture", "sanitize", "verify", "replay", "diff", "report"
+        "capture", "capture", "sanitize", "sanitize", "verify", "verify", "serve", "serve",
+        "serve", "replay", "diff", "report",
     ]  # fmt: skip
     root = click.Context(main, info_name="shadowtape", **main.context_settings)
     for command in shadowtape:
@@ -37,6 +45,7 @@ def test_the_walkthrough_uses_placeholders_not_live_ports() -> None:
     text = " ".join(" ".join(c) for s in walkthrough() for c in s.commands)
     assert "PORT_V1" in text and "PORT_V2" in text and "PORT_PROXY" in text
     assert "--baseline http://127.0.0.1:PORT_BASELINE --baseline-2" in text
+    assert "PORT_PAYMENTS" in text and "PORT_DOUBLE" in text
     assert "demo-work/raw" in text
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from shadowtape.diff.routes import RouteTable, load_routes
 from shadowtape.errors import InputError
 from shadowtape.http.routes import infer_template
+from shadowtape.route_table import RouteTable, load_routes
 
 
 def test_ids_in_paths_become_placeholders():

@@ -1,5 +1,5 @@
-"""Fixtures for the governance tests: the CLI in-process with its own audit log, and the
-replay kit's real staging server (tests/replay/replay_testkit.py)."""
+"""Fixtures for the governance tests: the CLI in-process with its own audit log, the replay
+kit's real staging server (tests/replay/replay_testkit.py) and an OTLP receiver."""
 
 import sys
 from collections.abc import Callable
@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent / "replay"))
 sys.path.insert(0, str(Path(__file__).parent))
 
+from otlp_receiver import otlp  # noqa: E402, F401
 from replay_testkit import baseline, staging  # noqa: E402, F401
 
 KEY = "governance-test-key-0123456789abcdef"

@@ -23,7 +23,7 @@ from shadowtape.replay.plan import (
 )
 from shadowtape.replay.scheduler import Lane, SessionScheduler, Work
 from shadowtape.replay.sender import RequestParts, TargetMap, build_request
-from shadowtape.replay.traceparent import span_id, trace_id, traceparent
+from shadowtape.traceparent import span_id, trace_id, traceparent
 
 
 class FakeClock:

@@ -19,9 +19,8 @@ from typing import NamedTuple
 
 from mitmproxy import ctx, exceptions, http
 
-from shadowtape.capture.bodies import DEFAULT_MAX_BODY
+from shadowtape.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.config import CaptureConfig, build_config
-from shadowtape.capture.credentials import CredentialScrubber
 from shadowtape.capture.flow_to_exchange import (
     client_address,
     flow_to_exchange,
@@ -29,7 +28,6 @@ from shadowtape.capture.flow_to_exchange import (
     micros,
     split_path,
 )
-from shadowtape.capture.sessions import SessionTracker, sample_keeps
 from shadowtape.capture.writer import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_ROLL_BYTES,
@@ -38,13 +36,14 @@ from shadowtape.capture.writer import (
     CaptureWriter,
     ExchangeSink,
     WriterSettings,
-    capture_metadata,
 )
+from shadowtape.credentials import CredentialScrubber
 from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.governance.access import FileAccess
 from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key, Keyed
-from shadowtape.schema import uuid7
+from shadowtape.schema import capture_metadata, uuid7
+from shadowtape.sessions import SessionTracker, sample_keeps
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shadowtape.capture.bodies import DEFAULT_MAX_BODY
-from shadowtape.capture.sessions import DEFAULT_GAP_SECONDS, SessionKey
+from shadowtape.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
 from shadowtape.errors import InputError
 from shadowtape.governance.access import FileAccess
+from shadowtape.sessions import DEFAULT_GAP_SECONDS, SessionKey
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from mitmproxy import http
 from mitmproxy.net.http.url import default_port, parse_authority
 
-from shadowtape.capture.bodies import (
+from shadowtape.bodies import (
     DEFAULT_MAX_BODY,
     has_content_encoding,
     headers_for_decoded_body,
     keep_body,
 )
-from shadowtape.capture.credentials import CredentialScrubber
+from shadowtape.credentials import CredentialScrubber
 from shadowtape.http.headers import decode, pairs_from_fields
 from shadowtape.http.target import query_pairs, split_target, target_path
 from shadowtape.schema import Exchange, Pairs

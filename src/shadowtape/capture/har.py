@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from mitmproxy.net.http.headers import infer_content_encoding, parse_content_type
 
-from shadowtape.capture.bodies import headers_for_decoded_body, keep_body
+from shadowtape.bodies import headers_for_decoded_body, keep_body
 from shadowtape.capture.flow_to_exchange import NO_RESPONSE
 from shadowtape.capture.jsonstream import JsonScanner
 from shadowtape.content_coding import ContentCodingError, split_codings

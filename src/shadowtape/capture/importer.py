@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shadowtape.capture.bodies import DEFAULT_MAX_BODY
-from shadowtape.capture.credentials import CredentialScrubber, scrub_exchange
+from shadowtape.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.flow_to_exchange import client_address, flow_to_exchange, micros
 from shadowtape.capture.har import (
     EntryError,
@@ -25,19 +24,19 @@ from shadowtape.capture.har import (
     iter_har_entries,
 )
 from shadowtape.capture.mitmflows import iter_flows
-from shadowtape.capture.sessions import SessionKey, SessionTracker
 from shadowtape.capture.writer import (
     DEFAULT_ROLL_BYTES,
     CaptureCounters,
     ExchangeSink,
     WriterSettings,
-    capture_metadata,
 )
+from shadowtape.credentials import CredentialScrubber, scrub_exchange
 from shadowtape.errors import InputError
 from shadowtape.governance.access import FileAccess
 from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import Key, Keyed
-from shadowtape.schema import Exchange, uuid7
+from shadowtape.schema import Exchange, capture_metadata, uuid7
+from shadowtape.sessions import SessionKey, SessionTracker
 
 ON_ERROR = ("fail", "skip")
 BATCH_ROWS = 1000

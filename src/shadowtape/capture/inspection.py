@@ -15,12 +15,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shadowtape.capture.writer import META_CAPTURE_ID, CaptureCounters
+from shadowtape.capture.writer import CaptureCounters
 from shadowtape.governance.fingerprint import dataset_fingerprint
 from shadowtape.governance.lineage import lineage_lines, read_lineage
 from shadowtape.http.routes import infer_template, route_label
 from shadowtape.schema import (
     KIND_EXCHANGES,
+    META_CAPTURE_ID,
     META_SANITIZED,
     iter_batches,
     read_files,

@@ -51,14 +51,6 @@ def parse_upstream(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise InputError(f"listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
-
-
 @dataclass(slots=True)
 class CaptureSummary:
     listen_url: str = ""

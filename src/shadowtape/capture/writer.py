@@ -22,7 +22,6 @@ from pathlib import Path
 from shadowtape.governance.access import FileAccess
 from shadowtape.schema import (
     KIND_EXCHANGES,
-    META_SANITIZED,
     DatasetWriter,
     Exchange,
     RollPolicy,
@@ -31,9 +30,6 @@ from shadowtape.schema import (
 
 logger = logging.getLogger(__name__)
 
-META_CAPTURE_ID = "shadowtape.capture_id"
-META_SOURCE = "shadowtape.source"
-META_KEY_FINGERPRINT = "shadowtape.key_fingerprint"
 META_COUNTER_PREFIX = "shadowtape.capture."
 
 DEFAULT_QUEUE_SIZE = 4096
@@ -92,15 +88,6 @@ class CaptureCounters:
         size = len(ex.request_body or b"") + len(ex.response_body or b"")
         self.body_bytes += size
         return size
-
-
-def capture_metadata(capture_id: str, source: str, key_fingerprint: str) -> dict[str, str]:
-    return {
-        META_SANITIZED: "false",
-        META_CAPTURE_ID: capture_id,
-        META_SOURCE: source,
-        META_KEY_FINGERPRINT: key_fingerprint,
-    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "verify": "shadowtape.cli.sanitize_cmds:verify",
     "correlate": "shadowtape.cli.replay_cmds:correlate",
     "replay": "shadowtape.cli.replay_cmds:replay",
+    "serve": "shadowtape.cli.serve_cmds:serve",
     "diff": "shadowtape.cli.report_cmds:diff",
     "report": "shadowtape.cli.report_cmds:report",
     "config": "shadowtape.cli.demo_cmds:config",

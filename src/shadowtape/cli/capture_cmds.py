@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from shadowtape.capture.bodies import DEFAULT_MAX_BODY
-from shadowtape.capture.sessions import DEFAULT_GAP_SECONDS
+from shadowtape.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
 from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
 from shadowtape.keyed import DEFAULT_KEY_ENV
+from shadowtape.sessions import DEFAULT_GAP_SECONDS
 
 
 def _human_bytes(n: int) -> str:
@@ -178,8 +178,9 @@ def capture(
       # the same recorder inside your own mitmproxy:
       mitmdump -s <shadowtape>/capture/addon.py --set shadowtape_out=raw/
     """
-    from shadowtape.capture.proxy import ProxySettings, parse_listen, parse_upstream, run_capture
+    from shadowtape.capture.proxy import ProxySettings, parse_upstream, run_capture
     from shadowtape.keyed import Key
+    from shadowtape.targets import parse_listen
 
     host, port = parse_listen(listen)
     upstream_url = parse_upstream(upstream)
@@ -285,9 +286,9 @@ def import_files(
     """
     from shadowtape.capture.importer import ImportSettings
     from shadowtape.capture.importer import import_files as run_import
-    from shadowtape.capture.sessions import SessionKey
     from shadowtape.governance.access import FileAccess
     from shadowtape.keyed import Key
+    from shadowtape.sessions import SessionKey
 
     facts = run_facts()
     for f in files:

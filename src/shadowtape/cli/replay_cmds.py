@@ -25,6 +25,7 @@ from shadowtape.replay.config import (
 )
 from shadowtape.replay.correlate import correlate_dataset
 from shadowtape.replay.runner import Progress
+from shadowtape.telemetry import summary_line
 
 # Defaults come from the config dataclasses: one source of truth for the CLI and for callers.
 _CFG = {f.name: f.default for f in dataclasses.fields(ReplayConfig)}
@@ -115,14 +116,8 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
             f"  noise sample: {c.noise_sent} sent a second time, {c.noise_failed} failed, "
             f"{c.noise_not_sent} not sent (first send skipped or unanswered)"
         )
-    t = summary.telemetry
-    if t:
-        click.echo(
-            f"  telemetry: {t['spans']} spans to {t['endpoint']}: {t['exported']} exported, "
-            f"{t['failed']} failed, {t['dropped']} dropped"
-            + (f", {t['not_sampled']} not sampled" if t["not_sampled"] else "")
-            + (f" (first error: {t['first_error']})" if t["failed"] and t["first_error"] else "")
-        )
+    if summary.telemetry:
+        click.echo(f"  {summary_line(summary.telemetry)}")
 
 
 def _print_plan(plan: ReplayPlan, scenario: bool = False) -> None:

@@ -18,8 +18,10 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import httpx
 
 from shadowtape.demo.defaults import DEFAULT_REQUESTS, DEFAULT_SEED, DEFAULT_WORKDIR
 from shadowtape.demo.processes import Echo, Service, Timeouts, run_step
@@ -31,8 +33,15 @@ REPLAY_SPEED = 5
 # The baselines are fresh v1 instances (production's state holds the recorded users already),
 # each minting its own ids and tokens: what the two disagree on is noise.
 BASELINE_SEEDS = (1, 2)
-_SERVING = re.compile(r"serving v\d on (http://\S+)")
+_SERVING = re.compile(r"serving (?:v\d|payments) on (http://\S+)")
 _LISTENING = re.compile(r"listening on (http://\S+)")
+# The services a multi-command step starts, in command order: (name shown, Urls field).
+DOUBLES = (
+    ("payments double (candidate)", "double"),
+    ("payments double (baseline)", "double_baseline"),
+    ("payments double (baseline 2)", "double_baseline_2"),
+)
+BASELINES = (("baseline", "baseline"), ("baseline 2", "baseline_2"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,26 @@ class DemoPaths:
         return self.workdir / "results"
 
     @property
+    def raw_payments(self) -> Path:
+        return self.workdir / "raw-payments"
+
+    @property
+    def clean_payments(self) -> Path:
+        return self.workdir / "clean-payments"
+
+    @property
+    def served_payments(self) -> Path:
+        return self.workdir / "served-payments"
+
+    @property
+    def served_payments_baseline(self) -> Path:
+        return self.workdir / "served-payments-baseline"
+
+    @property
+    def served_payments_baseline_2(self) -> Path:
+        return self.workdir / "served-payments-baseline-2"
+
+    @property
     def html(self) -> Path:
         return self.workdir / "report.html"
 
@@ -91,6 +120,11 @@ class DemoPaths:
             self.raw,
             self.clean,
             self.results,
+            self.raw_payments,
+            self.clean_payments,
+            self.served_payments,
+            self.served_payments_baseline,
+            self.served_payments_baseline_2,
             self.html,
             self.junit,
             self.notebook,
@@ -106,6 +140,11 @@ class Urls:
     proxy: str = "http://127.0.0.1:PORT_PROXY"
     baseline: str = "http://127.0.0.1:PORT_BASELINE"
     baseline_2: str = "http://127.0.0.1:PORT_BASELINE_2"
+    payments: str = "http://127.0.0.1:PORT_PAYMENTS"
+    payments_proxy: str = "http://127.0.0.1:PORT_PAYMENTS_PROXY"
+    double: str = "http://127.0.0.1:PORT_DOUBLE"
+    double_baseline: str = "http://127.0.0.1:PORT_DOUBLE_BASELINE"
+    double_baseline_2: str = "http://127.0.0.1:PORT_DOUBLE_BASELINE_2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,36 +158,47 @@ class Step:
 def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
     """The demo, step by step; the runner and the README both read this list."""
 
-    def shop(version: str, *extra: str) -> tuple[str, ...]:
+    def shop(version: str, payments: str, *extra: str) -> tuple[str, ...]:
         return (
-            "python", "-m", "shadowtape.demo.services", "--version", version, "--port", "0", *extra
+            "python", "-m", "shadowtape.demo.services", "--version", version, "--port", "0",
+            "--payments-url", payments, *extra,
+        )  # fmt: skip
+
+    def capture(upstream: str, out: Path) -> tuple[str, ...]:
+        return (
+            "shadowtape", "capture", "--upstream", upstream, "--listen", "127.0.0.1:0",
+            "--out", str(out), *key, "--session-key", f"header:{SESSION_HEADER}",
+        )  # fmt: skip
+
+    def serve(served: Path) -> tuple[str, ...]:
+        return (
+            "shadowtape", "serve", str(paths.clean_payments), "--listen", "127.0.0.1:0",
+            "--session-key", f"header:{SESSION_HEADER}", "--served", str(served),
         )  # fmt: skip
 
     key = ("--key-file", str(paths.key))
     return [
         Step(
+            "payments",
+            "Start the payment provider: a dependency the shop calls over HTTP",
+            (("python", "-m", "shadowtape.demo.services", "--app", "payments", "--port", "0"),),
+        ),
+        Step(
+            "capture-payments",
+            "Put a capture proxy in front of payments too: it records the shop's outbound calls",
+            (capture(urls.payments, paths.raw_payments),),
+            "the shop passes its shopper's session header on, so these recordings group into "
+            "the same sessions as the shop's",
+        ),
+        Step(
             "services",
-            "Start the sample shop: v1 plays production, v2 plays staging (with planted drift)",
-            (shop("v1"), shop("v2")),
+            "Start the sample shop v1 (production), calling payments through that proxy",
+            (shop("v1", urls.payments_proxy),),
         ),
         Step(
             "capture",
             "Put the capture proxy in front of production; it records every exchange",
-            (
-                (
-                    "shadowtape",
-                    "capture",
-                    "--upstream",
-                    urls.v1,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--out",
-                    str(paths.raw),
-                    *key,
-                    "--session-key",
-                    f"header:{SESSION_HEADER}",
-                ),
-            ),  # fmt: skip
+            (capture(urls.v1, paths.raw),),
             "credentials (Authorization, cookies) become keyed tokens before anything is written",
         ),
         Step(
@@ -168,21 +218,59 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
                 ),
             ),  # fmt: skip
         ),
-        Step("stop", "Stop the capture (Ctrl-C): it flushes and finalizes its files", ()),
+        Step("stop", "Stop both captures (Ctrl-C): they flush and finalize their files", ()),
         Step(
             "sanitize",
             "Scrub personal data with the default policy: keyed, format-preserving pseudonyms",
-            (("shadowtape", "sanitize", str(paths.raw), str(paths.clean), *key),),
+            (
+                ("shadowtape", "sanitize", str(paths.raw), str(paths.clean), *key),
+                (
+                    "shadowtape",
+                    "sanitize",
+                    str(paths.raw_payments),
+                    str(paths.clean_payments),
+                    *key,
+                ),
+            ),
+            "one key for both datasets: a card number gets the same pseudonym in the shop's "
+            "recording and the provider's",
         ),
         Step(
             "verify",
-            "Re-scan the scrubbed dataset for anything that still looks sensitive",
-            (("shadowtape", "verify", str(paths.clean)),),
+            "Re-scan the scrubbed datasets for anything that still looks sensitive",
+            (
+                ("shadowtape", "verify", str(paths.clean)),
+                ("shadowtape", "verify", str(paths.clean_payments)),
+            ),
+        ),
+        Step(
+            "doubles",
+            "Stand doubles in for payments: `shadowtape serve` answers from the provider's "
+            "scrubbed recordings, one double for each system the replay talks to",
+            (
+                serve(paths.served_payments),
+                serve(paths.served_payments_baseline),
+                serve(paths.served_payments_baseline_2),
+            ),
+            "each call is answered from its own session's recording, in order, after the "
+            "recorded latency; each system gets its own double, so one system's calls never use "
+            "up another's recorded sequence; staging mints its own order ids, so a charge "
+            "matches its recording closely rather than exactly, and the score says how closely",
+        ),
+        Step(
+            "staging",
+            "Start the shop v2 (staging, with planted drift), calling the double for payments",
+            (shop("v2", urls.double),),
         ),
         Step(
             "baselines",
             "Start two fresh v1 instances to compare v2 with: the baseline and a second baseline",
-            tuple(shop("v1", "--seed", str(seed)) for seed in BASELINE_SEEDS),
+            tuple(
+                shop("v1", double, "--seed", str(seed))
+                for double, seed in zip(
+                    (urls.double_baseline, urls.double_baseline_2), BASELINE_SEEDS, strict=True
+                )
+            ),
             "production's v1 already holds the recorded users; fresh instances start empty, "
             "like staging",
         ),
@@ -328,20 +416,21 @@ class DemoRun:
         return list(command)
 
     def run_stage(self, key: str) -> list[str]:
-        step = self.step(key)
-        (command,) = step.commands
-        code, output = run_step(
-            display(command),
-            self.executable(command),
-            self.env,
-            self.child,
-            self.options.timeouts.step_s,
-        )
-        if code != 0:
-            raise ShadowtapeError(
-                f"step `{display(command)}` failed with exit {code} (its output is above); "
-                f"the files so far are in {self.paths.workdir}"
+        output: list[str] = []
+        for command in self.step(key).commands:
+            code, lines = run_step(
+                display(command),
+                self.executable(command),
+                self.env,
+                self.child,
+                self.options.timeouts.step_s,
             )
+            if code != 0:
+                raise ShadowtapeError(
+                    f"step `{display(command)}` failed with exit {code} (its output is above); "
+                    f"the files so far are in {self.paths.workdir}"
+                )
+            output += lines
         return output
 
     def start(self, name: str, command: tuple[str, ...], ready: re.Pattern[str]) -> Service:
@@ -356,10 +445,47 @@ class DemoRun:
         self.services.append(service)
         return service
 
+    def start_step(self, key: str, name: str, ready: re.Pattern[str], url_field: str) -> Service:
+        """A step that starts one service, whose URL the later steps' commands then show."""
+        (command,) = self.step(key).commands
+        service = self.start(name, command, ready)
+        self.urls = replace(self.urls, **{url_field: service.url})
+        return service
+
+    def start_steps(
+        self, key: str, services: tuple[tuple[str, str], ...], ready: re.Pattern[str]
+    ) -> list[Service]:
+        """A step that starts one service per command; `services` names each and its URL."""
+        commands = self.step(key).commands
+        started = []
+        for command, (name, url_field) in zip(commands, services, strict=True):
+            service = self.start(name, command, ready)
+            self.urls = replace(self.urls, **{url_field: service.url})
+            started.append(service)
+        return started
+
     def stop_all(self) -> None:
         for service in reversed(self.services):
             service.stop(self.options.timeouts.stop_s)
         self.services.clear()
+
+
+def double_counters(name: str, url: str) -> str:
+    """A payments double's counters, from its stats endpoint, as one transcript line."""
+    try:
+        stats = httpx.get(f"{url}/__shadowtape/stats", trust_env=False, timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ShadowtapeError(f"the {name} at {url} did not answer its stats ({exc})") from None
+    routes = ", ".join(
+        f"{route} {r['matched']}/{r['requests']} matched, mean score {r['mean_score']}"
+        for route, r in stats["routes"].items()
+    )
+    return (
+        f"{name}: {stats['requests']} requests, {stats['matched']} matched "
+        f"({stats['matched_by_session']} from their session, {stats['exact_matches']} exact), "
+        f"{stats['missed']} missed, {sum(stats['injected_faults'].values())} faults injected"
+        + (f"; {routes}" if routes else "")
+    )
 
 
 def run_demo(
@@ -380,14 +506,12 @@ def run_demo(
     )
     echo(prepare_workdir(run.paths))
     try:
-        services = run.step("services")
-        v1 = run.start("v1 service", services.commands[0], _SERVING)
-        v2 = run.start("v2 service", services.commands[1], _SERVING)
-        run.urls = Urls(v1=v1.url, v2=v2.url)
-
-        capture_step = run.step("capture")
-        capture = run.start("capture proxy", capture_step.commands[0], _LISTENING)
-        run.urls = Urls(v1=v1.url, v2=v2.url, proxy=capture.url)
+        payments = run.start_step("payments", "payments service", _SERVING, "payments")
+        payments_proxy = run.start_step(
+            "capture-payments", "payments capture proxy", _LISTENING, "payments_proxy"
+        )
+        v1 = run.start_step("services", "v1 service", _SERVING, "v1")
+        capture = run.start_step("capture", "capture proxy", _LISTENING, "proxy")
 
         # In-process rather than the printed `python -m` (same code): one interpreter fewer
         # to start, and its live count shows on this terminal.
@@ -410,20 +534,21 @@ def run_demo(
             )
 
         run.step("stop")
-        code = capture.stop(options.timeouts.stop_s)
-        run.services.remove(capture)
-        if code != 0:
-            raise ShadowtapeError(f"the capture proxy exited with {code} when stopped")
+        for proxy in (capture, payments_proxy):
+            code = proxy.stop(options.timeouts.stop_s)
+            run.services.remove(proxy)
+            if code != 0:
+                raise ShadowtapeError(f"the {proxy.name} exited with {code} when stopped")
 
         for key in ("sanitize", "verify"):
             run.run_stage(key)
-        baselines = run.step("baselines")
-        first, second = (
-            run.start(f"baseline {i + 1}", command, _SERVING).url
-            for i, command in enumerate(baselines.commands)
-        )
-        run.urls = Urls(v1.url, v2.url, capture.url, baseline=first, baseline_2=second)
-        for key in ("replay", "diff", "report"):
+        doubles = run.start_steps("doubles", DOUBLES, _LISTENING)
+        v2 = run.start_step("staging", "v2 service", _SERVING, "v2")
+        run.start_steps("baselines", BASELINES, _SERVING)
+        run.run_stage("replay")
+        for double in doubles:
+            run.child(double_counters(double.name, double.url))
+        for key in ("diff", "report"):
             run.run_stage(key)
         if not options.keep:
             run.stop_all()
@@ -434,6 +559,11 @@ def run_demo(
             ("recorded (raw, credentials tokenized)", run.paths.raw),
             ("sanitized", run.paths.clean),
             ("replay results + diff", run.paths.results),
+            ("payments recorded (raw / sanitized)", run.paths.raw_payments),
+            ("", run.paths.clean_payments),
+            ("what the payments doubles answered", run.paths.served_payments),
+            ("", run.paths.served_payments_baseline),
+            ("", run.paths.served_payments_baseline_2),
             ("HTML report", run.paths.html),
             ("JUnit XML", run.paths.junit),
             ("executed notebook", run.paths.notebook),
@@ -450,7 +580,8 @@ def run_demo(
             echo("")
             echo(
                 f"Services still running: v1 {v1.url}, v2 {v2.url}, baselines "
-                f"{run.urls.baseline} and {run.urls.baseline_2}. Ctrl-C stops them."
+                f"{run.urls.baseline} and {run.urls.baseline_2}, payments {payments.url}, "
+                f"payments doubles {', '.join(d.url for d in doubles)}. Ctrl-C stops them."
             )
             wait_forever()
     finally:

@@ -2,7 +2,9 @@
 
 `python -m shadowtape.demo.services --version v1 --port 0` serves the shop API ("production"
 v1 or "staging" v2, see shop.py) and prints `serving v1 on http://127.0.0.1:PORT` once bound;
-SIGINT or SIGTERM stop it. Tests import `start_service` to run one in a thread instead.
+`--app payments` serves the shop's payment provider instead (payments.py), and a shop given
+`--payments-url URL` calls the provider there over HTTP. SIGINT or SIGTERM stop it. Tests
+import `start_service` to run one in a thread instead.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import click
+import httpx
 
-from shadowtape.demo.shop import VERSIONS, Request, Response, ShopAPI
+from shadowtape.demo.payments import DEMO_API_KEY, PaymentsAPI
+from shadowtape.demo.shop import VERSIONS, PaymentsUnavailable, Request, Response, ShopAPI
 from shadowtape.http.target import query_pairs, split_target
+
+Api = ShopAPI | PaymentsAPI
 
 # Only bodies this large are worth compressing, as real servers do; it also means the demo's
 # recordings hold some gzip bodies that sanitize has to decode before it can scan them.
@@ -62,7 +68,8 @@ class _ShopHandler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def version_string(self) -> str:
-        return f"shadowtape-demo-shop/{self.server.api.version}"
+        name = "payments" if isinstance(self.server.api, PaymentsAPI) else "shop"
+        return f"shadowtape-demo-{name}/{self.server.api.version}"
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _serve
 
@@ -74,16 +81,16 @@ class _ShopHandler(BaseHTTPRequestHandler):
 class _ShopServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], api: ShopAPI) -> None:
+    def __init__(self, address: tuple[str, int], api: Api) -> None:
         self.api = api
         super().__init__(address, _ShopHandler)
 
 
 @dataclass
 class RunningService:
-    """A shop served from a background thread; `stop()` closes the socket."""
+    """A shop (or the provider) served from a background thread; `stop()` closes the socket."""
 
-    api: ShopAPI
+    api: Api
     server: _ShopServer
     thread: threading.Thread
 
@@ -104,7 +111,27 @@ class RunningService:
         self.stop()
 
 
-def start_service(api: ShopAPI, host: str = "127.0.0.1", port: int = 0) -> RunningService:
+class HttpPayments:
+    """The shop's client for a payment provider at a URL: one keep-alive pool, the API key,
+    and the shopper's session id passed along as the provider's recordings are grouped by."""
+
+    def __init__(self, base_url: str, api_key: str = DEMO_API_KEY, timeout_s: float = 10.0) -> None:
+        # trust_env=False: a proxy from the environment must not sit between shop and provider.
+        self.client = httpx.Client(base_url=base_url, trust_env=False, timeout=timeout_s)
+        self.api_key = api_key
+
+    def post(self, path: str, body: dict | None, session: str | None) -> tuple[int, object]:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        if session:
+            headers["X-Session-Id"] = session
+        try:
+            response = self.client.post(path, json=body, headers=headers)
+            return response.status_code, response.json() if response.content else None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise PaymentsUnavailable(type(exc).__name__) from None
+
+
+def start_service(api: Api, host: str = "127.0.0.1", port: int = 0) -> RunningService:
     server = _ShopServer((host, port), api)
     thread = threading.Thread(target=server.serve_forever, name=f"shop-{api.version}", daemon=True)
     thread.start()
@@ -112,26 +139,36 @@ def start_service(api: ShopAPI, host: str = "127.0.0.1", port: int = 0) -> Runni
 
 
 @click.command()
+@click.option("--app", type=click.Choice(["shop", "payments"]), default="shop", show_default=True,
+              help="The shop, or the payment provider the shop calls.")  # fmt: skip
 @click.option("--version", "version", type=click.Choice(VERSIONS), default="v1", show_default=True,
               help="v1 plays production; v2 plays staging, with planted drift.")  # fmt: skip
+@click.option("--payments-url", metavar="URL",
+              help="Where the shop calls its payment provider [default: in-process].")  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=0, show_default=True, help="Port; 0 picks a free one.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for minted ids.")
-def main(version: str, host: str, port: int, seed: int) -> None:
-    """Serve the demo shop API until interrupted.
+def main(app: str, version: str, payments_url: str | None, host: str, port: int, seed: int) -> None:
+    """Serve the demo shop API (or its payment provider) until interrupted.
 
-    Example: python -m shadowtape.demo.services --version v2 --port 0
+    Example: python -m shadowtape.demo.services --version v2 --port 0 --payments-url URL
     """
-    service = start_service(ShopAPI(version, seed=seed), host, port)
+    api: Api
+    if app == "payments":
+        api = PaymentsAPI(seed)
+    else:
+        payments = HttpPayments(payments_url) if payments_url else None
+        api = ShopAPI(version, seed=seed, payments=payments)
+    service = start_service(api, host, port)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
-    click.echo(f"serving {version} on {service.url}")
+    click.echo(f"serving {api.version} on {service.url}")
     sys.stdout.flush()
     while not stopped.wait(0.5):
         continue
     service.stop()
-    click.echo(f"{version}: stopped after {service.api.requests_served} requests")
+    click.echo(f"{api.version}: stopped after {service.api.requests_served} requests")
 
 
 if __name__ == "__main__":

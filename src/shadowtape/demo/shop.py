@@ -5,6 +5,11 @@ Two versions of one service. v1 plays production; v2 plays staging with delibera
 volatility every real API has (a timestamp, a request id, a nonce, fresh tokens and ids on
 every login and create), which the diff stage must recognise as noise rather than drift.
 
+The shop has a dependency it calls over HTTP, a payment provider (payments.py): an order is
+charged when placed and refunded when cancelled, through a `PaymentsClient` (in-process by
+default; `services.py` gives the shop an HTTP one), so the demo can record the shop's outbound
+calls and stand a `shadowtape serve` double in for the provider.
+
 Personal data in responses is only ever echoed from what the same session sent (registration,
 profile updates, shipping addresses). That is what makes a sanitized replay comparable: the
 recorded request and response carry the same pseudonym for a value, staging echoes the
@@ -23,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from shadowtape.demo.data import Product, catalog
 
@@ -85,6 +90,29 @@ class HttpError(Exception):
         self.message = message
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or the 400 that says why not."""
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        raise HttpError(400, "request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "request body must be a JSON object")
+    return data
+
+
+class PaymentsUnavailable(Exception):
+    """The payment provider could not be reached or gave no readable answer."""
+
+
+class PaymentsClient(Protocol):
+    """How the shop calls its payment provider: (status, JSON body) for a POST."""
+
+    def post(
+        self, path: str, body: dict[str, Any] | None, session: str | None
+    ) -> tuple[int, Any]: ...
+
+
 # Personal fields are kept as whatever JSON was sent and echoed back unchanged: a sanitized
 # replay may send a redaction marker where production got an object, and staging must echo it
 # like production echoed the original, not reject it.
@@ -107,6 +135,8 @@ class Order:
     total: float
     shipping_address: Any
     status: str = "placed"
+    payment_status: str = "unpaid"
+    charge_id: str | None = None  # the provider's, never shown to the shopper
 
 
 _Handler = Callable[["ShopAPI", Request, "re.Match[str]"], Response]
@@ -133,6 +163,7 @@ class ShopAPI:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        payments: PaymentsClient | None = None,
     ) -> None:
         if version not in VERSIONS:
             raise ValueError(f"unknown version {version!r}; expected one of {VERSIONS}")
@@ -149,6 +180,12 @@ class ShopAPI:
         self.tokens: dict[str, tuple[str, float]] = {}
         self.orders: dict[str, Order] = {}
         self.requests_served = 0
+        if payments is None:
+            # In-process by default, so the shop's logic runs (and is tested) on its own.
+            from shadowtape.demo.payments import LocalPayments, PaymentsAPI
+
+            payments = LocalPayments(PaymentsAPI(seed, clock, sleep))
+        self.payments = payments
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -192,13 +229,17 @@ class ShopAPI:
 
     @staticmethod
     def _json(req: Request) -> dict[str, Any]:
+        return json_object(req.body)
+
+    def _pay(self, req: Request, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        """A call to the provider, the shopper's session passed along; 502 when it fails."""
         try:
-            data = json.loads(req.body or b"null")
-        except ValueError:
-            raise HttpError(400, "request body is not JSON") from None
-        if not isinstance(data, dict):
-            raise HttpError(400, "request body must be a JSON object")
-        return data
+            status, answer = self.payments.post(path, body, req.headers.get("x-session-id"))
+        except PaymentsUnavailable as exc:
+            raise HttpError(502, f"payment provider unavailable ({exc})") from None
+        if not 200 <= status < 300 or not isinstance(answer, dict):
+            raise HttpError(502, f"payment provider answered {status}")
+        return answer
 
     def _user_for(self, req: Request) -> User:
         auth = req.headers.get("authorization", "")
@@ -242,6 +283,7 @@ class ShopAPI:
     @staticmethod
     def _order_view(order: Order) -> dict[str, Any]:
         view = asdict(order)
+        del view["charge_id"]
         view["currency"] = "USD"
         return view
 
@@ -353,6 +395,17 @@ class ShopAPI:
             total=total,
             shipping_address=data.get("shipping_address"),
         )
+        charge = self._pay(
+            req,
+            "/v1/charges",
+            {
+                "amount": total,
+                "currency": "USD",
+                "card_number": data["card_number"],
+                "order_id": order.id,
+            },
+        )
+        order.charge_id, order.payment_status = charge.get("id"), str(charge.get("status"))
         with self._lock:
             self.orders[order.id] = order
         return self._ok(self._order_view(order), status=201)
@@ -369,7 +422,8 @@ class ShopAPI:
         order = self._own_order(req, m["id"])
         if self.version == "v2":
             raise HttpError(500, "internal error while cancelling the order")
-        order.status = "cancelled"
+        refund = self._pay(req, f"/v1/charges/{order.charge_id}/refund", None)
+        order.status, order.payment_status = "cancelled", str(refund.get("status"))
         return self._ok(self._order_view(order))
 
     @_route("GET", r"/api/users/(?P<id>[0-9a-f-]+)")

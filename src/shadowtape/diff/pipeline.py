@@ -53,11 +53,11 @@ from shadowtape.diff.noise import (
     PinnedRules,
     volatile_kind,
 )
-from shadowtape.diff.routes import RouteTable
 from shadowtape.errors import DatasetError, InputError
 from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.latency import FORMAT as LATENCY_FORMAT
 from shadowtape.latency import LatencyHistogram
+from shadowtape.route_table import RouteTable
 
 DIFF_DIRNAME = "_diff"
 SUMMARY_NAME = "summary.json"

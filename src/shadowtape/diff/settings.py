@@ -11,8 +11,8 @@ from pathlib import Path
 from shadowtape.diff.compare import DEFAULT_HEADERS, DEFAULT_MAX_DIFFS, CompareOptions
 from shadowtape.diff.noise import NoiseThresholds, PinnedRules, load_pinned_rules
 from shadowtape.diff.pipeline import SUMMARY_NAME, DiffOptions, results_fingerprint
-from shadowtape.diff.routes import RouteTable, load_routes
 from shadowtape.errors import InputError
+from shadowtape.route_table import RouteTable, load_routes
 
 
 def build_options(

@@ -11,22 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from shadowtape.errors import InputError
 from shadowtape.governance.scenarios import SessionFilter
-
-# Loopback and names that say what they are; anything else must be allowed by name, so a typo in
-# --target cannot send production traffic back to production.
-DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = (
-    "localhost",
-    "127.*",
-    "::1",
-    "*.localhost",
-    "*staging*",
-    "*test*",
-    "*dev*",
-)
+from shadowtape.targets import DEFAULT_ALLOWED_HOSTS, check_target_url
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -197,15 +185,3 @@ def parse_rewrite(text: str) -> RewriteRule:
         return RewriteRule("path", match, replace)
     check_target_url(replace, option="--rewrite")
     return RewriteRule("host", match.lower(), replace.rstrip("/"))
-
-
-def check_target_url(url: str, option: str = "--target") -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{option} {url!r}: give a base URL such as http://127.0.0.1:8000")
-    if parts.query or parts.fragment:
-        raise InputError(f"{option} {url!r}: a base URL takes no query or fragment")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise InputError(f"{option} {url!r}: bad port") from None

@@ -1,35 +1,11 @@
-"""What keeps a replay from doing harm: where it may send, what it may send, when it stops."""
+"""What stops a replay that is doing harm (where it may send lives in shadowtape.targets)."""
 
 from __future__ import annotations
 
-import fnmatch
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from shadowtape.errors import InputError
 from shadowtape.replay.config import BreakerPolicy
-
-
-def check_target_allowed(url: str, patterns: Iterable[str], option: str = "--target") -> None:
-    host = (urlsplit(url).hostname or "").lower()
-    pats = list(patterns)
-    if any(fnmatch.fnmatchcase(host, p.lower()) for p in pats):
-        return
-    raise InputError(
-        f"{option} {url}: host {host!r} is not in the allowlist ({', '.join(pats)}); "
-        f"if it really is a test system, pass --allow-host {host}"
-    )
-
-
-def check_sanitized(source: str, sanitized: bool, allow_unsanitized: bool) -> None:
-    if sanitized or allow_unsanitized:
-        return
-    raise InputError(
-        f"{source}: dataset is not sanitized; run `shadowtape sanitize {source} CLEAN` first, "
-        "or pass --allow-unsanitized if it holds no real user data"
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,9 +28,8 @@ from shadowtape.errors import InputError
 from shadowtape.governance.lineage import META_LINEAGE, lineage_metadata
 from shadowtape.governance.routes import route_label
 from shadowtape.latency import LatencyHistogram
-from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
+from shadowtape.replay.config import ReplayConfig, Timing
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
-from shadowtape.replay.guardrails import check_sanitized, check_target_allowed
 from shadowtape.replay.plan import (
     OffsetClock,
     ReorderBuffer,
@@ -65,7 +64,6 @@ from shadowtape.replay.sender import (
 from shadowtape.replay.sides import BASELINE, Side, check_sides, send_order, side_specs
 from shadowtape.replay.stats import ReplayCounts, ReplaySummary
 from shadowtape.replay.substitute import Correlator, SessionBindings, Substitution
-from shadowtape.replay.traceparent import span_id, trace_id, traceparent
 from shadowtape.schema import (
     EXCHANGE_COLUMNS,
     KIND_EXCHANGES,
@@ -73,11 +71,14 @@ from shadowtape.schema import (
     META_SANITIZED,
     RollPolicy,
     batch_to_rows,
+    check_sanitized,
     dataset_metadata,
     iter_batches,
     uuid7,
 )
+from shadowtape.targets import check_target_allowed, check_target_url
 from shadowtape.telemetry import NO_TELEMETRY, RequestSpan, Telemetry, open_telemetry
+from shadowtape.traceparent import span_id, trace_id, traceparent
 
 REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
 

@@ -50,24 +50,11 @@ from shadowtape.replay.guardrails import CircuitBreaker
 from shadowtape.replay.h11transport import H11Transport, HTTP2Negotiated
 from shadowtape.replay.plan import stable_hash
 from shadowtape.replay.transport import ShardedPoolTransport, httpx_request, tls_context
+from shadowtape.targets import HOP_BY_HOP
 
 Pairs = list[tuple[str, str]]
 RawHeaders = list[tuple[bytes, bytes]]
 
-# Connection-level headers describe the recorded hop, not the request: the transport runs its
-# own connections (and HTTP/2 forbids them).
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-    }
-)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 # Failures where the request never reached the server, so a retry cannot repeat a side effect.

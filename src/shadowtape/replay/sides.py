@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shadowtape.errors import InputError
-from shadowtape.replay.config import ReplayConfig, check_target_url
-from shadowtape.replay.guardrails import CircuitBreaker, check_target_allowed
+from shadowtape.replay.config import ReplayConfig
+from shadowtape.replay.guardrails import CircuitBreaker
 from shadowtape.replay.plan import stable_hash
 from shadowtape.replay.sender import Sender, TargetMap
+from shadowtape.targets import check_target_allowed, check_target_url
 
 CANDIDATE = "candidate"
 BASELINE = "baseline"

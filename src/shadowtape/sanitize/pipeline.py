@@ -48,8 +48,6 @@ from shadowtape.sanitize.scrub import (
     _Walker,
 )
 
-META_KEY_FINGERPRINT = "shadowtape.key_fingerprint"
-
 
 @dataclass(frozen=True, slots=True)
 class SanitizeConfig:
@@ -283,7 +281,7 @@ def _output_metadata(
     meta[schema.META_VERSION.encode()] = str(schema.SCHEMA_VERSION).encode()
     meta[schema.META_SANITIZED.encode()] = b"true"
     meta[schema.META_POLICY.encode()] = config.policy.fingerprint.encode()
-    meta[META_KEY_FINGERPRINT.encode()] = config.key.fingerprint.encode()
+    meta[schema.META_KEY_FINGERPRINT.encode()] = config.key.fingerprint.encode()
     return meta
 
 
@@ -324,7 +322,7 @@ def _input_is_ours(infos: list[schema.DatasetFile], config: SanitizeConfig) -> b
     """Input that sanitize already wrote under this key: its markers may be trusted."""
     return all(
         info.metadata.get(schema.META_SANITIZED) == "true"
-        and info.metadata.get(META_KEY_FINGERPRINT) == config.key.fingerprint
+        and info.metadata.get(schema.META_KEY_FINGERPRINT) == config.key.fingerprint
         for info in infos
     )
 

@@ -1,8 +1,11 @@
-"""Endpoint templates: `GET /users/1234/orders/9f1c...` -> `GET /users/{id}/orders/{uuid}`.
+"""Route tables: `GET /users/1234/orders/9f1c...` -> `GET /users/{id}/orders/{uuid}`.
 
-Every count in a report is per route, so a route must stand for one endpoint whatever ids its
-URLs carry. Templates come from, in order: the user's explicit templates or OpenAPI paths, the
-route the recording already carries, and inference from the shape of each path segment.
+Every count in a report is per route, and a double picks its candidates per route, so a route
+must stand for one endpoint whatever ids its URLs carry. Templates come from, in order: the
+user's explicit templates or OpenAPI paths, the route the recording already carries, and
+inference from the shape of each path segment. The grammar is `shadowtape.http.routes`; this
+module adds the table that applies templates and the files users write them in, shared by
+diff and serve.
 """
 
 from __future__ import annotations

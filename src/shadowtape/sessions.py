@@ -1,5 +1,9 @@
 """Which session a request belongs to, its order inside it, and whether the session is sampled.
 
+Shared by capture (which assigns sessions as traffic is recorded) and serve (which finds the
+recorded session a live request belongs to by the same session key), so `--session-key` means
+one thing everywhere.
+
 A session is named by a cookie, a header, or (when neither is there) the client address plus a
 time gap: a client silent for longer than the gap starts a new session. Session ids are keyed
 digests, so neither a raw cookie nor a client address ever reaches disk, and the same key gives

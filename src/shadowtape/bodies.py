@@ -1,4 +1,8 @@
-"""Body rules shared by live capture and the importers: truncation and decoded-body headers."""
+"""Body rules for recording an exchange: truncation and decoded-body headers.
+
+Shared by live capture, the importers and serve's fallback recording, so a body is kept the
+same way whichever path recorded it.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""Credential scrubbing at capture time: raw secrets are replaced before a record is queued.
+"""Credential scrubbing: raw secrets are replaced by keyed tokens before a record is kept.
 
-Every replacement goes through `Keyed.secret`, the same function sanitize and stateful replay
-use, so a token minted in a login response body and later sent as `Authorization: Bearer`
-maps to the same replacement in both places and recorded sessions stay replayable.
+Capture scrubs every flow before it is queued; serve scrubs what it records from a fallback
+service and what it logs of the requests it answers. Both call this one scrubber, and every
+replacement goes through `Keyed.secret`, the same function sanitize and stateful replay use, so
+a token minted in a login response body and later sent as `Authorization: Bearer` maps to the
+same replacement in both places and recorded sessions stay replayable.
 """
 
 from __future__ import annotations
