@@ -21,6 +21,7 @@ from shadowtape.replay.config import (
     parse_timing,
 )
 from shadowtape.replay.correlate import correlate_dataset
+from shadowtape.replay.engine import ENGINES
 from shadowtape.replay.runner import Progress
 
 # Defaults come from the config dataclasses: one source of truth for the CLI and for callers.
@@ -169,6 +170,14 @@ Examples:
     default=_CFG["http"],
     show_default=True,
     help="auto: HTTP/2 where TLS negotiates it; 2: HTTP/2 prior knowledge.",
+)
+@click.option(
+    "--http1-engine",
+    type=click.Choice(list(ENGINES)),
+    default=_CFG["http1_engine"],
+    show_default=True,
+    help="HTTP/1.1 client: httptools (C parser, uvloop where available), h11 (pure Python); "
+    "auto = httptools when installed.",
 )
 @click.option("--keep-host", is_flag=True, help="Send the recorded Host header unchanged.")
 @click.option("--insecure", is_flag=True, help="Do not verify the target's TLS certificate.")
@@ -364,6 +373,7 @@ def _build_config(source: str, o: dict[str, Any]) -> ReplayConfig:
         duration=o["duration"],
         max_gap=o["max_gap"],
         http=o["http_version"],
+        http1_engine=o["http1_engine"],
         keep_host=o["keep_host"],
         tls_verify=not o["insecure"],
         headers=tuple(parse_header(h) for h in o["headers"]),

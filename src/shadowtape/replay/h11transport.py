@@ -26,6 +26,8 @@ from typing import Any
 import h11
 import httpx
 
+from shadowtape.replay.http1 import request_fields
+
 READ_CHUNK = 64 * 1024
 Origin = tuple[str, str, int]
 RawHeaders = list[tuple[bytes, bytes]]
@@ -44,40 +46,23 @@ def request_head(
     method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
 ) -> tuple[Origin, bytes, RawHeaders]:
     """Origin, request target and header bytes exactly as httpx.Request would make them,
-    including the headers httpx adds (Host when missing; Content-Length for a body, or 0 for
-    a bodiless POST/PUT/PATCH)."""
+    including the headers httpx adds (`http1.request_fields`)."""
     m = _PLAIN_URL.match(url)
     if m is None or _DOT_SEGMENT.search(m.group(4) or ""):
         parsed = httpx.URL(url)
         scheme, host, port = parsed.scheme, parsed.host, parsed.port
         target = parsed.raw_path
-        netloc = parsed.netloc
+        netloc = parsed.netloc.decode("ascii")
     else:
         scheme, host, port_text, path = m.groups()
         port = int(port_text) if port_text else None
         if port == _DEFAULT_PORTS[scheme]:
             port = None
         target = (path or "/").encode("ascii")
-        netloc = (host if port is None else f"{host}:{port}").encode("ascii")
-    raw: RawHeaders = []
-    has_host = has_length = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "host":
-            has_host = True
-        elif lower == "content-length" or lower == "transfer-encoding":
-            has_length = True
-        raw.append((name.encode("ascii"), value.encode("ascii")))
-    if body and not has_length:
-        raw.append((b"Content-Length", str(len(body)).encode("ascii")))
-        has_length = True
-    auto: RawHeaders = []
-    if not has_host and host:
-        auto.append((b"Host", netloc))
-    if not has_length and method in ("POST", "PUT", "PATCH"):
-        auto.append((b"Content-Length", b"0"))
+        netloc = host if port is None else f"{host}:{port}"
+    raw = request_fields(method, headers, body, netloc)
     origin = (scheme, host, port or _DEFAULT_PORTS.get(scheme, 80))
-    return origin, target, auto + raw if auto else raw
+    return origin, target, raw
 
 
 class _Connection:

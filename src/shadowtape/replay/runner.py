@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from shadowtape.errors import InputError
 from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
+from shadowtape.replay.engine import choose_engine, run_loop
 from shadowtape.replay.guardrails import (
     CircuitBreaker,
     check_sanitized,
@@ -205,7 +206,7 @@ def run_replay(
     rules = load_correlation(config)
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
     run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
-    return asyncio.run(run.run(stop))
+    return run_loop(run.run(stop), choose_engine(config.http1_engine))
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -364,6 +365,7 @@ class _Replay:
         }
         data["correlation"] = [r.to_yaml() for r in self.rules]
         data["staging_body"] = "decoded (Content-Encoding removed by the client)"
+        data["http1"] = self.sender.engine.describe()
         data["complete"] = self.counts.rows_not_written == 0
         return data
 

@@ -38,6 +38,8 @@ from shadowtape.http.target import (
     update_target,
 )
 from shadowtape.replay.config import ReplayConfig, RewriteRule
+from shadowtape.replay.engine import choose_engine
+from shadowtape.replay.fast_transport import FastHttp1Transport, Http1Answer
 from shadowtape.replay.guardrails import CircuitBreaker
 from shadowtape.replay.h11transport import H11Transport
 from shadowtape.replay.plan import stable_hash
@@ -210,7 +212,14 @@ class Sender:
         bases = TargetMap(config.target, config.rewrites).bases()
         needs_tls = any(urlsplit(b).scheme == "https" for b in bases)
         tls = tls_context(config.tls_verify and needs_tls)
+        self.engine = choose_engine(config.http1_engine)
         lean = H11Transport(config.concurrency, ssl_context=tls)
+        # The HTTP/1.1 routes go through the fast transport when the engine is httptools.
+        self.fast = (
+            FastHttp1Transport(config.concurrency, t, ssl_context=tls, now=now)
+            if self.engine.name == "httptools"
+            else None
+        )
         if config.http == "2":
             # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
             h2 = ShardedPoolTransport(config.concurrency, http1=False, http2=True, verify=tls)
@@ -239,6 +248,8 @@ class Sender:
         )
 
     async def aclose(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
         await self.client.aclose()
 
     async def send(self, request: OutgoingRequest, retry_key: str) -> SendOutcome:
@@ -308,34 +319,16 @@ class Sender:
                 outcome.sent_at = start
             self.in_flight += 1
             try:
-                async with asyncio.timeout(cfg.timeouts.total):
-                    lean = self.direct.get(request.url.partition(":")[0].lower())
-                    if lean is not None:
-                        response = await lean.send(
-                            request.method,
-                            request.url,
-                            request.headers,
-                            request.body,
-                            self.timeouts,
-                        )
-                    else:
-                        # A bare Request, not client.build_request: the client's default
-                        # headers (User-Agent, Accept...) would be merged in and change what
-                        # was recorded.
-                        response = await self.client.send(
-                            httpx.Request(
-                                request.method,
-                                request.url,
-                                headers=request.headers,
-                                content=request.body,
-                            ),
-                            stream=True,
-                        )
-                    try:
-                        outcome.first_byte_at = self.now()
-                        await self._read(response, outcome)
-                    finally:
-                        await response.aclose()
+                lean = self.direct.get(request.url.partition(":")[0].lower())
+                if lean is not None and self.fast is not None:
+                    # The fast transport keeps the attempt's deadline itself: no timer here.
+                    answer = await self.fast.exchange(
+                        request.method, request.url, request.headers, request.body, cfg.max_body
+                    )
+                    await self._take(answer, outcome)
+                else:
+                    async with asyncio.timeout(cfg.timeouts.total):
+                        await self._exchange(request, lean, outcome)
             except (httpx.HTTPError, TimeoutError, OSError) as exc:
                 not_sent = isinstance(exc, _NOT_SENT)
                 self.breaker.record(error=True, connect_failure=not_sent)
@@ -348,6 +341,56 @@ class Sender:
         outcome.error = None
         self.breaker.record(error=(outcome.status or 0) >= 500)
         return outcome
+
+    async def _exchange(
+        self, request: OutgoingRequest, lean: H11Transport | None, outcome: SendOutcome
+    ) -> None:
+        """One attempt over the h11 transport or the httpx client (HTTP/2)."""
+        if lean is not None:
+            response = await lean.send(
+                request.method,
+                request.url,
+                request.headers,
+                request.body,
+                self.timeouts,
+            )
+        else:
+            # A bare Request, not client.build_request: the client's default
+            # headers (User-Agent, Accept...) would be merged in and change what
+            # was recorded.
+            response = await self.client.send(
+                httpx.Request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    content=request.body,
+                ),
+                stream=True,
+            )
+        try:
+            outcome.first_byte_at = self.now()
+            await self._read(response, outcome)
+        finally:
+            await response.aclose()
+
+    async def _take(self, answer: Http1Answer, outcome: SendOutcome) -> None:
+        """An answer of the fast transport into the outcome; a body with a Content-Encoding
+        goes through httpx's decoders as on the other paths."""
+        outcome.first_byte_at = answer.head_at
+        if answer.streaming:
+            response = answer.as_httpx()
+            try:
+                await self._read(response, outcome)
+            finally:
+                await response.aclose()
+            return
+        outcome.status = answer.status
+        outcome.reason = answer.reason
+        outcome.http_version = answer.http_version
+        outcome.headers = pairs_from_fields(answer.headers)
+        outcome.body = answer.body
+        outcome.body_truncated = answer.truncated
+        outcome.undecodable = False
 
     async def _read(self, response: httpx.Response, outcome: SendOutcome) -> None:
         outcome.status = response.status_code
