@@ -10,7 +10,7 @@ import click
 
 from shadowtape.cli.progress import LiveLine
 from shadowtape.errors import InputError, ShadowtapeError
-from shadowtape.replay import ReplayConfig, ReplayPlan, ReplaySummary, plan_replay, run_replay
+from shadowtape.replay import ReplayConfig, ReplayPlan, ReplaySummary, plan_replay
 from shadowtape.replay.config import (
     BreakerPolicy,
     RetryPolicy,
@@ -23,6 +23,7 @@ from shadowtape.replay.config import (
 from shadowtape.replay.correlate import correlate_dataset
 from shadowtape.replay.engine import ENGINES
 from shadowtape.replay.runner import Progress
+from shadowtape.replay.workers import STATUS_WORKER_LOST, resolve_workers, run_replay_workers
 
 # Defaults come from the config dataclasses: one source of truth for the CLI and for callers.
 _CFG = {f.name: f.default for f in dataclasses.fields(ReplayConfig)}
@@ -86,7 +87,7 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
         "released early from the reorder buffer": c.reorder_forced,
         "staging bodies truncated at --max-body": c.staging_body_truncated,
         "staging bodies undecodable": c.undecodable_bodies,
-        "rows not written (second Ctrl-C)": c.rows_not_written,
+        "rows not written (second Ctrl-C or a lost worker)": c.rows_not_written,
     }
     for label, n in extras.items():
         if n:
@@ -122,6 +123,8 @@ Examples:
   shadowtape replay clean/ --target http://127.0.0.1:8000 --out results/ --speed 5
   shadowtape replay clean/ --target http://staging.local --out results/ --speed max \\
       --concurrency 64 --allow-writes --noise-sample 50
+  shadowtape replay clean/ --target http://staging.local --out results/ --speed max \\
+      --workers auto
   shadowtape replay clean/ --target http://staging.local --out results/ --dry-run
   shadowtape replay clean/ --target http://staging.local --out /shared/results/ \\
       --speed 10 --engine ray --senders 8 --address ray://head:10001"""
@@ -145,7 +148,7 @@ Examples:
     type=int,
     default=_CFG["concurrency"],
     show_default=True,
-    help="Requests in flight at most (and connections).",
+    help="Requests in flight at most (and connections), over all --workers.",
 )
 @click.option("--limit", type=int, help="Send at most N requests; the rest are skipped.")
 @click.option("--sessions", type=int, help="Replay a seeded sample of N sessions.")
@@ -283,6 +286,12 @@ Examples:
     help="Shared schedule origin, so several senders keep one schedule.",
 )
 @click.option(
+    "--workers",
+    metavar="N|auto",
+    help="Send from N local processes (auto: one per core), sessions split among them as "
+    "--shard splits them; one schedule, one results dataset, one summary [default: 1].",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -312,10 +321,16 @@ def replay(source: str, **opts: Any) -> None:
     """
     config = _build_config(source, opts)
     senders = _check_engine(opts)
+    workers = resolve_workers(opts["workers"])
     if opts["dry_run"]:
         _print_plan(plan_replay(config))
         return
     line = LiveLine()
+
+    def on_event(text: str) -> None:
+        line.clear()
+        click.echo(f"shadowtape: {text}", err=True)
+
     try:
         if opts["engine"] == "ray":
             from shadowtape.replay.ray_engine import run_replay_ray
@@ -324,10 +339,17 @@ def replay(source: str, **opts: Any) -> None:
                 config, senders, address=opts["address"], progress=_progress_printer(line)
             )
         else:
-            summary = run_replay(config, progress=_progress_printer(line))
+            summary = run_replay_workers(
+                config, workers, progress=_progress_printer(line), on_event=on_event
+            )
     finally:
         line.clear()
     _print_summary(summary, config.out)
+    if summary.status == STATUS_WORKER_LOST:
+        raise ShadowtapeError(
+            f"{summary.reason}; the other workers' results are in {config.out}, marked "
+            "incomplete; rerun to get every row"
+        )
     if summary.status == "circuit_open":
         raise ShadowtapeError(
             f"circuit breaker opened ({summary.reason}); dispatch stopped, results kept in "
@@ -345,6 +367,8 @@ def _check_engine(o: dict[str, Any]) -> int:
             if o[name] is not None:
                 raise InputError(f"--{name} applies to --engine ray only; add --engine ray")
         return 1
+    if o["workers"] is not None:
+        raise InputError("--workers applies to --engine local; with Ray, use --senders")
     senders = 2 if o["senders"] is None else o["senders"]
     if senders < 1:
         raise InputError(f"--senders {senders}: use 1 or more")

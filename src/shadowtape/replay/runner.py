@@ -101,6 +101,7 @@ class Progress:
     rate: float
     lateness_p99_us: int
     elapsed_s: float
+    lateness: Quantiles | None = None  # the distribution, so senders' progress can be merged
 
 
 # --- checks before anything is read or sent --------------------------------------------------
@@ -192,12 +193,14 @@ def run_replay(
     progress: Callable[[Progress], None] | None = None,
     clock: Clock | None = None,
     stop: StopSwitch | None = None,
+    start_gate: Callable[[], float] | None = None,
 ) -> ReplaySummary:
     """Replay `config.source` against `config.target`; results land in `config.out`.
 
     Raises InputError for refusals (nothing is sent then). A run stopped by the circuit
     breaker, by Ctrl-C or through `stop` returns normally with its status; its results are
-    complete files.
+    complete files. `start_gate`, called (on a worker thread) once the first rows are read,
+    returns the schedule origin (Unix seconds) that a supervisor shares among its senders.
     """
     meta = check_config(config)
     if same_dataset(config.source, config.out):
@@ -206,6 +209,7 @@ def run_replay(
     rules = load_correlation(config)
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
     run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
+    run.start_gate = start_gate
     return run_loop(run.run(stop), choose_engine(config.http1_engine))
 
 
@@ -252,6 +256,8 @@ class _Replay:
         self.sendable = 0
         self.pass1_rows = 0
         self.timer: asyncio.Future[None] | None = None
+        self.start_at = config.start_at
+        self.start_gate: Callable[[], float] | None = None
 
     # time: one origin, monotonic for scheduling and wall clock for the results
     def _set_origin(self) -> None:
@@ -259,8 +265,8 @@ class _Replay:
         mono = self.clock.now()
         wall_us = time.time_ns() // 1000
         self._mono0, self._wall0_us = mono, wall_us
-        if self.config.start_at is not None:
-            self.origin = mono + (self.config.start_at - wall_us / 1_000_000)
+        if self.start_at is not None:
+            self.origin = mono + (self.start_at - wall_us / 1_000_000)
         else:
             self.origin = mono
         if self.config.duration is not None and self.timer is None:
@@ -349,6 +355,7 @@ class _Replay:
             lateness_p50_us=self.lateness.quantile(0.5),
             lateness_p99_us=self.lateness.quantile(0.99),
             lateness_max_us=self.lateness.max,
+            lateness=self.lateness,
             elapsed_s=round(elapsed, 3),
             files=files,
             config=self.config.to_json(),
@@ -424,6 +431,7 @@ class _Replay:
             rate=rate,
             lateness_p99_us=self.lateness.quantile(0.99),
             elapsed_s=elapsed,
+            lateness=self.lateness,
         )
 
     async def _tick(self, started: float) -> None:
@@ -498,6 +506,8 @@ class _Replay:
             if first:
                 # The origin is set once the first rows are here, so reading the first row
                 # group does not make the first requests late.
+                if self.start_gate is not None:
+                    self.start_at = await asyncio.to_thread(self.start_gate)
                 self._set_origin()
                 first = False
             if batch is None:
