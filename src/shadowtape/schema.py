@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shadowtape.errors import DatasetError
+from shadowtape.governance.access import FileAccess
 from shadowtape.http.headers import decode, display, encode, is_utf8
 
 SCHEMA_VERSION = 2
@@ -774,6 +775,7 @@ class DatasetWriter:
         compression: str = "zstd",
         schema: pa.Schema | None = None,
         clock: Any = time.monotonic,
+        access: FileAccess | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.kind = kind
@@ -796,7 +798,12 @@ class DatasetWriter:
         self.files: list[Path] = []
         self.rows_written = 0
         self.bytes_written = 0
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Raw data (capture, import) is written owner-only; None leaves modes to the umask.
+        self.access = access
+        if access is not None:
+            access.make_dirs(self.directory)
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
 
     # Metadata given here lands in every file finalized from now on (capture puts its running
     # drop counters here, so the last file always holds the final figures).
@@ -857,6 +864,8 @@ class DatasetWriter:
             name = f"{self.prefix}-{self._index:06d}.parquet"
             self._final = self.directory / name
         self._tmp = self.directory / f".{name}.tmp"
+        if self.access is not None:
+            self.access.create_file(self._tmp)  # the mode is set before the first byte
         self._writer = pq.ParquetWriter(
             self._tmp,
             self.schema,

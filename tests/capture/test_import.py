@@ -340,6 +340,7 @@ def test_key_from_another_variable_or_a_file_gives_the_same_tokens(
 
     key_file = tmp_path / "team.key"
     key_file.write_text("team-key-0123456789abcdef-xyz\n")
+    key_file.chmod(0o600)
     monkeypatch.setenv("TEAM_KEY", "team-key-0123456789abcdef-xyz")
     a, b = tmp_path / "a", tmp_path / "b"
     assert cli("import", har_file, "--out", a, "--key-file", key_file).exit_code == 0

@@ -16,9 +16,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shadowtape.governance.access import FileAccess
 from shadowtape.schema import (
     KIND_EXCHANGES,
     META_SANITIZED,
@@ -110,6 +111,8 @@ class WriterSettings:
     roll_bytes: int = DEFAULT_ROLL_BYTES
     roll_seconds: float | None = DEFAULT_ROLL_SECONDS
     row_group_rows: int = ROW_GROUP_ROWS
+    # Raw exchanges hold personal data: owner-only unless a group is named (--group).
+    access: FileAccess = field(default_factory=FileAccess)
 
     @property
     def prefix(self) -> str:
@@ -136,6 +139,7 @@ class ExchangeSink:
             KIND_EXCHANGES,
             metadata=settings.metadata,
             prefix=settings.prefix,
+            access=settings.access,
             roll=RollPolicy(
                 max_bytes=settings.roll_bytes,
                 # The roll interval is timed here, from the first row of each file:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from shadowtape import __version__
+from shadowtape.cli.audit_hook import ACTOR_ENV, AUDIT_LOG_ENV, AuditScope, StageContext
 from shadowtape.config import CONFIG_ENV, Config, build_default_map, find_config, load_config
 from shadowtape.errors import ShadowtapeError
 
@@ -31,11 +32,14 @@ COMMANDS: dict[str, str] = {
     "diff": "shadowtape.cli.report_cmds:diff",
     "report": "shadowtape.cli.report_cmds:report",
     "config": "shadowtape.cli.demo_cmds:config",
+    "audit": "shadowtape.cli.audit_cmds:audit",
 }
 
 
 class StageGroup(click.Group):
     """Imports a command's module on first use and turns expected errors into one line."""
+
+    context_class = StageContext  # the audit hook needs the exit code ctx.exit() was given
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -62,6 +66,7 @@ class StageGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        ctx.with_resource(AuditScope(ctx))  # one audit record when the command ends, any way
         try:
             return super().invoke(ctx)
         except ShadowtapeError as exc:
@@ -87,8 +92,28 @@ class StageGroup(click.Group):
     envvar="SHADOWTAPE_NO_CONFIG",
     help="Ignore shadowtape.toml; use only flags and built-in defaults.",
 )
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False),
+    envvar=AUDIT_LOG_ENV,
+    help="Append-only, hash-chained audit log of every command that touches data or traffic "
+    "[default: shadowtape-audit.jsonl beside shadowtape.toml, else here; [defaults] audit-log].",
+)
+@click.option(
+    "--actor",
+    envvar=ACTOR_ENV,
+    metavar="NAME",
+    help="Who runs this (a person or a CI job), recorded in the audit log beside the OS user.",
+)
 @click.pass_context
-def main(ctx: click.Context, debug: bool, config_path: str | None, no_config: bool) -> None:
+def main(
+    ctx: click.Context,
+    debug: bool,
+    config_path: str | None,
+    no_config: bool,
+    audit_log: str | None,
+    actor: str | None,
+) -> None:
     """Record production HTTP traffic, scrub it, replay it against staging, diff the answers.
 
     \b

@@ -15,6 +15,7 @@ from typing import Any
 
 from shadowtape.replay.runner import Progress
 from shadowtape.replay.stats import Quantiles, ReplayCounts, ReplaySummary
+from shadowtape.telemetry import merge_telemetry
 
 
 def merge_lateness(parts: Iterable[Quantiles | None]) -> Quantiles:
@@ -98,4 +99,5 @@ def merge_summaries(
         files=sorted(f for s in shards for f in s.files),
         config=config,
         correlation_rules=max(s.correlation_rules for s in shards),
+        telemetry=merge_telemetry([s.telemetry for s in shards if s.telemetry]),
     )

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shadowtape.errors import InputError
+from shadowtape.governance.lineage import META_LINEAGE, lineage_metadata
+from shadowtape.governance.routes import route_label
 from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
 from shadowtape.replay.engine import choose_engine, run_loop
@@ -71,6 +73,7 @@ from shadowtape.schema import (
     iter_batches,
     uuid7,
 )
+from shadowtape.telemetry import NO_TELEMETRY, RequestSpan, Telemetry, open_telemetry
 
 REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
 
@@ -208,9 +211,15 @@ def run_replay(
     scan = scan_dataset(config)
     rules = load_correlation(config)
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
+    meta = {**meta, **lineage_metadata("replay", datasets=[config.source])}
     run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
     run.start_gate = start_gate
-    return run_loop(run.run(stop), choose_engine(config.http1_engine))
+    # The run id is the same on every span: a resource attribute, encoded once per export.
+    run.telemetry = open_telemetry(config.otlp_endpoint, resource={"shadowtape.run_id": run.run_id})
+    try:
+        return run_loop(run.run(stop), choose_engine(config.http1_engine))
+    finally:
+        run.telemetry.shutdown()  # flushed on every exit: complete, Ctrl-C, breaker, error
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -258,6 +267,7 @@ class _Replay:
         self.timer: asyncio.Future[None] | None = None
         self.start_at = config.start_at
         self.start_gate: Callable[[], float] | None = None
+        self.telemetry: Telemetry = NO_TELEMETRY
 
     # time: one origin, monotonic for scheduling and wall clock for the results
     def _set_origin(self) -> None:
@@ -284,9 +294,10 @@ class _Replay:
         self.breaker = CircuitBreaker(cfg.breaker)
         self.sender = Sender(cfg, self.breaker, now=self.clock.now)
         metadata = {"shadowtape.run_id": self.run_id}
-        for key in (META_SANITIZED, META_POLICY):
+        for key in (META_SANITIZED, META_POLICY, META_LINEAGE):
             if key in self.input_meta:
                 metadata[key] = self.input_meta[key]
+        self.telemetry.observe_breaker(lambda: self.breaker.open)
         # One file per run (per shard): the run's figures are known only at the end and go in
         # the footer of the file finalized last, so a rolled-over first file would carry a
         # stale "running" summary. SIGINT and SIGTERM finalize it; only a hard kill loses it.
@@ -330,6 +341,8 @@ class _Replay:
         if self.abandon_tail:
             self.counts.rows_not_written = self.scan.shard_rows - self.pass1_rows
         summary = self._summary(time.monotonic() - started, [])
+        self.telemetry.shutdown()  # before the summary, so it holds the export counts
+        summary.telemetry = self.telemetry.summary()
         self.sink.set_summary(self._metadata(summary))
         files = await self.sink.close()
         summary.files = [str(f) for f in files]
@@ -480,6 +493,7 @@ class _Replay:
             default_reason,
             sampled=self.scan.sampled,
             allow_writes=self.config.allow_writes,
+            scenario=self.scan.scenario_sessions,
         )
         for reason, n in count_values(reasons).items():
             self.counts.skipped[reason] += n
@@ -689,9 +703,59 @@ class _Replay:
         if self.breaker.open:
             self._request_stop("circuit_open")
         fields = self._outcome_fields(outcome, scheduled, replay_pass)
+        if self.telemetry.enabled:
+            self._emit(row, common, fields, outcome)
         await self.sink.add(result_row(row, **common, **fields))
         self._count_row(replay_pass)
         return outcome
+
+    def _emit(
+        self,
+        row: dict[str, Any],
+        common: dict[str, Any],
+        fields: dict[str, Any],
+        outcome: SendOutcome,
+    ) -> None:
+        """One span and the metrics for one send. The span's ids are the traceparent's, so
+        staging's server span is its child; the diff verdict is not known yet and is joined
+        later by trace and span id (results columns trace_id, span_id)."""
+        tel = self.telemetry
+        method = row["method"]
+        route = route_label(method, row.get("path"), row.get("route"))
+        start_us = fields["sent_at"] or common["scheduled_at"] or time.time_ns() // 1000
+        end_us = fields["done_at"] or fields["first_byte_at"] or start_us
+        status = outcome.status
+        error = outcome.error if status is None else None
+        span = RequestSpan(
+            route,
+            trace_id=common["trace_id"],
+            span_id=common["span_id"],
+            start_ns=start_us * 1000,
+            end_ns=end_us * 1000,
+            error=error,
+            attributes={
+                "http.request.method": method,
+                "http.route": route,
+                "url.full": common["target_url"],
+                "http.response.status_code": status,
+                "error.type": ("send_failed" if status is None else None),
+                "shadowtape.outcome": fields["outcome"],
+                "shadowtape.retries": outcome.retries,
+                "shadowtape.replay_pass": common["replay_pass"],
+                "shadowtape.replay_id": common["replay_id"],
+                "shadowtape.exchange_id": row["id"],
+                "shadowtape.session_id": row["session_id"],
+                "shadowtape.recorded_status": row.get("status"),
+            },
+        )
+        tel.span_for_request(span)
+        if fields["sent_at"] is not None and fields["done_at"] is not None:
+            tel.record_latency(route, method, status, (end_us - start_us) / 1000)
+        if status is None:
+            tel.add_error(route, "send_failed")
+        elif status >= 500:
+            tel.add_error(route, f"{status // 100}xx")
+        tel.add_retries(route, outcome.retries)
 
     def _count_row(self, replay_pass: int) -> None:
         self.counts.rows += 1

@@ -97,6 +97,7 @@ class ReplaySummary:
     files: list[str]
     config: dict[str, Any]
     correlation_rules: int = 0
+    telemetry: dict[str, Any] | None = None  # OTLP export counts when telemetry was on
     # The distribution behind the lateness figures, for merging senders' summaries exactly;
     # not part of the JSON (the figures above are).
     lateness: Quantiles = field(default_factory=Quantiles)

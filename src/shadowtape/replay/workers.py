@@ -367,7 +367,9 @@ def worker_configs(
     ]
 
 
-def split_limit(config: ReplayConfig, workers: int) -> list[int]:
+def split_limit(
+    config: ReplayConfig, workers: int, sampled: frozenset[str] | None = None
+) -> list[int]:
     """Each worker's share of `--limit`: one process sends the first `limit` sendable rows in
     recorded order (started_at, session, seq); each worker gets the count of those that are
     its own, so together they send exactly those rows. Bounded memory: the running first
@@ -376,7 +378,8 @@ def split_limit(config: ReplayConfig, workers: int) -> list[int]:
     limit = config.limit
     if limit <= 0:
         return [0] * workers
-    sampled = scan_dataset(config).sampled
+    if sampled is None and (config.sessions or config.session_filter is not None):
+        sampled = scan_dataset(config).sampled
     n, i = config.shard_count, config.shard_index
     total = n * workers
     columns = ["session_id", "started_at", "seq", "method", "request_body_truncated"]
@@ -442,6 +445,8 @@ def run_replay_workers(
         load_rules(config.correlate)  # a bad rules file is reported once, here
     if same_dataset(config.source, config.out):
         raise InputError(f"--out {config.out}: is the input dataset; write results elsewhere")
+    # Refusals a scan finds (no rows, a scenario that selects nothing) come once, from here.
+    sampled = scan_dataset(config).sampled
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
     run_id = config.run_id or uuid7()
     staging = out_dir / f".workers-{run_id}"
@@ -455,7 +460,7 @@ def run_replay_workers(
             dump_rules(learn_rules(iter_rows(config.source)), rules_file)
             configs = [dataclasses.replace(c, correlate=str(rules_file)) for c in configs]
         if config.limit is not None:
-            shares = split_limit(config, workers)
+            shares = split_limit(config, workers, sampled)
             configs = [
                 dataclasses.replace(c, limit=s) for c, s in zip(configs, shares, strict=True)
             ]
