@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from replay_testkit import exchange, write_dataset
 
+from shadowtape.cli.worker_opts import parse_workers
 from shadowtape.errors import InputError
 from shadowtape.replay import ReplayConfig, run_replay
 from shadowtape.replay.config import RetryPolicy, Timing
 from shadowtape.replay.plan import in_shard
-from shadowtape.replay.workers import resolve_workers, run_replay_workers, split_limit
+from shadowtape.replay.workers import run_replay_workers, split_limit
 from shadowtape.schema import batch_to_rows, dataset_files, dataset_metadata, iter_batches
 
 TIMING_COLUMNS = {"scheduled_at", "sent_at", "first_byte_at", "done_at", "lateness_us"}
@@ -141,11 +142,11 @@ def test_limit_shares_add_up_to_the_limit(tmp_path: Path) -> None:
 
 
 def test_worker_counts_are_checked() -> None:
-    assert resolve_workers(None) == 1 and resolve_workers("3") == 3
-    assert resolve_workers("auto") == len(os.sched_getaffinity(0))
+    assert parse_workers(None) == 1 and parse_workers("3") == 3
+    assert parse_workers("auto") == len(os.sched_getaffinity(0))
     for bad in ("0", "-1", "many"):
         with pytest.raises(InputError, match="--workers"):
-            resolve_workers(bad)
+            parse_workers(bad)
 
 
 def test_one_breaker_stops_every_worker(tmp_path: Path, staging) -> None:

@@ -15,7 +15,7 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from mitmproxy import ctx, exceptions, http
 
@@ -34,6 +34,7 @@ from shadowtape.capture.writer import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_ROLL_BYTES,
     DEFAULT_ROLL_SECONDS,
+    META_CAPTURE_WORKER,
     CaptureCounters,
     CaptureWriter,
     ExchangeSink,
@@ -45,6 +46,9 @@ from shadowtape.governance.access import FileAccess
 from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key, Keyed
 from shadowtape.schema import uuid7
+
+if TYPE_CHECKING:  # fcntl-based, POSIX only: the addon itself must load everywhere
+    from shadowtape.capture.shared_sessions import SharedSessionTable
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +75,18 @@ def default_writer(sink: ExchangeSink, queue_size: int) -> CaptureWriter:
 class ShadowtapeCapture:
     """Turns finished flows into exchange records and hands them to a background writer."""
 
-    def __init__(self, writer_factory: WriterFactory = default_writer) -> None:
+    def __init__(
+        self,
+        writer_factory: WriterFactory = default_writer,
+        *,
+        shared_sessions: SharedSessionTable | None = None,
+        worker: int | None = None,
+    ) -> None:
         self.writer_factory = writer_factory
+        # Set by `capture --workers`: the session table its processes share, and which one
+        # this is. A user's own `mitmdump -s` leaves both unset: one process, as before.
+        self.shared_sessions = shared_sessions
+        self.worker = worker
         self.config: CaptureConfig | None = None
         self.writer: CaptureWriter | None = None
         self.capture_id: str | None = None
@@ -205,7 +219,9 @@ class ShadowtapeCapture:
         self.config = config
         self._keyed = Keyed(key)
         self._scrubber = CredentialScrubber(self._keyed, config.redact_headers)
-        self._sessions = SessionTracker(self._keyed, config.session_key, config.session_gap)
+        self._sessions = SessionTracker(
+            self._keyed, config.session_key, config.session_gap, shared=self.shared_sessions
+        )
 
     def running(self) -> None:
         self._ensure_writer()
@@ -245,10 +261,12 @@ class ShadowtapeCapture:
             metadata={
                 **capture_metadata(self.capture_id, "mitmproxy", self._keyed.key.fingerprint),
                 **lineage_metadata("capture", upstream=", ".join(ctx.options.mode)),
+                **({} if self.worker is None else {META_CAPTURE_WORKER: str(self.worker)}),
             },
             roll_bytes=config.roll_bytes,
             roll_seconds=config.roll_seconds,
             access=config.access,
+            worker=self.worker,
         )
         sink = ExchangeSink(settings, CaptureCounters())
         self.writer = self.writer_factory(sink, config.queue_size).start()

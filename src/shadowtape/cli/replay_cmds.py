@@ -12,6 +12,7 @@ import click
 from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
 from shadowtape.cli.scenario_opts import current_registry
+from shadowtape.cli.worker_opts import parse_workers
 from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.replay import ReplayConfig, ReplayPlan, ReplaySummary, plan_replay
 from shadowtape.replay.config import (
@@ -26,7 +27,7 @@ from shadowtape.replay.config import (
 from shadowtape.replay.correlate import correlate_dataset
 from shadowtape.replay.engine import ENGINES
 from shadowtape.replay.runner import Progress
-from shadowtape.replay.workers import STATUS_WORKER_LOST, resolve_workers, run_replay_workers
+from shadowtape.replay.workers import STATUS_WORKER_LOST, run_replay_workers
 
 # Defaults come from the config dataclasses: one source of truth for the CLI and for callers.
 _CFG = {f.name: f.default for f in dataclasses.fields(ReplayConfig)}
@@ -363,7 +364,7 @@ def replay(source: str, **opts: Any) -> None:
     facts.target = opts["target"]
     config = _build_config(source, opts)
     senders = _check_engine(opts)
-    workers = resolve_workers(opts["workers"])
+    workers = parse_workers(opts["workers"])
     config = _with_scenarios(config, opts, facts)
     if opts["dry_run"]:
         _print_plan(plan_replay(config), scenario=config.session_filter is not None)

@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import multiprocessing
-import os
 import shutil
 import signal
 import threading
@@ -58,34 +57,13 @@ from shadowtape.schema import (
     iter_batches,
     uuid7,
 )
+from shadowtape.supervision import SignalCounter, how_it_ended, messages
 
 POLL_S = 0.25
 # Between the last worker being ready and the shared origin: the "start" message's way there.
 START_LEAD_S = 0.2
 READY_TIMEOUT_S = 300.0
 STATUS_WORKER_LOST = "worker_lost"
-
-
-def resolve_workers(text: str | int | None) -> int:
-    """`--workers N` or `auto` (the cores this process may run on)."""
-    if text is None:
-        return 1
-    if isinstance(text, int):
-        count = text
-    elif text.strip().lower() == "auto":
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1)
-        )
-    else:
-        try:
-            count = int(text)
-        except ValueError:
-            raise InputError(f"--workers {text!r}: give a number of processes or `auto`") from None
-    if count < 1:
-        raise InputError(f"--workers {count}: use 1 or more (or `auto`)")
-    return count
 
 
 # --- the worker process ----------------------------------------------------------------------
@@ -142,6 +120,9 @@ def _worker_main(config: ReplayConfig, conn: Connection) -> None:
 # --- the supervisor --------------------------------------------------------------------------
 
 
+_MESSAGE_FIELDS = {"progress": "progress", "done": "summary", "error": "error"}
+
+
 @dataclass
 class _Worker:
     index: int
@@ -182,14 +163,19 @@ class _Supervisor:
         self.progress = progress
         self.on_event = on_event
         self.outcome = _Outcome(self.workers)
-        self._interrupts = 0
+        self.signals = SignalCounter()
         self._handled_interrupts = 0
         self._started_at: float | None = None
         self._origin_sent = False
 
     def run(self) -> _Outcome:
         ctx = multiprocessing.get_context("spawn")
-        restore = self._install_signals()
+        with self.signals.installed():
+            self._supervise(ctx)
+        self.outcome.interrupts = self.signals.count
+        return self.outcome
+
+    def _supervise(self, ctx: Any) -> None:
         try:
             for w in self.workers:
                 parent, child = ctx.Pipe()
@@ -215,13 +201,10 @@ class _Supervisor:
                         merge_progress([w.progress for w in self.workers], now - self._started_at)
                     )
         finally:
-            restore()
             for w in self.workers:
                 if w.process is not None and w.process.is_alive():
                     w.process.kill()
                     w.process.join(5)
-        self.outcome.interrupts = self._interrupts
-        return self.outcome
 
     def _step(self) -> None:
         live = [w for w in self.workers if not w.finished]
@@ -240,19 +223,11 @@ class _Supervisor:
 
     def _drain(self, w: _Worker) -> None:
         assert w.conn is not None
-        try:
-            while w.conn.poll():
-                kind, value = w.conn.recv()
-                if kind == "ready":
-                    w.ready = True
-                elif kind == "progress":
-                    w.progress = value
-                elif kind == "done":
-                    w.summary = value
-                elif kind == "error":
-                    w.error = value
-        except (EOFError, OSError):
-            pass  # the worker is gone; its sentinel says how
+        for kind, value in messages(w.conn):
+            if kind == "ready":
+                w.ready = True
+            else:
+                setattr(w, _MESSAGE_FIELDS[kind], value)
 
     def _ended(self, w: _Worker) -> None:
         if w.summary is not None:
@@ -293,25 +268,10 @@ class _Supervisor:
                 with contextlib.suppress(OSError):
                     w.conn.send((kind, value))
 
-    # Ctrl-C and SIGTERM: the handler only counts; the loop relays (first: stop dispatching,
-    # in-flight requests get the grace period; second: stop now; third: kill the workers).
-    def _install_signals(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: Any) -> None:
-            self._interrupts += 1
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def restore() -> None:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-        return restore
-
+    # Ctrl-C and SIGTERM: counted (supervision.SignalCounter); relayed here. First: stop
+    # dispatching, in-flight requests get the grace period; second: stop now; third: kill.
     def _relay_interrupts(self) -> None:
-        while self._handled_interrupts < self._interrupts:
+        while self._handled_interrupts < self.signals.count:
             self._handled_interrupts += 1
             if self._handled_interrupts <= 2:
                 self._stop_all("interrupted")
@@ -323,14 +283,9 @@ class _Supervisor:
 
 
 def _death(w: _Worker) -> str:
-    code = w.exitcode or 0
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"died (killed by {name})"
-    return f"exited with status {code} without a summary"
+    if (w.exitcode or 0) < 0:
+        return f"died ({how_it_ended(w.exitcode)})"
+    return f"{how_it_ended(w.exitcode)} without a summary"
 
 
 # --- splitting the work ----------------------------------------------------------------------
