@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -245,3 +246,63 @@ def test_the_sender_records_the_same_outcome_on_both_engines() -> None:
     for path, a, b in zip(paths, fast, lean, strict=True):
         assert a == b, path
     assert fast[paths.index("/big")][4:6] == (BIG[:1000], True)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_tls_connections_are_kept_alive(tmp_path: Path) -> None:
+    import ssl
+
+    from shadowtape.replay.transport import tls_context
+
+    cert, key = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def check() -> None:
+        server = RawServer()
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=server_tls)
+        port = listener.sockets[0].getsockname()[1]
+        transport = FastHttp1Transport(2, TIMEOUTS, ssl_context=tls_context(verify=False))
+        try:
+            for _ in range(3):
+                status, _, body, _ = await _get(transport, f"https://127.0.0.1:{port}/chunked")
+                assert (status, body) == (200, b"hello, world")
+            assert server.connections == 1
+        finally:
+            await transport.aclose()
+            listener.close()
+            await listener.wait_closed()
+
+    run_loop(check(), Http1Engine("httptools", "uvloop"))

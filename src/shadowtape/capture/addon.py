@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 
 from shadowtape.capture.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.config import CaptureConfig, build_config
@@ -260,7 +261,7 @@ class ShadowtapeCapture:
             capture_id=self.capture_id,
             metadata={
                 **capture_metadata(self.capture_id, "mitmproxy", self._keyed.key.fingerprint),
-                **lineage_metadata("capture", upstream=", ".join(ctx.options.mode)),
+                **lineage_metadata("capture", upstream=", ".join(map(_as_spec, ctx.options.mode))),
                 **({} if self.worker is None else {META_CAPTURE_WORKER: str(self.worker)}),
             },
             roll_bytes=config.roll_bytes,
@@ -350,6 +351,14 @@ class ShadowtapeCapture:
         if self.writer is None:
             return {"recorded": 0, "queued": 0, "dropped": 0, "bytes": 0, "files": 0}
         return self.writer.snapshot()
+
+
+def _as_spec(mode: str) -> str:
+    """The mode as a user would write it: a capture worker's mode is a reverse proxy."""
+    parsed = mode_specs.ProxyMode.parse(mode)
+    if isinstance(parsed, mode_specs.ReverseMode) and parsed.type_name != "reverse":
+        return "reverse" + mode[len(parsed.type_name) :]
+    return mode
 
 
 def ensure_writable(directory: Path, access: FileAccess | None = None) -> None:
