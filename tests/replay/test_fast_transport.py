@@ -306,3 +306,40 @@ def test_tls_connections_are_kept_alive(tmp_path: Path) -> None:
             await listener.wait_closed()
 
     run_loop(check(), Http1Engine("httptools", "uvloop"))
+
+
+def test_a_replay_sends_the_recorded_bytes_and_fails_only_the_unsendable_row(
+    tmp_path: Path, staging
+) -> None:
+    import dataclasses
+
+    from replay_testkit import exchange, write_dataset
+
+    from shadowtape.http.target import query_pairs
+    from shadowtape.replay import run_replay
+    from shadowtape.replay.config import Timing
+    from shadowtape.schema import batch_to_rows, iter_batches
+
+    raw_query = "x=%2C&bare&n=\udce9"
+    recorded = exchange(
+        "s1", 0, 0, "GET", "/s/a/b", query=query_pairs(raw_query), headers=[("X-Name", "Jos\udce9")]
+    )
+    records = [
+        dataclasses.replace(recorded, request_target="/s/a%2Fb?" + raw_query),
+        exchange("s1", 1, 10, "GET", "/bad", headers=[("X-Bad", "1\r\nInjected: yes")]),
+        exchange("s1", 2, 20, "GET", "/after"),
+    ]
+    src = write_dataset(tmp_path / "in", records)
+    config = ReplayConfig(
+        str(src), staging.url, str(tmp_path / "out"), timing=Timing("max"), correlate="off"
+    )
+    summary = run_replay(dataclasses.replace(config, handle_signals=False))
+    first, after = staging.received  # the unsendable one never reached the server
+    # http.server reads the request line and headers as latin-1: these are the wire bytes.
+    assert first.path.encode("latin-1") == b"/s/a%2Fb?x=%2C&bare&n=\xe9"
+    assert first.header("x-name").encode("latin-1") == b"Jos\xe9"
+    assert after.path == "/after"
+    batches = iter_batches(tmp_path / "out", "results")
+    rows = {r["seq"]: r for b in batches for r in batch_to_rows(b)}
+    assert rows[1]["outcome"] == "failed" and "CR, LF or NUL" in rows[1]["staging_error"]
+    assert (summary.counts.sent, summary.counts.failed) == (2, 1)
