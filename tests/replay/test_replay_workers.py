@@ -250,3 +250,26 @@ def test_a_killed_worker_is_reported_with_the_rows_it_took(tmp_path: Path, stagi
     lost = meta["counts"]["rows_not_written"]
     assert lost > 0 and len(rows) + lost == 400  # written + lost = seen
     assert {r["skip_reason"] for r in rows if r["outcome"] == "skipped"} <= {"worker_lost"}
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_workers_keep_one_schedule(tmp_path: Path, staging, given: bool) -> None:
+    records = [
+        exchange(f"o{s}", i, s * 7 + i * 40, "GET", f"/o/{s}/{i}")
+        for s in range(12)
+        for i in range(3)
+    ]
+    src = write_dataset(tmp_path / "in", records)
+    start_at = time.time() + 2.0 if given else None
+    config = _config(
+        src, staging.url, tmp_path / "out", timing=Timing("speed", 1.0), start_at=start_at
+    )
+    summary = run_replay_workers(config, 2)
+    assert summary.counts.sent == len(records)
+    rows = _rows(tmp_path / "out")
+    assert {in_shard(r["session_id"], 0, 2) for r in rows} == {True, False}
+    # One origin for both workers: each row is due at origin + its recorded offset.
+    origins = [r["scheduled_at"] - (r["started_at"] - records[0].started_at) for r in rows]
+    assert max(origins) - min(origins) < 2_000
+    if given:
+        assert abs(origins[0] - int(start_at * 1_000_000)) < 2_000

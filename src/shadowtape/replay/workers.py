@@ -256,7 +256,9 @@ class _Supervisor:
                 return
             self._stop_all("interrupted")  # a worker that never gets ready: give up, counted
         self._origin_sent = True
-        self._broadcast("start", time.time() + START_LEAD_S)
+        # A --start-at shared with other machines' senders wins; else now, for all.
+        given = self.workers[0].config.start_at
+        self._broadcast("start", given if given is not None else time.time() + START_LEAD_S)
 
     def _stop_all(self, reason: str) -> None:
         self._broadcast("stop", reason)
