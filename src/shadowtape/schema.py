@@ -119,7 +119,8 @@ _EXCHANGE_FIELDS = [
     pa.field("response_body_truncated", pa.bool_()),
     pa.field("response_body_size", pa.int64()),
     pa.field("response_body_undecodable", pa.bool_()),
-    # A browser HAR entry served from its cache: no request reached the server.
+    # A browser HAR entry whose response (or its body) came from the browser's cache, not the
+    # server: `_fromCache`, or a 304 whose entry still holds the cached body.
     pa.field("response_from_cache", pa.bool_()),
     pa.field("error", pa.string()),
     pa.field("capture_id", pa.string()),

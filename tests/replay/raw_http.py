@@ -8,6 +8,9 @@ import asyncio
 import gzip
 from typing import Any
 
+from shadowtape.http.target import query_pairs, split_target
+from shadowtape.replay.sender import OutgoingRequest, RequestParts, TargetMap, build_request
+
 ZIPPED = gzip.compress(b'{"zipped": true}')
 BIG = bytes(range(256)) * 400  # larger than a transport reads with the head
 
@@ -88,3 +91,16 @@ async def with_raw_server(transport: Any, check: Any) -> Any:
         await transport.aclose()
         listener.close()
         await listener.wait_closed()
+
+
+def request_for(
+    url: str, method: str = "GET", body: bytes | None = None, headers: list | None = None
+) -> OutgoingRequest:
+    """What replay would send for a recorded request to `url` (its target verbatim)."""
+    scheme, rest = url.split("://", 1)
+    netloc, slash, target = rest.partition("/")
+    path, query = split_target(slash + target)
+    parts = RequestParts(
+        method, None, path, query_pairs(query), headers or [("Accept", "*/*")], body, slash + target
+    )
+    return build_request(parts, TargetMap(f"{scheme}://{netloc}"))

@@ -87,6 +87,7 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
             )
         )
     extras = {
+        "not sendable (failed rows; staging_error says why)": c.unsendable,
         "out of session order": c.out_of_order,
         "released early from the reorder buffer": c.reorder_forced,
         "staging bodies truncated at --max-body": c.staging_body_truncated,

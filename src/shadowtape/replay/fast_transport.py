@@ -1,7 +1,10 @@
 """HTTP/1.1 for replay on asyncio Protocols and httptools: the fast send path.
 
 httptools is the C HTTP parser of the uvloop project (llhttp, Node's parser), the one uvicorn
-uses; here it parses responses, while requests are written as the exact bytes `http1` spells.
+uses; here it parses responses. Requests go out as the `OutgoingRequest` contract says: the
+request line and each header exactly as its bytes (`h11transport.encode_head`, the one
+spelling of a head), nothing added; TLS that picks HTTP/2 hands the origin over, as the h11
+transport does (`HTTP2Negotiated`).
 Each connection is an `asyncio.Protocol`, so a response costs a few C callbacks instead of the
 stream reader, h11's state machine and its event objects. Profiling `replay --speed max`
 showed h11 and the streams glue at about a third of the CPU of a request, and one
@@ -22,16 +25,19 @@ import ssl
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 import httpx
 
 from shadowtape.replay.config import Timeouts
-from shadowtape.replay.http1 import RawFields, UnsendableRequest, request_fields, request_head
+from shadowtape.replay.h11transport import HTTP2Negotiated, encode_head
+
+if TYPE_CHECKING:
+    from shadowtape.replay.sender import OutgoingRequest
 
 Origin = tuple[str, str, int]
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+RawFields = list[tuple[bytes, bytes]]
 # Bodies at most this big go out in the same write as the head (one syscall).
 _INLINE_BODY = 64 * 1024
 
@@ -359,47 +365,25 @@ class FastHttp1Transport:
         self._busy: set[_Connection] = set()
         self._total = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._origins: dict[str, tuple[Origin, str]] = {}
+        self.h2_origins: set[Origin] = set()  # TLS chose HTTP/2 there: not ours to send
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
         # Deadlines are checked this often: a timeout fires at most one tick late.
         shortest = min(timeouts.read, timeouts.total)
         self._tick = min(0.5, max(0.01, shortest / 20))
 
-    def origin_of(self, url: str) -> tuple[Origin, str, str]:
-        """(origin, Host value, request target) of an absolute URL; the target unparsed."""
-        scheme_end = url.index("://")
-        slash = url.find("/", scheme_end + 3)
-        if slash == -1:
-            authority, target = url, "/"
-        else:
-            authority, target = url[:slash], url[slash:]
-        known = self._origins.get(authority)
-        if known is None:
-            scheme = url[:scheme_end].lower()
-            parsed = httpx.URL(authority + "/")
-            port = parsed.port or _DEFAULT_PORTS.get(scheme, 80)
-            known = (scheme, parsed.host, port), parsed.netloc.decode("ascii")
-            self._origins[authority] = known
-        return known[0], known[1], target.partition("#")[0]
-
-    async def exchange(
-        self,
-        method: str,
-        url: str,
-        headers: list[tuple[str, str]],
-        body: bytes | None,
-        limit: int,
-    ) -> Http1Answer:
-        origin, netloc, target = self.origin_of(url)
-        try:
-            head = request_head(method, target, request_fields(method, headers, body, netloc))
-        except UnsendableRequest as exc:
-            raise httpx.LocalProtocolError(str(exc)) from None
+    async def exchange(self, request: OutgoingRequest, limit: int) -> Http1Answer:
+        """Send one request; the answer with its body (at most `limit` bytes kept), or the
+        head and a stream when the body has a Content-Encoding."""
+        origin = (request.scheme, request.host, request.port)
+        method = request.method.encode("ascii")
+        head = encode_head(method, request.target, request.headers)
+        body = request.body
         conn = await self._acquire(origin)
         now = self._now()
         t = self._timeouts
-        conn.begin(method == "HEAD", limit, now + t.total, t.read)
+        # Methods are case-sensitive: only HEAD itself has a bodiless answer.
+        conn.begin(method == b"HEAD", limit, now + t.total, t.read)
         self._busy.add(conn)
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep())
@@ -494,6 +478,12 @@ class FastHttp1Transport:
             self._total -= 1
             self._wake_waiter()
             raise
+        if tls is not None:
+            tls_object = conn.transport.get_extra_info("ssl_object") if conn.transport else None
+            if tls_object is not None and tls_object.selected_alpn_protocol() == "h2":
+                self.h2_origins.add(origin)
+                self._drop(conn)
+                raise HTTP2Negotiated(origin)
         return conn
 
     def _release(self, conn: _Connection) -> None:

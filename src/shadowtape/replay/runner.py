@@ -57,7 +57,9 @@ from shadowtape.replay.sender import (
     Sender,
     SendOutcome,
     TargetMap,
+    UnsendableRequest,
     build_request,
+    describe_error,
 )
 from shadowtape.replay.stats import Quantiles, ReplayCounts, ReplaySummary
 from shadowtape.replay.substitute import Correlator, SessionBindings, Substitution
@@ -630,14 +632,18 @@ class _Replay:
         if row["seq"] < state.last_seq:
             self.counts.out_of_order += 1
         state.last_seq = max(state.last_seq, row["seq"])
-        parts = parts_of(row)
-        subs: list[Substitution] = []
-        if self.correlator:
-            subs = self.correlator.apply(state.bindings, parts)
-            for s in subs:
-                (self.counts.misses if s.outcome == "miss" else self.counts.substitutions)[
-                    s.rule
-                ] += 1
+        try:
+            parts = parts_of(row)
+            subs: list[Substitution] = []
+            if self.correlator:
+                subs = self.correlator.apply(state.bindings, parts)
+        except Exception as exc:
+            # A row this replayer cannot make a request of: one failed row, the run goes on.
+            self._learn(lane, row, None)
+            await self._not_sent(row, state.trace_id, [], None, exc)
+            return
+        for s in subs:
+            (self.counts.misses if s.outcome == "miss" else self.counts.substitutions)[s.rule] += 1
         sub_rows = [s.as_row() for s in subs]
         if self.config.on_miss == "skip-session" and any(s.outcome == "miss" for s in subs):
             state.aborted = "session_aborted"  # the rest of the session, after the miss
@@ -654,6 +660,37 @@ class _Replay:
         self._learn(lane, row, outcome)
         if twin is not None:
             await self._send_twin(twin, parts, state.trace_id, sub_rows, outcome)
+
+    async def _not_sent(
+        self,
+        row: dict[str, Any],
+        trace: str,
+        sub_rows: list[dict[str, str]],
+        scheduled: float | None,
+        exc: Exception,
+        url: str | None = None,
+    ) -> SendOutcome:
+        """A request that cannot be sent: one failed row with the reason, counted."""
+        reason = str(exc) if isinstance(exc, UnsendableRequest) else describe_error(exc)
+        self.counts.failed += 1
+        self.counts.unsendable += 1
+        self._count_row(1)
+        await self.sink.add(
+            result_row(
+                row,
+                run_id=self.run_id,
+                replay_pass=1,
+                trace_id=trace,
+                outcome="failed",
+                target_url=url,
+                scheduled_at=self.wall_us(scheduled),
+                staging_error=f"not sent: {reason}",
+                attempts=0,
+                retries=0,
+                substitutions=sub_rows,
+            )
+        )
+        return SendOutcome(error=reason)
 
     async def _send(
         self,
@@ -672,7 +709,16 @@ class _Replay:
             ("traceparent", traceparent(trace, span)),
             (REPLAY_ID_HEADER, replay_id),
         )
-        request = build_request(parts, self.targets, keep_host=cfg.keep_host, extra_headers=extra)
+        try:
+            request = build_request(
+                parts, self.targets, keep_host=cfg.keep_host, extra_headers=extra
+            )
+        except Exception as exc:  # UnsendableRequest, or a recorded row the builder chokes on
+            if replay_pass == 2:
+                self.counts.noise_not_sent += 1
+                return SendOutcome(error=str(exc))
+            url = exc.url if isinstance(exc, UnsendableRequest) else None
+            return await self._not_sent(row, trace, sub_rows, scheduled, exc, url)
         common = {
             "run_id": self.run_id,
             "replay_id": replay_id,

@@ -56,6 +56,7 @@ class ReplayCounts:
     rows: int = 0  # results rows written, noise pass included
     sent: int = 0
     failed: int = 0
+    unsendable: int = 0  # failed before sending: bytes HTTP cannot frame (each a failed row)
     skipped: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     status_classes: Counter[str] = field(default_factory=Counter)
