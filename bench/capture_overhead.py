@@ -194,14 +194,19 @@ def run_proxy(upstream: str, load, seconds, conns, env, addon_out: Path | None) 
         single = load(f"http://127.0.0.1:{port}/bench", seconds, 1)
         result["c1_p50_ms"], result["c1_p99_ms"] = single["p50_ms"], single["p99_ms"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        interrupt(proc)
     if addon_out is not None:
         result.update(addon_counters(addon_out))
     return result
+
+
+def interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops a proxy (files finalized), and a kill if it does not stop."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def shadowtape_cmd() -> list[str]:
@@ -229,11 +234,7 @@ def run_capture(upstream: str, load, seconds, conns, env, out: Path, workers: in
         load(f"http://127.0.0.1:{port}/bench", 1, conns)  # warm up every worker's caches
         result = load(f"http://127.0.0.1:{port}/bench", seconds, conns)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        interrupt(proc)
     result.update(addon_counters(out))
     return result
 
