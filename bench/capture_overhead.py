@@ -5,7 +5,9 @@ asyncio client) for: the upstream direct, bare `mitmdump --mode reverse`, mitmdu
 addon, and `shadowtape capture --workers N` for each N of `--workers` (default 1,2: N proxy
 processes on one address). Then the writer alone: exchanges with 1 KB bodies into Parquet on
 one core, with RSS sampled to show memory stays flat. Prints one JSON line, with the load
-average (a shared machine's figures say as much about the neighbours as about the code).
+average and, per worker count, the cores the capture processes really got while loaded and
+their CPU per request (a shared machine's figures say as much about the neighbours as about
+the code: scaling needs free cores, and CPU per request shows what each worker costs).
 
 Targets: addon throughput >= 0.90 x bare mitmdump; added p99 latency <= 1 ms; no drops below
 the queue bound; writer >= 50,000 exchanges/s; capture throughput >= 1.7x from 1 to 2 workers.
@@ -209,6 +211,33 @@ def interrupt(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) so far of a process and its children, from /proc; None
+    where there is no /proc. With it a run shows how many cores the workers really got: on
+    a shared machine, fewer than there are."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        grew = bool(more)
+        tree |= more
+    return sum(times.get(p, 0.0) for p in tree)
+
+
 def shadowtape_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "shadowtape"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "shadowtape"]
@@ -232,7 +261,12 @@ def run_capture(upstream: str, load, seconds, conns, env, out: Path, workers: in
         else:
             raise RuntimeError(f"shadowtape capture exited before listening ({proc.wait()})")
         load(f"http://127.0.0.1:{port}/bench", 1, conns)  # warm up every worker's caches
+        cpu0, t0 = tree_cpu_seconds(proc.pid), time.monotonic()
         result = load(f"http://127.0.0.1:{port}/bench", seconds, conns)
+        cpu1, t1 = tree_cpu_seconds(proc.pid), time.monotonic()
+        if cpu0 is not None and cpu1 is not None:
+            result["cores_used"] = (cpu1 - cpu0) / (t1 - t0)
+            result["cpu_us_per_request"] = (cpu1 - cpu0) / max(result["requests"], 1) * 1e6
     finally:
         interrupt(proc)
     result.update(addon_counters(out))
@@ -325,6 +359,11 @@ def bench_writer(total: int, out: Path) -> dict:
     }
 
 
+def _median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if key in r]
+    return round(median(values), 2) if values else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small run, under a minute")
@@ -381,6 +420,9 @@ def main() -> None:
             "rps": round(rps, 1),
             "rps_runs": [round(r["rps"], 1) for r in runs],
             "ratio_vs_bare": round(rps / bare["rps"], 3),
+            # While loaded: cores the workers got, and CPU per request (start-up excluded).
+            "cores_used": _median_of(runs, "cores_used"),
+            "cpu_us_per_request": _median_of(runs, "cpu_us_per_request"),
             "requests": sum(r["requests"] for r in runs),
             "recorded": sum(r["recorded"] for r in runs),
             "rows_on_disk": sum(r["rows_on_disk"] for r in runs),
