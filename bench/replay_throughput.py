@@ -7,11 +7,13 @@ Figures: requests/s of each and the ratios, for `replay --workers N` at each N o
 `--workers` (default 1,2: the curve a bigger machine extends) and for the h11 engine (the send
 path before httptools) at one worker; dispatch lateness p50/p99 at --speed 1 over a recording
 of 3,000 requests in 30 s, per worker count; peak RSS of the replay at 100k and 1M recorded
-requests. The load average is printed with the figures: on a shared machine they say as much
-about the neighbours as about the code.
+requests; and the rate with a baseline (`--baseline`: two sends per request, the baseline on a
+second address of the same server process, so the server's share of the CPUs is the same), per
+request sent, against single-target replay (target: at least 0.8x). The load average at the
+start and end goes in the line too: on a shared machine it says how far to trust the rest.
 
 Targets: >= 3,000 requests/s per worker process; >= 0.25x wrk with --workers 2; lateness
-p99 <= 5 ms at --speed 1.
+p99 <= 5 ms at --speed 1; with a baseline >= 0.8x single-target.
 
 Prints ONE JSON line. `--quick` shrinks every size (under a minute). Not a test: figures are
 indicative on a shared machine.
@@ -28,6 +30,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +40,7 @@ from pathlib import Path
 from shadowtape.schema import META_SANITIZED, DatasetWriter, Exchange, RollPolicy, uuid7
 
 T0 = 1_750_000_000_000_000
+BASELINE_PAIRS = 3
 BODY = b'{"id": 1, "name": "widget", "price": 9.5, "tags": ["a", "b"]}'
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
@@ -64,11 +68,16 @@ class _Http(asyncio.Protocol):
 
 
 def _serve(port_queue: multiprocessing.Queue) -> None:
+    """One server process listening on two loopback addresses: one per replay side."""
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(_Http, "127.0.0.1", 0, backlog=1024)
-        port_queue.put(server.sockets[0].getsockname()[1])
-        await server.serve_forever()
+        servers = [
+            await loop.create_server(_Http, host, 0, backlog=1024)
+            for host in ("127.0.0.1", "127.0.0.2")
+        ]
+        port_queue.put([s.sockets[0].getsockname()[1] for s in servers])
+        await asyncio.gather(*(s.serve_forever() for s in servers))
 
     asyncio.run(main())
 
@@ -128,7 +137,8 @@ def write_flows(path: Path, n: int, url: str) -> None:
 # --- runners -------------------------------------------------------------------------------
 
 
-# CPU seconds (user + system) of the last command _measured ran: telemetry_overhead.py's figure.
+# CPU seconds (user + system) of the last command _measured ran: telemetry_overhead.py's figure,
+# and on a shared machine a steadier measure of the command's own cost than its wall time.
 LAST_CPU_S = 0.0
 
 
@@ -188,14 +198,25 @@ def run_replay(dataset: Path, url: str, out: Path, *extra: str) -> dict:
     )
     import polars as pl
 
-    frame = pl.read_parquet(out / "*.parquet", columns=["outcome", "sent_at", "done_at"])
+    columns = ["outcome", "sent_at", "done_at"]
+    frame = pl.read_parquet(out / "*.parquet", columns=columns)
     sent = frame.filter(pl.col("outcome") == "sent")
-    span = (sent["done_at"].max() - sent["sent_at"].min()).total_seconds()
+    first, last, sends = sent["sent_at"].min(), sent["done_at"].max(), sent.height
+    if "--baseline" in extra:
+        # Every send counts, the baseline's too: the rate is per request sent.
+        both = pl.read_parquet(
+            out / "*.parquet", columns=["baseline_outcome", "baseline_sent_at", "baseline_done_at"]
+        ).filter(pl.col("baseline_outcome") == "sent")
+        first = min(first, both["baseline_sent_at"].min())
+        last = max(last, both["baseline_done_at"].max())
+        sends += both.height
+    span = (last - first).total_seconds()
     meta = _replay_meta(out)
     return {
-        "sent": sent.height,
+        "sent": sends,
         "wall_s": round(wall, 2),
-        "rps": sent.height / span if span else 0.0,
+        "rps": sends / span if span else 0.0,
+        "cpu_s": round(LAST_CPU_S, 3),
         "rss_mib": round(rss / 1024, 1),
         "lateness_p50_ms": meta.get("lateness_p50_us", 0) / 1000,
         "lateness_p99_ms": meta.get("lateness_p99_us", 0) / 1000,
@@ -267,7 +288,9 @@ def main() -> None:
     q: multiprocessing.Queue = multiprocessing.Queue()
     server = multiprocessing.Process(target=_serve, args=(q,), daemon=True)
     server.start()
-    url = f"http://127.0.0.1:{q.get(timeout=30)}"
+    port, baseline_port = q.get(timeout=30)
+    url = f"http://127.0.0.1:{port}"
+    baseline_url = f"http://127.0.0.2:{baseline_port}"
     work = Path(tempfile.mkdtemp(prefix="shadowtape-bench-"))
     try:
         figures: dict[str, object] = {
@@ -275,7 +298,7 @@ def main() -> None:
             "quick": quick,
             "connections": conns,
             "cpus": os.cpu_count(),
-            "load_average_start": [round(x, 2) for x in os.getloadavg()],
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         }
         wrk_rps = run_wrk(url, conns, 5 if quick else 15)
         _note(f"wrk {wrk_rps:.0f} req/s")
@@ -295,6 +318,49 @@ def main() -> None:
         h11 = run_replay(ds, url, work / "out-max-h11", *speed_max, "--http1-engine", "h11")
         h11_cpu = replay_cpu_us(h11)
         _note(f"shadowtape --speed max --http1-engine h11: {h11}, {h11_cpu} µs CPU per request")
+        # With a baseline: the same requests, each also sent to the baseline. Pairs of runs,
+        # interleaved, the median ratio: on a shared machine one pair is mostly noise.
+        single_args = ("--speed", "max", "--concurrency", str(conns))
+        # The CPU a run spends whatever it sends (start-up, scanning and writing every row):
+        # the same dataset with --limit 1, per mode, taken off before dividing by the sends.
+        fixed = {
+            mode: run_replay(ds, url, work / f"out-fixed-{mode}", *single_args, "--limit", "1",
+                             *(("--baseline", baseline_url) if mode == "baseline" else ()))
+            for mode in ("single", "baseline")
+        }  # fmt: skip
+        pairs = []
+        for i in range(BASELINE_PAIRS):
+            runs = {}
+            order = ("single", "baseline") if i % 2 == 0 else ("baseline", "single")
+            for mode in order:
+                extra = ("--baseline", baseline_url) if mode == "baseline" else ()
+                runs[mode] = run_replay(ds, url, work / f"out-{mode}", *single_args, *extra)
+            _note(f"pair {i + 1}: {runs}")
+            pairs.append(runs)
+        for p in pairs:
+            for mode, r in p.items():
+                r["cpu_us_per_send"] = round(
+                    (r["cpu_s"] - fixed[mode]["cpu_s"]) / r["sent"] * 1e6, 1
+                )
+        rate = statistics.median(p["baseline"]["rps"] / p["single"]["rps"] for p in pairs)
+        cpu = statistics.median(
+            p["single"]["cpu_us_per_send"] / p["baseline"]["cpu_us_per_send"] for p in pairs
+        )
+        figures.update(
+            baseline_pairs=BASELINE_PAIRS,
+            baseline_sends=pairs[0]["baseline"]["sent"],
+            baseline_sends_per_s=round(statistics.median(p["baseline"]["rps"] for p in pairs)),
+            single_target_sends_per_s=round(statistics.median(p["single"]["rps"] for p in pairs)),
+            baseline_ratio_vs_single=round(rate, 3),
+            baseline_cpu_us_per_send=statistics.median(
+                p["baseline"]["cpu_us_per_send"] for p in pairs
+            ),
+            single_cpu_us_per_send=statistics.median(p["single"]["cpu_us_per_send"] for p in pairs),
+            # Sends per CPU second (net of the fixed cost), baseline over single: the
+            # replay's own cost per send, which the machine's load does not move.
+            baseline_cpu_ratio_vs_single=round(cpu, 3),
+            fixed_cpu_s={mode: r["cpu_s"] for mode, r in fixed.items()},
+        )
         mitm_rps = run_mitm(work, url, n_mitm)
         _note(f"mitmdump --client-replay {mitm_rps:.0f} req/s")
         one = by_workers[str(worker_counts[0])]
@@ -374,7 +440,7 @@ def main() -> None:
             rss_sends=rss_sends,
             rss_ratio_big_vs_small=round(rss[big] / rss[small], 2),
         )
-        figures["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        figures["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(figures))
     finally:
         server.terminate()

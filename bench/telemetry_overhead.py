@@ -69,7 +69,7 @@ def main() -> None:
     ports: multiprocessing.Queue = multiprocessing.Queue()
     server = multiprocessing.Process(target=_serve, args=(ports,), daemon=True)
     server.start()
-    url = f"http://127.0.0.1:{ports.get(timeout=30)}"
+    url = f"http://127.0.0.1:{ports.get(timeout=30)[0]}"  # its first address
     sink = _sink()
     base_src = _export_base(args.base, work)
     ds = make_dataset(work / "ds", args.requests, 200, 60.0, "127.0.0.1")

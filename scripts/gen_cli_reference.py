@@ -81,7 +81,10 @@ def demo_walkthrough() -> str:
         if step.note:
             lines.append(f"\n\n   {step.note[0].upper()}{step.note[1:]}.")
         parts.append("".join(lines))
-    parts.append("\nWhat v2 (staging) changes on purpose, and the report must find:\n")
+    parts.append(
+        "\nWhat v2 (the candidate) changes on purpose; the report names exactly these, the "
+        "last one as its only latency regression against the baseline:\n"
+    )
     for drift in PLANTED_DRIFT:
         where = "" if drift.location in ("status", "latency") else f" `{drift.location}`"
         parts.append(f"- `{drift.route}`:{where} {drift.what}")

@@ -63,6 +63,8 @@ META_KIND = "shadowtape.kind"
 META_SANITIZED = "shadowtape.sanitized"
 META_POLICY = "shadowtape.policy_fingerprint"
 META_PREFIX = "shadowtape."
+# A results file's run: replay's configuration and counts, as JSON (diff reads the targets).
+META_REPLAY = "shadowtape.replay"
 
 KIND_EXCHANGES = "exchanges"
 KIND_RESULTS = "results"
@@ -177,7 +179,36 @@ _REPLAY_FIELDS = [
     pa.field("substitutions", pa.list_(SUBSTITUTION)),
 ]
 
-RESULT_SCHEMA = pa.schema(_EXCHANGE_FIELDS + _REPLAY_FIELDS)
+# The baseline's answer to the same request (`replay --baseline`), sent under the same schedule
+# as the candidate (the staging_* columns) with its own correlation state, so that diff can
+# compare like with like. Beside the candidate's columns in the same row, rather than a row
+# per side: the diff compares both in one pass over one row, a notebook compares two columns,
+# and a reader that knows nothing of baselines still sees one row per replayed request with
+# the staging_* columns meaning what they always did. In a replay_pass 2 row of a baseline run
+# these columns hold the second baseline answer (the second baseline, or the baseline asked
+# again for --noise-sample) and the candidate's columns are empty (outcome "skipped",
+# skip_reason "baseline_only"). Null without a baseline.
+_BASELINE_FIELDS = [
+    pa.field("baseline_outcome", pa.string()),  # sent | skipped | failed
+    pa.field("baseline_target_url", pa.string()),
+    pa.field("baseline_span_id", pa.string()),
+    pa.field("baseline_sent_at", TIMESTAMP),
+    pa.field("baseline_first_byte_at", TIMESTAMP),
+    pa.field("baseline_done_at", TIMESTAMP),
+    pa.field("baseline_attempts", pa.int32()),
+    pa.field("baseline_retries", pa.int32()),
+    pa.field("baseline_status", pa.int32()),
+    pa.field("baseline_reason", pa.string()),
+    pa.field("baseline_http_version", pa.string()),
+    pa.field("baseline_headers", NAME_VALUE_LIST),
+    pa.field("baseline_body", BODY),
+    pa.field("baseline_body_truncated", pa.bool_()),
+    pa.field("baseline_error", pa.string()),
+    pa.field("baseline_substitutions", pa.list_(SUBSTITUTION)),
+]
+BASELINE_COLUMNS = tuple(f.name for f in _BASELINE_FIELDS)
+
+RESULT_SCHEMA = pa.schema(_EXCHANGE_FIELDS + _REPLAY_FIELDS + _BASELINE_FIELDS)
 
 # One row per difference between a recorded and a staging response, joined to results on
 # exchange_id (and replay_id).
@@ -194,6 +225,9 @@ DIFF_SCHEMA = pa.schema(
         pa.field("staging_value", pa.string()),
         pa.field("classification", pa.string()),  # drift | noise | ignored
         pa.field("reason", pa.string()),
+        # When the results have a baseline, the baseline's value (recorded_value is then null:
+        # the comparison was baseline vs candidate, and the candidate's is staging_value).
+        pa.field("baseline_value", pa.string()),
     ]
 )
 
@@ -202,6 +236,15 @@ SCHEMAS: dict[str, pa.Schema] = {
     KIND_RESULTS: RESULT_SCHEMA,
     KIND_DIFFS: DIFF_SCHEMA,
 }
+
+# Columns a file of the current version may lack, because they joined version 2 before its
+# release (results and diffs written without a baseline); they read as nulls, like the columns
+# a version-1 file lacks.
+OPTIONAL_COLUMNS: dict[str, frozenset[str]] = {
+    KIND_RESULTS: frozenset(BASELINE_COLUMNS),
+    KIND_DIFFS: frozenset({"baseline_value"}),
+}
+_FILLABLE = ADDED_IN_V2.union(*OPTIONAL_COLUMNS.values())
 
 Pairs = list[tuple[str, str]]
 
@@ -525,7 +568,7 @@ def upgrade(
     for f in wanted:
         if f.name in present:
             arrays.append(_upgraded_column(data.column(f.name), f))
-        elif f.name in ADDED_IN_V2:
+        elif f.name in _FILLABLE:
             nulls = pa.nulls(n, f.type)
             arrays.append(pa.chunked_array([nulls]) if table else nulls)
         else:
@@ -659,6 +702,7 @@ def open_file(path: Path, kind: str | None = None) -> tuple[pq.ParquetFile, Data
     if expected is not None:
         present = set(pf.schema_arrow.names)  # schema_arrow is rebuilt on every access
         optional = ADDED_IN_V2 if version < 2 else frozenset()
+        optional = optional | OPTIONAL_COLUMNS.get(file_kind, frozenset())
         missing = [n for n in expected.names if n not in present and n not in optional]
         if missing:
             raise DatasetError(f"{path}: {file_kind} file lacks columns {', '.join(missing)}")
@@ -698,9 +742,12 @@ def iter_batches(
         try:
             wanted = list(columns) if columns else None
             read = wanted
-            current = info.version >= SCHEMA_VERSION
+            present = set(pf.schema_arrow.names)
+            expected = SCHEMAS.get(info.kind)
+            current = info.version >= SCHEMA_VERSION and (
+                expected is None or present.issuperset(expected.names)
+            )
             if wanted is not None and not current:
-                present = set(pf.schema_arrow.names)
                 read = [c for c in wanted if c in present]
             for i in range(pf.metadata.num_row_groups):
                 try:

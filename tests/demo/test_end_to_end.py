@@ -16,7 +16,7 @@ import pytest
 
 from shadowtape import schema
 from shadowtape.demo.data import personal_values
-from shadowtape.demo.pipeline import NOISE_SAMPLE, DemoPaths
+from shadowtape.demo.pipeline import DemoPaths
 from shadowtape.demo.shop import PLANTED_DRIFT, SEARCH_DELAY_S
 from shadowtape.demo.traffic import plan_sessions
 
@@ -87,6 +87,8 @@ def test_the_transcript_shows_every_command_a_user_would_run(demo) -> None:
         "python -m shadowtape.demo.traffic --base-url http://127.0.0.1:",
         "shadowtape sanitize ",
         "shadowtape verify ",
+        "python -m shadowtape.demo.services --version v1 --port 0 --seed 1",
+        "python -m shadowtape.demo.services --version v1 --port 0 --seed 2",
         "shadowtape replay ",
         "shadowtape diff ",
         "shadowtape report ",
@@ -135,18 +137,22 @@ def test_sanitized_dataset_holds_none_of_the_seeded_personal_values(demo) -> Non
     assert len(rows(paths.clean)) == REQUESTS
 
 
-def test_results_hold_every_replayable_request_answered_by_staging(demo) -> None:
+def test_results_hold_every_request_answered_by_the_candidate_and_both_baselines(demo) -> None:
     paths, _ = demo
     clean_ids = sorted(r["id"] for r in rows(paths.clean))
     results = rows(paths.results)
     first = [r for r in results if r["replay_pass"] == 1]
     second = [r for r in results if r["replay_pass"] == 2]
     assert sorted(r["id"] for r in first) == clean_ids
-    assert {r["outcome"] for r in first} == {"sent"}
-    # Correlation worked: staging accepted every session's own token and ids.
+    assert {r["outcome"] for r in first} == {r["baseline_outcome"] for r in first} == {"sent"}
+    # Correlation worked on every side: each accepted its own sessions' tokens and ids.
     statuses = {r["staging_status"] for r in first}
     assert statuses <= {200, 201, 204, 500}, statuses
-    assert 0 < len(second) <= NOISE_SAMPLE
+    assert {r["baseline_status"] for r in first} <= {200, 201, 204}
+    # The second baseline answered every request too (replay_pass 2, candidate not sent).
+    assert sorted(r["id"] for r in second) == clean_ids
+    assert {r["baseline_status"] for r in second} <= {200, 201, 204}
+    assert {r["skip_reason"] for r in second} == {"baseline_only"}
 
 
 def _norm(route: str) -> str:
@@ -165,10 +171,13 @@ def test_the_report_finds_exactly_the_planted_drift(demo) -> None:
     }
     planted = {(_norm(d.route), d.location) for d in PLANTED_DRIFT if d.kind != "latency"}
     assert found == planted
-    # The planted slowness shows in the latency figures (lower bounds only: never a speed test).
+    assert report["comparison"]["label"] == "baseline vs candidate"
+    # The planted slowness, and only it, is a latency regression against the baseline.
+    slower = {_norm(t["route"]) for t in report["latency"] if t["regression"]}
+    assert slower == {_norm(d.route) for d in PLANTED_DRIFT if d.kind == "latency"}
     search = next(r for r in report["routes"] if r["route"] == "GET /api/products/search")
     assert search["p50_staging_ms"] >= SEARCH_DELAY_S["v2"] * 1000
-    assert search["p50_recorded_ms"] >= SEARCH_DELAY_S["v1"] * 1000
+    assert search["p50_baseline_ms"] >= SEARCH_DELAY_S["v1"] * 1000
 
 
 def test_html_junit_and_notebook_are_written(demo) -> None:
@@ -182,6 +191,12 @@ def test_html_junit_and_notebook_are_written(demo) -> None:
     }
     assert {_norm(n) for n in failing} >= {
         _norm(d.route) for d in PLANTED_DRIFT if d.kind != "latency"
+    }
+    latency = [s for s in junit.iter("testsuite") if s.get("name") == "shadowtape.latency"]
+    assert len(latency) == 1
+    slow = {c.get("name") for c in latency[0].iter("testcase") if c.find("failure") is not None}
+    assert {_norm(n) for n in slow} == {
+        _norm(d.route) for d in PLANTED_DRIFT if d.kind == "latency"
     }
     notebook = json.loads(paths.notebook.read_text())
     code_cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]

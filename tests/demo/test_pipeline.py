@@ -36,6 +36,7 @@ def test_every_printed_shadowtape_command_parses_with_the_real_cli(tmp_path: Pat
 def test_the_walkthrough_uses_placeholders_not_live_ports() -> None:
     text = " ".join(" ".join(c) for s in walkthrough() for c in s.commands)
     assert "PORT_V1" in text and "PORT_V2" in text and "PORT_PROXY" in text
+    assert "--baseline http://127.0.0.1:PORT_BASELINE --baseline-2" in text
     assert "demo-work/raw" in text
 
 

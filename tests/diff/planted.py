@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,7 +100,10 @@ def _answer(version: int, path: str) -> tuple[int, str, bytes, dict[str, str]]:
     return 200, "application/json", json.dumps(body).encode(), headers
 
 
-def _handler(version: int) -> type[BaseHTTPRequestHandler]:
+Answer = Callable[[int, str], tuple[int, str, bytes, dict[str, str]]]
+
+
+def _handler(version: int, answer: Answer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # Headers and body in one write, without Nagle: otherwise delayed ACKs add ~40 ms to
@@ -109,7 +112,7 @@ def _handler(version: int) -> type[BaseHTTPRequestHandler]:
         disable_nagle_algorithm = True
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            status, ctype, body, extra = _answer(version, self.path.split("?", 1)[0])
+            status, ctype, body, extra = answer(version, self.path.split("?", 1)[0])
             if (
                 version == 1
                 and "gzip" in self.headers.get("Accept-Encoding", "")
@@ -133,8 +136,10 @@ def _handler(version: int) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve(version: int) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(version))
+def serve(version: int, answer: Answer = _answer) -> Iterator[str]:
+    """Serve `answer(version, path)` on loopback (the planted routes unless told otherwise)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(version, answer))
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -59,7 +59,12 @@ def test_planted_drift_is_found_exactly_and_noise_is_not_drift(planted, planted_
     assert routes["POST /orders"]["skipped"] == 2
     assert routes["GET /users/{id}"]["failed"] == 1
     slow = routes["GET /search"]
-    assert slow["p50_staging_ms"] > 1.5 * slow["p50_recorded_ms"]
+    assert slow["p50_ms"]["staging"] > 1.5 * slow["p50_ms"]["recorded"]
+    assert slow["latency"]["baseline"] == {}
+    # No baseline in these results: the summary says what was compared.
+    assert summary.payload["version"] == 2
+    assert summary.payload["comparison"]["reference"] == "recorded"
+    assert summary.payload["comparison"]["label"] == "recorded vs target"
     # The diff dataset is a proper shadowtape dataset, and the results reader skips it.
     assert schema.read_files(out, schema.KIND_DIFFS)
     assert all("_diff" not in str(f) for f in schema.dataset_files(planted_results))

@@ -255,3 +255,29 @@ def test_pairs_array_and_column_handle_nulls_and_slices() -> None:
     assert schema.pairs_column(arr.slice(3)) == [[("b", LATIN1), ("c", "3")]]
     chunked = pa.chunked_array([arr.slice(0, 2), arr.slice(2)])
     assert len(schema.pairs_column(chunked)) == 4
+
+
+def test_a_v2_results_file_without_the_baseline_columns_reads_them_as_nulls(
+    tmp_path: Path,
+) -> None:
+    """Results written before baselines joined version 2, and results with them that a
+    reader of the older columns opens: both read."""
+    rows = [{"id": "a", "session_id": "s", "seq": 0, "started_at": 1, "method": "GET"}]
+    batch = schema.rows_to_batch(rows, schema.RESULT_SCHEMA)
+    meta = {"shadowtape.schema_version": "2", "shadowtape.kind": "results"}
+    older = pa.Table.from_batches([batch]).drop_columns(list(schema.BASELINE_COLUMNS))
+    pq.write_table(older.replace_schema_metadata(meta), tmp_path / "results-1.parquet")
+    (info,) = schema.read_files(tmp_path, schema.KIND_RESULTS)
+    assert info.version == 2
+    (read,) = list(iter_batches(tmp_path, schema.KIND_RESULTS))
+    assert read.schema.names == schema.RESULT_SCHEMA.names
+    assert read.column("baseline_headers").null_count == 1
+    (picked,) = list(iter_batches(tmp_path, schema.KIND_RESULTS, columns=["id", "baseline_body"]))
+    assert picked.schema.names == ["id", "baseline_body"]
+    with_baseline = pa.Table.from_batches([batch])
+    pq.write_table(with_baseline.replace_schema_metadata(meta), tmp_path / "results-2.parquet")
+    assert pq.read_table(tmp_path / "results-2.parquet", columns=["id", "outcome"]).num_rows == 1
+    broken = older.drop_columns(["staging_status"])
+    pq.write_table(broken.replace_schema_metadata(meta), tmp_path / "results-3.parquet")
+    with pytest.raises(DatasetError, match="lacks columns staging_status"):
+        schema.read_files(tmp_path / "results-3.parquet")

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent / "replay"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from replay_testkit import staging  # noqa: E402, F401
+from replay_testkit import baseline, staging  # noqa: E402, F401
 
 KEY = "governance-test-key-0123456789abcdef"
 

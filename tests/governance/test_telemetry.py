@@ -286,3 +286,30 @@ def test_the_api_for_serve_parents_a_server_span_and_honours_the_sampler(otlp, m
     off.span_for_request(RequestSpan("GET /", trace_id=trace, span_id=own, start_ns=1, end_ns=2))
     off.shutdown()
     assert len(otlp.spans) == 1 and off.summary()["not_sampled"] == 1
+
+
+def test_with_a_baseline_each_side_gets_its_span_and_the_metrics_stay_the_candidates(
+    tmp_path: Path, cli, staging, baseline, otlp
+) -> None:
+    src = write_dataset(
+        tmp_path / "clean", [exchange("s1", i, i, "GET", f"/a/{i}") for i in range(3)]
+    )
+    result = cli(
+        "replay", src, "--target", staging.url, "--baseline", baseline.url,
+        "--out", tmp_path / "results", "--speed", "max", "--correlate", "off",
+        "--otlp-endpoint", otlp.url,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(otlp.spans) == 6
+    sides = {}
+    for s in otlp.spans:
+        a = _attrs(s)
+        sides.setdefault(a.get("shadowtape.side", "candidate"), set()).add(
+            (s.trace_id.hex(), s.span_id.hex())
+        )
+    # Each span's ids are what that side was sent in its traceparent.
+    for name, side in (("candidate", staging), ("baseline", baseline)):
+        sent = {tuple(r.header("traceparent").split("-")[1:3]) for r in side.received}
+        assert sides[name] == sent and len(sent) == 3
+    latency = otlp.metric("shadowtape.replay.request.duration")
+    assert sum(p.count for m in latency for p in m.histogram.data_points) == 3

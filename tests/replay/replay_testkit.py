@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from shadowtape.keyed import Key, Keyed
 from shadowtape.schema import META_SANITIZED, DatasetWriter, Exchange, RollPolicy, uuid7
 
 T0 = 1_700_000_000_000_000  # recorded origin, µs
@@ -132,17 +134,33 @@ def _handler(state: Staging) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def staging() -> Iterator[Staging]:
+@contextmanager
+def serve_staging() -> Iterator[Staging]:
+    """One staging server with its own state (tokens, orders): a deployment of its own."""
     state = Staging()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def staging() -> Iterator[Staging]:
+    with serve_staging() as state:
+        yield state
+
+
+@pytest.fixture
+def baseline() -> Iterator[Staging]:
+    """A second deployment, for replay --baseline."""
+    with serve_staging() as state:
+        yield state
 
 
 @pytest.fixture
@@ -202,6 +220,63 @@ def write_dataset(
     ) as w:
         w.write_exchanges(records)
     return directory
+
+
+KEYED = Keyed(Key(b"correlation-test-key-0123456789", "test"))
+
+
+def shop_sessions(n: int = 3) -> list:
+    """Recorded sessions: login, create an order, read it twice. Tokens are keyed tokens, as
+    capture writes them; ids are the recorded server's."""
+    records = []
+    for s in range(n):
+        sid = f"sess{s}"
+        token = KEYED.secret(f"raw-session-token-{s}")
+        order = str(4_000_000_000 + s)
+        auth = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")]
+        records += [
+            exchange(
+                sid,
+                0,
+                s * 100,
+                "POST",
+                "/login",
+                body=b'{"user": "u1"}',
+                headers=[("Content-Type", "application/json")],
+                response_body=json.dumps({"token": token, "user": "u1"}).encode(),
+            ),
+            exchange(
+                sid,
+                1,
+                s * 100 + 10,
+                "POST",
+                "/orders",
+                headers=auth,
+                body=b'{"item": "book"}',
+                status=201,
+                response_headers=[("Location", f"/orders/{order}")],
+                response_body=json.dumps({"id": order}).encode(),
+            ),
+            exchange(
+                sid,
+                2,
+                s * 100 + 20,
+                "GET",
+                f"/orders/{order}",
+                headers=auth,
+                response_body=json.dumps({"id": order, "status": "open"}).encode(),
+            ),
+            exchange(
+                sid,
+                3,
+                s * 100 + 30,
+                "GET",
+                f"/orders/{order}",
+                query=[("expand", "1")],
+                headers=auth,
+            ),
+        ]
+    return records
 
 
 # --- a server that keeps the exact bytes it was sent --------------------------------------

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from replay_testkit import exchange, write_dataset
+from replay_testkit import shop_sessions, write_dataset
 
 from shadowtape.errors import InputError
-from shadowtape.keyed import Key, Keyed
 from shadowtape.replay import ReplayConfig, run_replay
 from shadowtape.replay.config import Timing
 from shadowtape.replay.correlate import (
@@ -25,62 +23,6 @@ from shadowtape.replay.sender import RequestParts
 from shadowtape.replay.substitute import Correlator, SessionBindings
 from shadowtape.schema import batch_to_rows, iter_batches
 
-KEYED = Keyed(Key(b"correlation-test-key-0123456789", "test"))
-
-
-def _shop_sessions(n: int = 3) -> list:
-    """Recorded sessions: login, create an order, read it twice. Tokens are keyed tokens, as
-    capture writes them; ids are the recorded server's."""
-    records = []
-    for s in range(n):
-        sid = f"sess{s}"
-        token = KEYED.secret(f"raw-session-token-{s}")
-        order = str(4_000_000_000 + s)
-        auth = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")]
-        records += [
-            exchange(
-                sid,
-                0,
-                s * 100,
-                "POST",
-                "/login",
-                body=b'{"user": "u1"}',
-                headers=[("Content-Type", "application/json")],
-                response_body=json.dumps({"token": token, "user": "u1"}).encode(),
-            ),
-            exchange(
-                sid,
-                1,
-                s * 100 + 10,
-                "POST",
-                "/orders",
-                headers=auth,
-                body=b'{"item": "book"}',
-                status=201,
-                response_headers=[("Location", f"/orders/{order}")],
-                response_body=json.dumps({"id": order}).encode(),
-            ),
-            exchange(
-                sid,
-                2,
-                s * 100 + 20,
-                "GET",
-                f"/orders/{order}",
-                headers=auth,
-                response_body=json.dumps({"id": order, "status": "open"}).encode(),
-            ),
-            exchange(
-                sid,
-                3,
-                s * 100 + 30,
-                "GET",
-                f"/orders/{order}",
-                query=[("expand", "1")],
-                headers=auth,
-            ),
-        ]
-    return records
-
 
 def _run(src: Path, out: Path, url: str, **kw: Any):
     kw.setdefault("timing", Timing("max"))
@@ -93,14 +35,14 @@ def _rows(out: Path) -> list[dict[str, Any]]:
 
 
 def test_without_correlation_later_requests_fail(tmp_path: Path, staging) -> None:
-    src = write_dataset(tmp_path / "in", _shop_sessions())
+    src = write_dataset(tmp_path / "in", shop_sessions())
     _run(src, tmp_path / "out", staging.url, correlate="off")
     statuses = sorted(r["staging_status"] for r in _rows(tmp_path / "out") if r["seq"] > 0)
     assert set(statuses) == {401}
 
 
 def test_auto_correlation_makes_every_request_succeed(tmp_path: Path, staging) -> None:
-    src = write_dataset(tmp_path / "in", _shop_sessions())
+    src = write_dataset(tmp_path / "in", shop_sessions())
     summary = _run(src, tmp_path / "out", staging.url, correlate="auto")
     rows = sorted(_rows(tmp_path / "out"), key=lambda r: (r["session_id"], r["seq"]))
     assert [r["staging_status"] for r in rows] == [200, 201, 200, 200] * 3
@@ -117,7 +59,7 @@ def test_auto_correlation_makes_every_request_succeed(tmp_path: Path, staging) -
 
 
 def test_learned_rules_round_trip_through_yaml(tmp_path: Path, staging) -> None:
-    src = write_dataset(tmp_path / "in", _shop_sessions())
+    src = write_dataset(tmp_path / "in", shop_sessions())
     rules = correlate_dataset(str(src), tmp_path / "rules.yaml")
     by_source = {(r.step, r.source): r for r in rules}
     token = by_source[("POST /login", "json:$.token")]
@@ -131,7 +73,7 @@ def test_learned_rules_round_trip_through_yaml(tmp_path: Path, staging) -> None:
 
 
 def test_misses_are_counted_and_can_stop_the_session(tmp_path: Path, staging) -> None:
-    src = write_dataset(tmp_path / "in", _shop_sessions(2))
+    src = write_dataset(tmp_path / "in", shop_sessions(2))
     rules = learn_rules(r for b in iter_batches(src) for r in batch_to_rows(b))
     dump_rules(rules, tmp_path / "rules.yaml")
     # Writes not allowed: login and order creation are skipped, so no staging values exist.

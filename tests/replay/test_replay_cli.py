@@ -36,6 +36,19 @@ def test_replay_prints_summary(tmp_path: Path, staging) -> None:
     assert "skipped 1 (write_not_allowed 1)" in result.output
 
 
+def test_replay_with_a_baseline_prints_both_sides(tmp_path: Path, staging, baseline) -> None:
+    records = [exchange("s1", i, i * 10, "GET", f"/a/{i}") for i in range(4)]
+    src = write_dataset(tmp_path / "in", records)
+    extra = ("--baseline", baseline.url, "--speed", "max", "--correlate", "off")
+    result = _replay(src, staging.url, tmp_path / "out", *extra)
+    assert result.exit_code == 0, result.output
+    assert "sent 4 (2xx 4)" in result.output
+    assert "  baseline: sent 4 (2xx 4), failed 0, retries 0" in result.output
+    plan = _replay(src, staging.url, tmp_path / "plan", *extra, "--dry-run")
+    assert f"every request goes to 2 sides: candidate {staging.url}, baseline" in plan.output
+    assert len(staging.received) == len(baseline.received) == 4
+
+
 def test_dry_run_sends_nothing(tmp_path: Path, staging) -> None:
     records = [
         exchange(f"s{s}", i, s * 1000 + i * 2000, "GET", "/x") for s in range(3) for i in range(3)
@@ -59,6 +72,9 @@ def test_refusals_are_one_line_with_exit_2(tmp_path: Path, staging) -> None:
         (["--target", staging.url, "--shard", "4/4"], "--shard '4/4'"),
         (["--target", staging.url, "--header", "nocolon"], "'Name: value'"),
         (["--target", "ftp://127.0.0.1"], "base URL"),
+        (["--target", staging.url, "--baseline-2", staging.url], "--baseline-2 needs --baseline"),
+        (["--target", staging.url, "--baseline", staging.url], "the same URL as --target"),
+        (["--target", staging.url, "--baseline", "http://prod.example.com"], "--baseline http"),
     ]
     for extra, expected in cases:
         result = CliRunner().invoke(main, ["replay", str(src), "--out", out, *extra])

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shadowtape.latency import LatencyHistogram
 from shadowtape.replay.config import BreakerPolicy, RewriteRule, Timing
 from shadowtape.replay.guardrails import CircuitBreaker
 from shadowtape.replay.plan import (
@@ -22,7 +23,6 @@ from shadowtape.replay.plan import (
 )
 from shadowtape.replay.scheduler import Lane, SessionScheduler, Work
 from shadowtape.replay.sender import RequestParts, TargetMap, build_request
-from shadowtape.replay.stats import Quantiles
 from shadowtape.replay.traceparent import span_id, trace_id, traceparent
 
 
@@ -242,11 +242,11 @@ def test_trace_ids_and_quantiles() -> None:
         len(t) == 32 and len(s) == 16 and t == trace_id("run", "sess") != trace_id("run2", "sess")
     )
     assert traceparent(t, s) == f"00-{t}-{s}-01"
-    q = Quantiles()
+    q = LatencyHistogram()
     for v in range(1, 1001):
         q.add(v)
-    assert q.quantile(0.5) == pytest.approx(500, rel=0.03)
-    assert q.quantile(0.99) == pytest.approx(990, rel=0.03) and q.max == 1000
+    assert q.quantile_us(0.5) == pytest.approx(500, rel=0.03)
+    assert q.quantile_us(0.99) == pytest.approx(990, rel=0.03) and q.high == 1000
 
 
 def test_idle_sessions_are_forgotten() -> None:

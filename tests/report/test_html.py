@@ -61,7 +61,17 @@ def test_html_report_in_headless_chromium(planted, diffed, tmp_path):
             " return document.querySelector('#routes tbody tr td').textContent; })()"
         )
         assert first.startswith("GET /users/{id}")
-        assert page.evaluate("document.querySelectorAll('section.route svg polyline').length") > 0
+        # Each route's two latency distributions side by side, drawn as bars on one scale.
+        sides = page.evaluate(
+            "Array.from(document.querySelectorAll('section.route .dists'))"
+            ".map(d => Array.from(d.querySelectorAll('figure svg rect + rect'))"
+            ".length > 0 && Array.from(d.querySelectorAll('figure')).map(f => f.dataset.side)"
+            ".join('|'))"
+        )
+        assert sides and set(sides) == {"recorded|staging"}
+        assert "Comparing recorded vs target" in page.evaluate(
+            "document.getElementById('comparison').textContent"
+        )
         png = page.screenshot()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
         page.collect()

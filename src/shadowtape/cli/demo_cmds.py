@@ -39,9 +39,10 @@ from shadowtape.demo.defaults import DEFAULT_REQUESTS, DEFAULT_SEED, DEFAULT_WOR
 def demo(workdir: Path, requests: int, seed: int, keep: bool) -> None:
     """Run the whole flow on built-in sample services, on loopback, in under a minute.
 
-    Starts a sample shop API twice (v1 as production, v2 as staging with planted drift),
-    records seeded shopper traffic through `shadowtape capture`, then runs sanitize, verify,
-    replay, diff and report, printing each command before it runs so you can run them yourself.
+    Starts a sample shop API (v1 as production, v2 as staging with planted drift), records
+    seeded shopper traffic through `shadowtape capture`, then runs sanitize, verify, replay
+    (v2 as the candidate against two fresh v1 baselines), diff and report, printing each
+    command before it runs so you can run them yourself.
 
     Example: shadowtape demo --workdir /tmp/demo --requests 200
     """

@@ -97,7 +97,23 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
     for label, n in extras.items():
         if n:
             click.echo(f"  {label}: {n}")
-    if c.noise_sent or c.noise_failed or c.noise_not_sent:
+    for side in sorted(c.baseline_sent.keys() | c.baseline_failed.keys()):
+        classes = {
+            k.partition(" ")[2]: v
+            for k, v in c.baseline_status_classes.items()
+            if k.partition(" ")[0] == side
+        }
+        click.echo(
+            f"  {side}: sent {c.baseline_sent[side]} ({_counter(classes)}), failed "
+            f"{c.baseline_failed[side]}, retries {c.baseline_retries[side]}, "
+            f"{c.baseline_substitutions[side]} substitutions, {c.baseline_misses[side]} misses"
+        )
+    if summary.config.get("baseline_2"):
+        click.echo(
+            f"  noise: the second baseline answered {c.noise_sent} requests in replay_pass 2 "
+            f"rows, failed {c.noise_failed}"
+        )
+    elif c.noise_sent or c.noise_failed or c.noise_not_sent:
         click.echo(
             f"  noise sample: {c.noise_sent} sent a second time, {c.noise_failed} failed, "
             f"{c.noise_not_sent} not sent (first send skipped or unanswered)"
@@ -123,6 +139,8 @@ def _print_plan(plan: ReplayPlan, scenario: bool = False) -> None:
         + f", {plan.skipped_limit} over --limit, {plan.not_sampled} not sampled"
         + (" or outside the scenario" if scenario else "")
     )
+    if len(plan.sides) > 1:
+        click.echo(f"  every request goes to {len(plan.sides)} sides: {', '.join(plan.sides)}")
     duration = "depends on the target" if plan.duration_s is None else f"{plan.duration_s:.1f} s"
     click.echo(f"  dispatch takes {duration}; {plan.correlation_rules} correlation rules")
 
@@ -140,11 +158,32 @@ Examples:
   shadowtape replay clean/ --target http://staging.local --out results/ --speed max \\
       --workers auto
   shadowtape replay clean/ --target http://staging.local --out results/ --dry-run
+  shadowtape replay clean/ --target http://candidate.local --baseline http://v1-a.local \
+      --baseline-2 http://v1-b.local --out results/ --speed 5 --allow-writes
   shadowtape replay clean/ --target http://staging.local --out /shared/results/ \\
       --speed 10 --engine ray --senders 8 --address ray://head:10001"""
 )
 @click.argument("source", metavar="IN", type=click.Path(exists=True))
-@click.option("--target", required=True, metavar="URL", help="Base URL of the staging system.")
+@click.option(
+    "--target",
+    required=True,
+    metavar="URL",
+    help="Base URL of the staging system (the candidate, with --baseline).",
+)
+@click.option(
+    "--baseline",
+    metavar="URL",
+    help="Also send every request to this base URL (the current version), under the same "
+    "schedule and with its own correlation state; `diff` then compares baseline vs candidate "
+    "and tests latency for regressions.",
+)
+@click.option(
+    "--baseline-2",
+    "baseline_2",
+    metavar="URL",
+    help="A second instance of the baseline: what differs between the two baselines is "
+    "noise (its answers are replay_pass 2 rows).",
+)
 @click.option("--out", required=True, metavar="DIR", help="Results dataset directory.")
 @click.option(
     "--speed",
@@ -358,7 +397,8 @@ def replay(source: str, **opts: Any) -> None:
 
     Sessions run concurrently; the requests of one session keep their recorded order and
     each waits for the previous answer. Every recorded request gives one row in the results
-    dataset: sent, skipped (with the reason) or failed.
+    dataset: sent, skipped (with the reason) or failed. With --baseline each request is sent
+    to the candidate (--target) and the baseline at once, and the row holds both answers.
     """
     facts = run_facts()
     facts.read_dataset(source)
@@ -395,6 +435,9 @@ def replay(source: str, **opts: Any) -> None:
         status=summary.status, rows=c.rows, sent=c.sent, failed=c.failed, retries=c.retries,
         skipped=sum(c.skipped.values()), sessions=c.sessions,
     )  # fmt: skip
+    if config.baseline is not None:
+        # The audit's target is the candidate; the baselines were sent to as well.
+        facts.count(baseline_sent=dict(c.baseline_sent), baseline_failed=dict(c.baseline_failed))
     _print_summary(summary, config.out)
     if summary.status == STATUS_WORKER_LOST:
         raise ShadowtapeError(
@@ -402,9 +445,10 @@ def replay(source: str, **opts: Any) -> None:
             "incomplete; rerun to get every row"
         )
     if summary.status == "circuit_open":
+        where = ", ".join(u for u in (config.target, config.baseline, config.baseline_2) if u)
         raise ShadowtapeError(
             f"circuit breaker opened ({summary.reason}); dispatch stopped, results kept in "
-            f"{config.out}; check {config.target} or loosen --breaker-error-rate"
+            f"{config.out}; check {where} or loosen --breaker-error-rate"
         )
     if summary.status == "interrupted":
         click.echo(f"shadowtape: interrupted; results so far are in {config.out}", err=True)
@@ -476,6 +520,8 @@ def _build_config(source: str, o: dict[str, Any]) -> ReplayConfig:
         source=source,
         target=o["target"],
         out=o["out"],
+        baseline=o["baseline"],
+        baseline_2=o["baseline_2"],
         timing=parse_timing(o["speed"], o["rate"]),
         concurrency=o["concurrency"],
         limit=o["limit"],

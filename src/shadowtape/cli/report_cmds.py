@@ -15,7 +15,9 @@ from shadowtape.cli.progress import LiveLine
 from shadowtape.cli.scenario_opts import current_registry
 from shadowtape.diff.pipeline import DiffSummary, default_out, run_diff
 from shadowtape.diff.settings import build_options, diff_is_current
-from shadowtape.report import html, junit, terminal
+from shadowtape.errors import InputError
+from shadowtape.latency import DEFAULT_THRESHOLD
+from shadowtape.report import html, junit, slo, terminal
 from shadowtape.report.aggregate import load_report
 from shadowtape.report.gates import METRICS, evaluate, parse_gates
 from shadowtape.report.output import report_json, write_text_atomic
@@ -92,12 +94,15 @@ def _run_diff(results: Path, out: Path | None, opts: dict[str, Any]) -> DiffSumm
 
 def _diff_line(summary: DiffSummary) -> str:
     t = summary.payload["totals"]
+    baseline = summary.comparison["reference"] == "baseline"
+    reference = "a baseline answer" if baseline else "recorded response"
     return (
-        f"diff: {t['rows']} rows, {t['compared']} requests compared on {len(summary.routes)} "
+        f"diff ({summary.comparison['label']}): {t['rows']} rows, {t['compared']} requests "
+        f"compared on {len(summary.routes)} "
         f"routes; {t['diff_rows']} differences ({t['drift_diffs']} drift, {t['noise_diffs']} "
         f"noise, {t['ignored_diffs']} ignored) on {len(summary.decisions)} paths "
         f"({t['drift_paths']} drift); {t['skipped']} skipped, {t['failed']} failed, "
-        f"{t['not_compared']} without recorded response, {t['noise_pairs']} noise pairs "
+        f"{t['not_compared']} without {reference}, {t['noise_pairs']} noise pairs "
         f"-> {summary.out}"
     )
 
@@ -111,14 +116,17 @@ def _diff_line(summary: DiffSummary) -> str:
 )
 @_diff_options
 def diff(results: Path, out: Path | None, **opts: Any) -> None:
-    """Compare every staging response with its recording; write the differences.
+    """Compare every staging response with the baseline's or the recording; write the
+    differences.
 
-    Reads a results dataset (from `shadowtape replay`), compares status, chosen headers and
-    bodies (JSON path by path, text line by line, binary by digest) and writes one row per
-    difference to a Parquet dataset, each marked drift, noise or ignored. Noise is decided per
-    route and JSON path over all requests: a field that also differs between two staging
-    replays of one request (replay --noise-sample), or is a timestamp, UUID, request id or
-    ETag, is noise.
+    Reads a results dataset (from `shadowtape replay`) and compares each candidate (staging)
+    answer with the baseline's answer to the same request when the replay had --baseline,
+    else with the recorded response: status, chosen headers and bodies (JSON path by path,
+    text line by line, binary by digest). Writes one row per difference to a Parquet
+    dataset, each marked drift, noise or ignored. Noise is decided per route and JSON path
+    over all requests: a field that also differs between two answers of the reference system
+    to one request (two baselines, or replay --noise-sample), or is a timestamp, UUID,
+    request id or ETag, is noise.
 
     \b
     Example:
@@ -154,8 +162,33 @@ def diff(results: Path, out: Path | None, **opts: Any) -> None:
     multiple=True,
     metavar="RULE",
     help="Exit 1 when a rule trips, for CI gates (repeatable), e.g. 'status_mismatch>0', "
-    "'drift_rate>1%', 'p99_latency_ratio>1.5', 'error_rate>0.5%'. Checked for the whole "
+    "'drift_rate>1%', 'latency_regressions>0', 'slo_budget>100%'. Checked for the whole "
     f"run and for each route. Metrics: {', '.join(METRICS)}.",
+)
+@click.option(
+    "--latency-threshold",
+    type=float,
+    default=DEFAULT_THRESHOLD * 100,
+    show_default=True,
+    metavar="PERCENT",
+    help="With a baseline: a route is a latency regression when its p50 or p95 is, with 95% "
+    "confidence over the whole report, slower than the baseline's by more than this.",
+)
+@click.option(
+    "--slo",
+    "slo_rules",
+    multiple=True,
+    metavar="RULE",
+    help="An objective for the candidate, reported as error budget consumed (repeatable): "
+    "'availability>=99.9%', 'p95<=300ms', 'GET /api/search: p99<=1s'.",
+)
+@click.option(
+    "--slo-file",
+    "slo_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML or TOML file with an `slo:` list of such rules (text or {route, availability, "
+    "p95, p99} mappings).",
 )
 @click.option(
     "--notebook",
@@ -171,25 +204,34 @@ def report(
     junit_out: Path | None,
     as_json: bool,
     fail_on: tuple[str, ...],
+    latency_threshold: float,
+    slo_rules: tuple[str, ...],
+    slo_files: tuple[Path, ...],
     notebook_out: Path | None,
     **opts: Any,
 ) -> None:
-    """Summarise a replay: drift per route and path, noise, errors and latency.
+    """Summarise a replay: drift per route and path, noise, errors, latency and budgets.
 
-    Prints a table per route (requests, status mismatches, body and header drift, noise,
-    error rate, latency p50/p95/p99 recorded vs staging), then every drifting path with an
-    example. Runs `shadowtape diff` first when RESULTS has no up-to-date diff (the diff
-    options below apply then). Exit 0 when no --fail-on rule trips, 1 when one does, 2 on
-    bad input.
+    Says first what was compared: baseline vs candidate (replay --baseline) or recorded vs
+    target. Prints a table per route (requests, status mismatches, body and header drift,
+    noise, error rate, latency p50/p95/p99 of both sides), every drifting path with an
+    example, the routes whose latency regressed against the baseline (recorded latency is
+    context only), and the error budget each --slo consumed. Runs `shadowtape diff` first
+    when RESULTS has no up-to-date diff (the diff options below apply then). Exit 0 when no
+    --fail-on rule trips, 1 when one does, 2 on bad input.
 
     \b
     Example:
       shadowtape report results/ --html report.html --junit junit.xml \\
-          --fail-on 'status_mismatch>0' --fail-on 'p99_latency_ratio>1.5'
+          --fail-on 'status_mismatch>0' --fail-on 'latency_regressions>0' \\
+          --slo 'availability>=99.9%' --fail-on 'slo_budget>100%'
     """
     from shadowtape.report.scenarios import group_by_scenario
 
     gates = parse_gates(fail_on)
+    if not 0 <= latency_threshold < 1000:
+        raise InputError(f"--latency-threshold {latency_threshold:g}: give a percentage such as 20")
+    objectives = slo.gather_rules(slo_rules, slo_files)
     registry = current_registry()
     facts = run_facts()
     facts.read_dataset(results)
@@ -199,7 +241,8 @@ def report(
         facts.wrote_dataset(target)
         click.echo(_diff_line(_run_diff(results, target, opts)), err=True)
     facts.read_dataset(target)
-    data = load_report(target)
+    data = load_report(target, latency_threshold=latency_threshold / 100)
+    slo.evaluate(objectives, data)
     verdicts = evaluate(gates, data)
     groups = group_by_scenario(data, registry.scenarios.values())
     facts.scenarios = [g.name for g in groups]

@@ -28,7 +28,9 @@ from shadowtape.errors import InputError, ShadowtapeError
 
 MARKER = ".shadowtape-demo"
 REPLAY_SPEED = 5
-NOISE_SAMPLE = 50
+# The baselines are fresh v1 instances (production's state holds the recorded users already),
+# each minting its own ids and tokens: what the two disagree on is noise.
+BASELINE_SEEDS = (1, 2)
 _SERVING = re.compile(r"serving v\d on (http://\S+)")
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -102,6 +104,8 @@ class Urls:
     v1: str = "http://127.0.0.1:PORT_V1"
     v2: str = "http://127.0.0.1:PORT_V2"
     proxy: str = "http://127.0.0.1:PORT_PROXY"
+    baseline: str = "http://127.0.0.1:PORT_BASELINE"
+    baseline_2: str = "http://127.0.0.1:PORT_BASELINE_2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +119,10 @@ class Step:
 def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
     """The demo, step by step; the runner and the README both read this list."""
 
-    def shop(version: str) -> tuple[str, ...]:
-        return ("python", "-m", "shadowtape.demo.services", "--version", version, "--port", "0")
+    def shop(version: str, *extra: str) -> tuple[str, ...]:
+        return (
+            "python", "-m", "shadowtape.demo.services", "--version", version, "--port", "0", *extra
+        )  # fmt: skip
 
     key = ("--key-file", str(paths.key))
     return [
@@ -174,9 +180,16 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
             (("shadowtape", "verify", str(paths.clean)),),
         ),
         Step(
+            "baselines",
+            "Start two fresh v1 instances to compare v2 with: the baseline and a second baseline",
+            tuple(shop("v1", "--seed", str(seed)) for seed in BASELINE_SEEDS),
+            "production's v1 already holds the recorded users; fresh instances start empty, "
+            "like staging",
+        ),
+        Step(
             "replay",
-            f"Replay the sessions against staging at {REPLAY_SPEED}x, writes allowed, "
-            f"{NOISE_SAMPLE} requests sent twice to learn what is noise",
+            f"Replay the sessions at {REPLAY_SPEED}x, writes allowed, to v2 (the candidate) "
+            "and to both baselines at once",
             (
                 (
                     "shadowtape",
@@ -184,23 +197,26 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
                     str(paths.clean),
                     "--target",
                     urls.v2,
+                    "--baseline",
+                    urls.baseline,
+                    "--baseline-2",
+                    urls.baseline_2,
                     "--out",
                     str(paths.results),
                     "--speed",
                     str(REPLAY_SPEED),
                     "--allow-writes",
-                    "--noise-sample",
-                    str(NOISE_SAMPLE),
                 ),
             ),  # fmt: skip
-            "tokens and ids minted by staging replace the recorded ones (stateful correlation)",
+            "each system gets its own session tokens and ids swapped into later requests "
+            "(stateful correlation, one state per system)",
         ),
         Step(
             "diff",
-            "Compare every staging response with the recorded one",
+            "Compare every candidate answer with the baseline's answer to the same request",
             (("shadowtape", "diff", str(paths.results)),),  # fmt: skip
-            "the login token, minted afresh by staging and a keyed token in the recording, "
-            "is recognised as a credential token and kept apart from drift as noise",
+            "what the two baselines disagree on (timestamps, request ids, nonces, the tokens "
+            "and ids each instance mints) is noise, kept apart from drift",
         ),
         Step(
             "report",
@@ -399,7 +415,15 @@ def run_demo(
         if code != 0:
             raise ShadowtapeError(f"the capture proxy exited with {code} when stopped")
 
-        for key in ("sanitize", "verify", "replay", "diff", "report"):
+        for key in ("sanitize", "verify"):
+            run.run_stage(key)
+        baselines = run.step("baselines")
+        first, second = (
+            run.start(f"baseline {i + 1}", command, _SERVING).url
+            for i, command in enumerate(baselines.commands)
+        )
+        run.urls = Urls(v1.url, v2.url, capture.url, baseline=first, baseline_2=second)
+        for key in ("replay", "diff", "report"):
             run.run_stage(key)
         if not options.keep:
             run.stop_all()
@@ -418,12 +442,16 @@ def run_demo(
             echo(f"  {label:<40} {path}")
         echo(
             "In CI, gate on the report: `shadowtape report "
-            f"{run.paths.results} --fail-on 'status_mismatch>0'` exits 1 when a rule trips "
-            "(here it would: v2 has planted drift)."
+            f"{run.paths.results} --fail-on 'status_mismatch>0' --fail-on "
+            "'latency_regressions>0'` exits 1 when a rule trips (here both would: v2 has "
+            "planted drift and a slower search)."
         )
         if options.keep:
             echo("")
-            echo(f"Services still running: v1 {v1.url}, v2 {v2.url}. Ctrl-C stops them.")
+            echo(
+                f"Services still running: v1 {v1.url}, v2 {v2.url}, baselines "
+                f"{run.urls.baseline} and {run.urls.baseline_2}. Ctrl-C stops them."
+            )
             wait_forever()
     finally:
         run.stop_all()

@@ -18,27 +18,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from shadowtape import schema
 from shadowtape.diff.compare import header_map
 from shadowtape.errors import DatasetError
 
 
-def read_batches(files: Iterable[Path], columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+def read_batches(
+    files: Iterable[Path], columns: Sequence[str] | None, kind: str = schema.KIND_RESULTS
+) -> Iterator[pa.RecordBatch]:
     """`schema.iter_batches` over files already checked with `schema.open_file` (the check
     rebuilds the Arrow schema dozens of times, so it is done once per file, not per pass),
-    decoding on the calling thread: the diff is one-core work."""
+    decoding on the calling thread: the diff is one-core work. Columns a file may lack
+    (results written without a baseline) come as nulls."""
     for f in files:
         try:
             pf = pq.ParquetFile(f)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(f"{f}: not a readable Parquet file ({exc})") from None
         try:
+            wanted = list(columns) if columns else None
+            read = wanted
+            if wanted is not None:
+                present = set(pf.schema_arrow.names)
+                read = [c for c in wanted if c in present]
             for i in range(pf.metadata.num_row_groups):
                 try:
-                    table = pf.read_row_group(
-                        i, columns=list(columns) if columns else None, use_threads=False
-                    )
+                    table = pf.read_row_group(i, columns=read, use_threads=False)
                 except (pa.ArrowInvalid, OSError) as exc:
                     raise DatasetError(f"{f}: row group {i} unreadable ({exc})") from None
+                if read != wanted:
+                    table = schema.upgrade(table, kind, wanted)
                 yield from table.to_batches()
         finally:
             pf.close()

@@ -1,5 +1,12 @@
 """`shadowtape diff`: results dataset in, diff dataset (+ summary.json) out.
 
+What is compared with the candidate (the staging_* columns) is the baseline's answer when the
+results have one (`replay --baseline`: like with like, Diffy's primary vs candidate), else the
+recorded response; the summary says which (`comparison`), and every report repeats it. Noise
+is then learned from two answers of the reference system to one request: the two baselines
+(`--baseline-2`) or the baseline asked twice (`--noise-sample`); without a baseline, from two
+staging answers and from requests recorded twice.
+
 Two passes keep memory flat however large the results:
 1. stream the results row group by row group, compare each replayed exchange, write every
    difference to a hidden work dataset and count R/S/N per route and path;
@@ -12,6 +19,7 @@ failed run never leaves a diff that looks whole.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import Counter
@@ -35,7 +43,6 @@ from shadowtape.diff.compare import (
     compare_sides,
     wanted_headers,
 )
-from shadowtape.diff.latency import LatencyHistogram
 from shadowtape.diff.noise import (
     DRIFT,
     IGNORED,
@@ -49,11 +56,19 @@ from shadowtape.diff.noise import (
 from shadowtape.diff.routes import RouteTable
 from shadowtape.errors import DatasetError, InputError
 from shadowtape.governance.lineage import lineage_metadata
+from shadowtape.latency import FORMAT as LATENCY_FORMAT
+from shadowtape.latency import LatencyHistogram
 
 DIFF_DIRNAME = "_diff"
 SUMMARY_NAME = "summary.json"
 SUMMARY_KIND = "shadowtape.diff-summary"
-SUMMARY_VERSION = 1
+# 2: `comparison` (what the candidate was compared with), latency histograms per side under
+# `latency` (recorded / baseline / staging; version 1 had latency_recorded/latency_staging).
+SUMMARY_VERSION = 2
+RECORDED = "recorded"
+BASELINE = "baseline"
+STAGING = "staging"  # the candidate, as in the staging_* columns
+LATENCY_SIDES = (RECORDED, BASELINE, STAGING)
 
 _COLUMNS = [
     "id",
@@ -79,6 +94,14 @@ _COLUMNS = [
     "staging_body",
     "staging_body_truncated",
     "staging_error",
+    "baseline_outcome",
+    "baseline_sent_at",
+    "baseline_done_at",
+    "baseline_status",
+    "baseline_headers",
+    "baseline_body",
+    "baseline_body_truncated",
+    "baseline_error",
 ]
 # Read beside the compared headers: the recorded body must be freed of it before comparing.
 _CONTENT_ENCODING = frozenset({"content-encoding"})
@@ -104,11 +127,14 @@ class RouteStats:
     skipped: int = 0
     failed: int = 0
     compared: int = 0
-    not_compared: int = 0  # sent, but the recording has no response (recorded error)
+    not_compared: int = 0  # sent, but the reference has no response (recorded error, or
+    # the baseline gave no answer)
     body_skipped: dict[str, int] = field(default_factory=dict)
     body_undecodable: int = 0
     staging_errors: int = 0  # failed sends + staging 5xx / transport errors
+    server_errors: int = 0  # staging answers with a 5xx status (availability's numerator)
     recorded_errors: int = 0  # recorded 5xx
+    baseline_errors: int = 0  # baseline failed sends + baseline 5xx
     status_mismatch: int = 0  # requests whose status difference is drift
     header_drift: int = 0
     body_drift: int = 0
@@ -118,23 +144,26 @@ class RouteStats:
     noise_diffs: int = 0
     ignored_diffs: int = 0
     noise_pairs: int = 0  # sampled pairs compared for noise (S's denominator)
-    latency_recorded: LatencyHistogram = field(default_factory=LatencyHistogram)
-    latency_staging: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # Per side (recorded, baseline, staging = the candidate): response times in µs.
+    latency: dict[str, LatencyHistogram] = field(
+        default_factory=lambda: {side: LatencyHistogram() for side in LATENCY_SIDES}
+    )
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if not k.startswith("latency_")}
+        out = {k: v for k, v in asdict(self).items() if k != "latency"}
         out["body_skipped"] = dict(sorted(self.body_skipped.items()))
-        for side in ("recorded", "staging"):
-            hist: LatencyHistogram = getattr(self, f"latency_{side}")
-            out[f"latency_{side}"] = hist.to_json()
-            for q in (50, 95, 99):
-                out[f"p{q}_{side}_ms"] = hist.quantile(q / 100)
+        out["latency"] = {side: self.latency[side].to_json() for side in LATENCY_SIDES}
+        for q in (50, 95, 99):
+            out[f"p{q}_ms"] = {
+                side: self.latency[side].quantile_ms(q / 100) for side in LATENCY_SIDES
+            }
         return out
 
 
 @dataclass
 class DiffSummary:
     out: Path
+    comparison: dict[str, Any]
     rows: int
     diff_rows: int
     routes: dict[str, RouteStats]
@@ -183,9 +212,13 @@ def _check_out(results: Path, out: Path) -> None:
 class _RowBuffer:
     """Diff rows collected column by column and flushed to a dataset writer in batches."""
 
-    def __init__(self, writer: schema.DatasetWriter, size: int) -> None:
+    def __init__(self, writer: schema.DatasetWriter, size: int, reference: str) -> None:
         self.writer = writer
         self.size = size
+        # The reference side's value goes in recorded_value or baseline_value (`Difference`
+        # calls its two sides recorded and staging); the other stays empty.
+        self.reference_column = f"{reference}_value"
+        self.empty_column = "recorded_value" if reference == BASELINE else "baseline_value"
         self.cols: dict[str, list[Any]] = {n: [] for n in schema.DIFF_SCHEMA.names}
         self.rows = 0
 
@@ -206,10 +239,11 @@ class _RowBuffer:
         c["location"].append(d.location)
         c["raw_location"].append(d.raw_location)
         c["kind"].append(d.kind)
-        c["recorded_value"].append(d.recorded)
+        c[self.reference_column].append(d.recorded)
         c["staging_value"].append(d.staging)
         c["classification"].append(classification)
         c["reason"].append(reason)
+        c[self.empty_column].append(None)
         self.rows += 1
         if len(c["exchange_id"]) >= self.size:
             self.flush()
@@ -250,6 +284,20 @@ class _Batch:
         self.recorded_truncated = col("response_body_truncated").to_pylist()
         self.query = columns.name_value_pairs(col("query"))
         self.request_body = col("request_body").to_pylist()
+        self.baseline_outcome = col("baseline_outcome").to_pylist()
+        self.baseline_sent_at = columns.integers(col("baseline_sent_at"))
+        self.baseline_done_at = columns.integers(col("baseline_done_at"))
+        self.baseline_status = col("baseline_status").to_pylist()
+        self.baseline_error = col("baseline_error").to_pylist()
+        # Decoded (and their header maps built) only when this batch has baseline answers.
+        has_baseline = col("baseline_outcome").null_count < batch.num_rows
+        self.baseline_headers = (
+            columns.header_maps(col("baseline_headers"), wanted) if has_baseline else None
+        )
+        self.baseline_body = col("baseline_body").to_pylist() if has_baseline else None
+        self.baseline_truncated = (
+            col("baseline_body_truncated").to_pylist() if has_baseline else None
+        )
 
     def staging(self, i: int) -> Side:
         """The staging answer; httpx already took its Content-Encoding off."""
@@ -258,6 +306,19 @@ class _Batch:
             self.staging_headers[i],
             self.staging_body[i] or b"",
             bool(self.staging_truncated[i]),
+        )
+
+    def baseline(self, i: int) -> Side | None:
+        """The baseline's answer, decoded like staging's; None when it gave none."""
+        if self.baseline_outcome[i] != "sent" or self.baseline_status[i] is None:
+            return None
+        assert self.baseline_headers is not None and self.baseline_body is not None
+        assert self.baseline_truncated is not None
+        return Side(
+            self.baseline_status[i],
+            self.baseline_headers[i],
+            self.baseline_body[i] or b"",
+            bool(self.baseline_truncated[i]),
         )
 
 
@@ -291,16 +352,20 @@ class DiffRun:
         self.rows = 0
         self.noise_pairs = 0
         self.sampled_ids: set[str] = set()
-        # id -> (route, staging response) of a sampled exchange, until its twin arrives.
+        # What the candidate is compared with: the baseline when the results have one.
+        self.reference = RECORDED
+        # id -> (route, reference response) of a sampled exchange, until its twin arrives.
         self._sample_first: dict[str, tuple[str | None, Side | None]] = {}
         self._twins: dict[tuple[Any, ...], Side] = {}
 
-    # -- pass 0: which exchanges were sent twice ------------------------------------------
+    # -- pass 0: which exchanges were sent twice, and whether there is a baseline ---------
 
     def _find_sampled(self, files: list[Path]) -> None:
-        for batch in columns.read_batches(files, ["id", "replay_pass"]):
+        for batch in columns.read_batches(files, ["id", "replay_pass", "baseline_outcome"]):
             second = pc.equal(batch.column("replay_pass"), 2)
             self.sampled_ids.update(pc.filter(batch.column("id"), second).to_pylist())
+            if batch.column("baseline_outcome").null_count < batch.num_rows:
+                self.reference = BASELINE
 
     # -- pass 1 ---------------------------------------------------------------------------
 
@@ -330,7 +395,7 @@ class DiffRun:
 
     def _first_pass(self, files: list[Path], work: schema.DatasetWriter) -> None:
         opts = self.options
-        buffer = _RowBuffer(work, opts.row_group_rows)
+        buffer = _RowBuffer(work, opts.row_group_rows, self.reference)
         wanted = wanted_headers(opts.compare) | _CONTENT_ENCODING
         for batch in columns.read_batches(files, _COLUMNS):
             self._first_pass_batch(_Batch(batch, wanted), buffer)
@@ -350,8 +415,9 @@ class DiffRun:
         model = self.model
         twins = self._twins
         max_twins = self.options.max_recorded_twins
-        latencies: list[tuple[str, int]] = []
-        staging_latencies: list[tuple[str, int]] = []
+        against_baseline = self.reference == BASELINE
+        # (side, route, µs): a batch's latencies, counted into the histograms at the end.
+        latencies: list[tuple[str, str, int]] = []
         (methods, paths, outcomes, passes, status, staging_status, started_at, sent_at) = (
             b.methods, b.paths, b.outcomes, b.passes, b.status, b.staging_status, b.started_at,
             b.sent_at,
@@ -368,9 +434,22 @@ class DiffRun:
             stats = get_stats(route) or self._stats(route)
             outcome = outcomes[i]
             if passes[i] == 2:
-                self._pair_sample(ex_id, route, b.staging(i) if outcome == "sent" else None)
+                # A second answer of the reference system to the same request.
+                if against_baseline:
+                    self._pair_sample(ex_id, route, b.baseline(i))
+                else:
+                    self._pair_sample(ex_id, route, b.staging(i) if outcome == "sent" else None)
                 continue
             stats.requests += 1
+            baseline = b.baseline(i) if against_baseline else None
+            if against_baseline:
+                base_status = b.baseline_status[i]
+                if b.baseline_outcome[i] == "failed" or (base_status or 0) >= 500:
+                    stats.baseline_errors += 1
+                if baseline is not None:
+                    base_sent, base_done = b.baseline_sent_at[i], b.baseline_done_at[i]
+                    if base_sent is not None and base_done is not None:
+                        latencies.append((BASELINE, route, base_done - base_sent))
             if outcome != "sent":
                 if outcome == "skipped":
                     stats.skipped += 1
@@ -378,62 +457,70 @@ class DiffRun:
                 stats.failed += 1
                 stats.staging_errors += 1
                 if ex_id in sampled:
-                    self._pair_sample(ex_id, route, None)
+                    self._pair_sample(ex_id, route, baseline)
                 continue
             stats.sent += 1
             stg_status = staging_status[i]
             if stg_status is None or stg_status >= 500 or b.staging_error[i]:
                 stats.staging_errors += 1
+            if stg_status is not None and stg_status >= 500:
+                stats.server_errors += 1
             rec_status = status[i]
             if rec_status is not None and rec_status >= 500:
                 stats.recorded_errors += 1
             started = started_at[i]
             ended = b.response_ended_at[i]
             if ended is not None:
-                latencies.append((route, ended - (started or b.request_sent_at[i])))
+                latencies.append((RECORDED, route, ended - (started or b.request_sent_at[i])))
             staged_at = sent_at[i]
             done = b.done_at[i]
             if done is not None and staged_at is not None:
-                staging_latencies.append((route, done - staged_at))
+                latencies.append((STAGING, route, done - staged_at))
             stg = Side(
                 stg_status, staging_headers[i], staging_body[i] or b"", bool(staging_truncated[i])
             )
-            if ex_id in sampled:
-                self._pair_sample(ex_id, route, stg)
-            if rec_status is None:
-                stats.not_compared += 1
-                continue
-            headers = recorded_headers[i]
-            body = recorded_body[i] or b""
-            encoding = headers.get("content-encoding")
-            if encoding and body:
-                body = _decode_recorded(body, encoding, stats)
-            rec = Side(rec_status, headers, body, bool(recorded_truncated[i]))
-            # A request recorded twice: its two recordings are noise evidence.
-            key = (methods[i], paths[i], b.query[i], b.request_body[i])
-            first = twins.get(key)
-            if first is None:
-                if len(twins) < max_twins:
-                    twins[key] = rec
+            if against_baseline:
+                if ex_id in sampled:
+                    self._pair_sample(ex_id, route, baseline)
+                if baseline is None:
+                    stats.not_compared += 1
+                    continue
+                ref, ref_at = baseline, b.baseline_sent_at[i]
             else:
-                self._observe_same_side(route, first, rec)
-            comparison = compare_sides(rec, stg, compare)
+                if ex_id in sampled:
+                    self._pair_sample(ex_id, route, stg)
+                if rec_status is None:
+                    stats.not_compared += 1
+                    continue
+                headers = recorded_headers[i]
+                body = recorded_body[i] or b""
+                encoding = headers.get("content-encoding")
+                if encoding and body:
+                    body = _decode_recorded(body, encoding, stats)
+                ref, ref_at = Side(rec_status, headers, body, bool(recorded_truncated[i])), started
+                # A request recorded twice: its two recordings are noise evidence.
+                key = (methods[i], paths[i], b.query[i], b.request_body[i])
+                first = twins.get(key)
+                if first is None:
+                    if len(twins) < max_twins:
+                        twins[key] = ref
+                else:
+                    self._observe_same_side(route, first, ref)
+            comparison = compare_sides(ref, stg, compare)
             stats.compared += 1  # also the model's N, handed over once the pass is done
             if comparison.body_skipped:
                 why = comparison.body_skipped
                 stats.body_skipped[why] = stats.body_skipped.get(why, 0) + 1
             if not comparison.diffs:
                 continue
-            volatile = [volatile_kind(d, started, staged_at) for d in comparison.diffs]
+            volatile = [volatile_kind(d, ref_at, staged_at) for d in comparison.diffs]
             model.observe_differences(route, comparison.diffs, volatile)
             replay_id = b.replay_ids[i]
             for d, why in zip(comparison.diffs, volatile, strict=True):
                 buffer.add(ex_id, replay_id, route, d, None, why)
         # Histograms count values, so a batch's latencies go in as (value, how many).
-        for (route, micros), count in Counter(latencies).items():
-            self.routes[route].latency_recorded.add_many(micros, count)
-        for (route, micros), count in Counter(staging_latencies).items():
-            self.routes[route].latency_staging.add_many(micros, count)
+        for (side, route, micros), count in Counter(latencies).items():
+            self.routes[route].latency[side].add_many(micros, count)
 
     # -- pass 2 ---------------------------------------------------------------------------
 
@@ -532,7 +619,8 @@ class DiffRun:
                 written = self._second_pass(work_dir, final)
             decisions = self.model.decisions()
             unmatched = len(self._sample_first)
-            payload = self._payload(files, decisions, written, unmatched)
+            comparison = self._comparison(files)
+            payload = self._payload(files, decisions, written, unmatched, comparison)
             schema.write_json_atomic(new_dir / SUMMARY_NAME, payload)
             if self.out.exists():
                 shutil.rmtree(self.out)
@@ -542,6 +630,7 @@ class DiffRun:
             shutil.rmtree(new_dir, ignore_errors=True)
         return DiffSummary(
             out=self.out,
+            comparison=comparison,
             rows=self.rows,
             diff_rows=written,
             routes=self.routes,
@@ -551,8 +640,49 @@ class DiffRun:
             payload=payload,
         )
 
+    def _comparison(self, files: list[Path]) -> dict[str, Any]:
+        """What was compared with what, for every output to say: the reference (baseline or
+        recorded), the systems' URLs as the replay recorded them, and where noise came from."""
+        targets: dict[str, str] = {}
+        meta = schema.read_files(files[-1])[0].metadata.get(schema.META_REPLAY)
+        if meta:
+            try:
+                config = json.loads(meta).get("config") or {}
+            except ValueError:
+                config = {}
+            for side, key in (
+                ("candidate", "target"),
+                ("baseline", "baseline"),
+                ("baseline-2", "baseline_2"),
+            ):
+                if config.get(key):
+                    targets[side] = str(config[key])
+        baseline = self.reference == BASELINE
+        if baseline:
+            label = "baseline vs candidate"
+            noise = (
+                "baseline vs second baseline"
+                if "baseline-2" in targets
+                else "the baseline asked twice (replay --noise-sample)"
+            )
+        else:
+            label = "recorded vs target"
+            noise = "staging asked twice (replay --noise-sample) and requests recorded twice"
+        return {
+            "reference": self.reference,
+            "candidate": "staging",
+            "label": label,
+            "targets": targets,
+            "noise_from": noise if self.noise_pairs else "no sampled pairs",
+        }
+
     def _payload(
-        self, files: list[Path], decisions: list[PathDecision], written: int, unmatched: int
+        self,
+        files: list[Path],
+        decisions: list[PathDecision],
+        written: int,
+        unmatched: int,
+        comparison: dict[str, Any],
     ) -> dict[str, Any]:
         routes = [self.routes[r].to_json() for r in sorted(self.routes)]
         totals: dict[str, Any] = {}
@@ -565,6 +695,8 @@ class DiffRun:
             "not_compared",
             "body_undecodable",
             "staging_errors",
+            "server_errors",
+            "baseline_errors",
             "status_mismatch",
             "drift_requests",
             "noise_only_requests",
@@ -585,6 +717,8 @@ class DiffRun:
         return {
             "kind": SUMMARY_KIND,
             "version": SUMMARY_VERSION,
+            "comparison": comparison,
+            "latency_format": LATENCY_FORMAT,
             "results": str(self.results),
             "results_files": results_fingerprint(self.results),
             "options": {

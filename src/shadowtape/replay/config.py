@@ -83,6 +83,10 @@ class ReplayConfig:
     source: str
     target: str
     out: str
+    # Diffy-style comparison: every request also goes to a baseline (the current version) and,
+    # optionally, to a second baseline, whose differences from the first are noise.
+    baseline: str | None = None
+    baseline_2: str | None = None
     timing: Timing = field(default_factory=lambda: Timing("speed", 1.0))
     concurrency: int = 32
     limit: int | None = None

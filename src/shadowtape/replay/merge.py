@@ -2,8 +2,8 @@
 
 Senders own disjoint sessions (`plan.in_shard`), so their counts add up field by field; a
 quantile cannot be merged from quantiles, so each sender hands over its lateness histogram
-(`stats.Quantiles`) and the run's figures come from the merged histogram, as if one process
-had seen every request. Used by the Ray engine and by local `--workers`.
+(`shadowtape.latency.LatencyHistogram`) and the run's figures come from the merged histogram,
+as if one process had seen every request. Used by the Ray engine and by local `--workers`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,19 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from shadowtape.latency import LatencyHistogram
 from shadowtape.replay.runner import Progress
-from shadowtape.replay.stats import Quantiles, ReplayCounts, ReplaySummary
+from shadowtape.replay.stats import ReplayCounts, ReplaySummary
 from shadowtape.telemetry import merge_telemetry
 
 
-def merge_lateness(parts: Iterable[Quantiles | None]) -> Quantiles:
-    total = Quantiles()
-    for q in parts:
-        if q is not None:
-            total.merge(q)
-    return total
+def merge_lateness(parts: Iterable[LatencyHistogram | None]) -> LatencyHistogram:
+    return LatencyHistogram.merged(h for h in parts if h is not None)
+
+
+def lateness_us(hist: LatencyHistogram, q: float) -> int:
+    """A lateness figure as the runner reports it (µs, 0 when nothing was measured)."""
+    return round(hist.quantile_us(q) or 0)
 
 
 def merge_counts(parts: list[ReplayCounts]) -> ReplayCounts:
@@ -44,8 +46,8 @@ def merge_counts(parts: list[ReplayCounts]) -> ReplayCounts:
 def merge_progress(parts: list[Progress | None], elapsed: float) -> Progress:
     seen = [p for p in parts if p is not None]
     lateness = merge_lateness(p.lateness for p in seen)
-    if lateness.count or not seen:
-        p99 = lateness.quantile(0.99)
+    if lateness.total or not seen:
+        p99 = lateness_us(lateness, 0.99)
     else:  # senders that did not send their distribution: the worst one's figure
         p99 = max(p.lateness_p99_us for p in seen)
     return Progress(
@@ -91,9 +93,9 @@ def merge_summaries(
         status=status,
         reason=reason,
         counts=merge_counts([s.counts for s in shards]),
-        lateness_p50_us=lateness.quantile(0.5),
-        lateness_p99_us=lateness.quantile(0.99),
-        lateness_max_us=lateness.max,
+        lateness_p50_us=lateness_us(lateness, 0.5),
+        lateness_p99_us=lateness_us(lateness, 0.99),
+        lateness_max_us=round(lateness.high or 0),
         lateness=lateness,
         elapsed_s=round(elapsed, 3),
         files=sorted(f for s in shards for f in s.files),

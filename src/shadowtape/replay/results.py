@@ -24,13 +24,41 @@ from shadowtape.errors import InputError
 from shadowtape.replay.config import WRITE_METHODS
 from shadowtape.schema import (
     KIND_RESULTS,
+    META_REPLAY,
     RESULT_SCHEMA,
     DatasetWriter,
     RollPolicy,
     dataset_files,
 )
 
-META_REPLAY = "shadowtape.replay"
+# Where a baseline's answer goes: the candidate's columns, renamed (see schema._BASELINE_FIELDS).
+BASELINE_NAMES = {
+    "outcome": "baseline_outcome",
+    "target_url": "baseline_target_url",
+    "span_id": "baseline_span_id",
+    "sent_at": "baseline_sent_at",
+    "first_byte_at": "baseline_first_byte_at",
+    "done_at": "baseline_done_at",
+    "attempts": "baseline_attempts",
+    "retries": "baseline_retries",
+    "staging_status": "baseline_status",
+    "staging_reason": "baseline_reason",
+    "staging_http_version": "baseline_http_version",
+    "staging_headers": "baseline_headers",
+    "staging_body": "baseline_body",
+    "staging_body_truncated": "baseline_body_truncated",
+    "staging_error": "baseline_error",
+    "substitutions": "baseline_substitutions",
+}
+# The candidate's columns in a row that holds only a baseline's answer (a replay_pass 2 row of
+# a baseline run): not sent, and saying why, so a reader that knows nothing of baselines
+# skips the row instead of reading an empty answer.
+BASELINE_ONLY = "baseline_only"
+
+
+def as_baseline(fields: dict[str, Any]) -> dict[str, Any]:
+    """A side's result fields under the baseline_* column names."""
+    return {BASELINE_NAMES[k]: v for k, v in fields.items() if k in BASELINE_NAMES}
 
 
 def result_row(recorded: dict[str, Any], **replay: Any) -> dict[str, Any]:
@@ -78,8 +106,11 @@ def count_values(values: pa.Array) -> dict[str, int]:
     }
 
 
-def skipped_batch(batch: pa.RecordBatch, reasons: pa.Array, run_id: str) -> pa.RecordBatch:
-    """Exchange columns as they are, replay columns for rows that were not sent."""
+def skipped_batch(
+    batch: pa.RecordBatch, reasons: pa.Array, run_id: str, baseline: bool = False
+) -> pa.RecordBatch:
+    """Exchange columns as they are, replay columns for rows that were not sent (to any side:
+    with a baseline, `baseline_outcome` says so too)."""
     n = batch.num_rows
     fixed = {
         "run_id": pa.array([run_id] * n, pa.string()),
@@ -90,6 +121,8 @@ def skipped_batch(batch: pa.RecordBatch, reasons: pa.Array, run_id: str) -> pa.R
         "retries": pa.array([0] * n, pa.int32()),
         "substitutions": pa.array([[]] * n, RESULT_SCHEMA.field("substitutions").type),
     }
+    if baseline:
+        fixed["baseline_outcome"] = pa.array(["skipped"] * n, pa.string())
     columns = []
     for f in RESULT_SCHEMA:
         if f.name in batch.schema.names:

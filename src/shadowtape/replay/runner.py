@@ -2,8 +2,11 @@
 
 Rows stream from the dataset (a worker thread reads row groups), pass a reorder buffer, and are
 handed to per-session lanes at their due time; every row yields exactly one results row, sent,
-skipped or failed, even when the run stops early. The loop takes a frozen, picklable
-`ReplayConfig`, so a CLI, a test or a remote worker (a Ray actor) run the same code.
+skipped or failed, even when the run stops early. With a baseline each row is sent to every
+side at once (`sides.py`: each with its own breaker, sender and correlation state) and its row
+holds every side's answer; a second baseline's answers are replay_pass 2 rows. The loop takes
+a frozen, picklable `ReplayConfig`, so a CLI, a test or a remote worker (a Ray actor) run the
+same code.
 """
 
 from __future__ import annotations
@@ -24,14 +27,11 @@ import pyarrow.compute as pc
 from shadowtape.errors import InputError
 from shadowtape.governance.lineage import META_LINEAGE, lineage_metadata
 from shadowtape.governance.routes import route_label
+from shadowtape.latency import LatencyHistogram
 from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
 from shadowtape.replay.engine import choose_engine, run_loop
-from shadowtape.replay.guardrails import (
-    CircuitBreaker,
-    check_sanitized,
-    check_target_allowed,
-)
+from shadowtape.replay.guardrails import check_sanitized, check_target_allowed
 from shadowtape.replay.plan import (
     OffsetClock,
     ReorderBuffer,
@@ -41,7 +41,9 @@ from shadowtape.replay.plan import (
     step_key,
 )
 from shadowtape.replay.results import (
+    BASELINE_ONLY,
     ResultSink,
+    as_baseline,
     count_values,
     in_sample,
     prepare_out_dir,
@@ -53,15 +55,16 @@ from shadowtape.replay.results import (
 from shadowtape.replay.scan import DatasetScan, iter_rows, scan_dataset
 from shadowtape.replay.scheduler import Clock, Lane, MonotonicClock, SessionScheduler, Work
 from shadowtape.replay.sender import (
+    OutgoingRequest,
     RequestParts,
-    Sender,
     SendOutcome,
     TargetMap,
     UnsendableRequest,
     build_request,
     describe_error,
 )
-from shadowtape.replay.stats import Quantiles, ReplayCounts, ReplaySummary
+from shadowtape.replay.sides import BASELINE, Side, check_sides, send_order, side_specs
+from shadowtape.replay.stats import ReplayCounts, ReplaySummary
 from shadowtape.replay.substitute import Correlator, SessionBindings, Substitution
 from shadowtape.replay.traceparent import span_id, trace_id, traceparent
 from shadowtape.schema import (
@@ -94,6 +97,7 @@ class ReplayPlan:
     timing: str
     correlation_rules: int
     shard: str
+    sides: tuple[str, ...] = ("candidate",)  # each request is sent to every side
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,7 @@ class Progress:
     rate: float
     lateness_p99_us: int
     elapsed_s: float
-    lateness: Quantiles | None = None  # the distribution, so senders' progress can be merged
+    lateness: LatencyHistogram | None = None  # the distribution, so senders' progress merges
 
 
 # --- checks before anything is read or sent --------------------------------------------------
@@ -118,6 +122,7 @@ def check_config(config: ReplayConfig) -> dict[str, str]:
     targets = TargetMap(config.target, config.rewrites)
     for base in targets.bases():
         check_target_allowed(base, config.allow_hosts)
+    check_sides(config)
     if config.concurrency < 1:
         raise InputError("--concurrency must be at least 1")
     if config.on_miss not in ("send-recorded", "skip-session"):
@@ -155,6 +160,7 @@ def plan_replay(config: ReplayConfig) -> ReplayPlan:
         timing=config.timing.describe(),
         correlation_rules=len(rules),
         shard=f"{config.shard_index}/{config.shard_count}",
+        sides=tuple(f"{spec.name} {spec.url}" for spec in side_specs(config)),
     )
 
 
@@ -230,9 +236,20 @@ def run_replay(
 @dataclass(slots=True)
 class _SessionState:
     trace_id: str
-    bindings: SessionBindings = field(default_factory=SessionBindings)
+    # One per side: what each system minted is carried to that system only.
+    bindings: list[SessionBindings] = field(default_factory=list)
     last_seq: int = -(2**62)
     aborted: str | None = None
+
+
+@dataclass(slots=True)
+class _SideRequest:
+    """One side's copy of a recorded request, after that side's correlation."""
+
+    side: Side
+    parts: RequestParts
+    substitutions: list[dict[str, str]]
+    missed: bool
 
 
 class _Replay:
@@ -258,9 +275,8 @@ class _Replay:
         # Replay ids need uniqueness, not secrecy: one seeding from the OS, then no syscall
         # per request.
         self._id_random = random.Random()
-        self.targets = TargetMap(config.target, config.rewrites)
         self.counts = ReplayCounts()
-        self.lateness = Quantiles()
+        self.lateness = LatencyHistogram()
         self.stop_reason: str | None = None
         self.interrupted = False
         self.abandon_tail = False
@@ -293,13 +309,15 @@ class _Replay:
         cfg = self.config
         started = time.monotonic()
         self.stop = asyncio.Event()
-        self.breaker = CircuitBreaker(cfg.breaker)
-        self.sender = Sender(cfg, self.breaker, now=self.clock.now)
+        # The candidate first: its answers are the staging_* columns.
+        self.sides = [Side(spec, cfg, self.clock.now) for spec in side_specs(cfg)]
+        self.baseline = next((s for s in self.sides if s.name == BASELINE), None)
         metadata = {"shadowtape.run_id": self.run_id}
         for key in (META_SANITIZED, META_POLICY, META_LINEAGE):
             if key in self.input_meta:
                 metadata[key] = self.input_meta[key]
-        self.telemetry.observe_breaker(lambda: self.breaker.open)
+        for side in self.sides:
+            self.telemetry.observe_breaker(lambda breaker=side.breaker: breaker.open)
         # One file per run (per shard): the run's figures are known only at the end and go in
         # the footer of the file finalized last, so a rolled-over first file would carry a
         # stale "running" summary. SIGINT and SIGTERM finalize it; only a hard kill loses it.
@@ -309,7 +327,9 @@ class _Replay:
         self.scheduler = SessionScheduler(
             self.clock,
             self._handle,
-            new_state=lambda sid: _SessionState(trace_id(self.run_id, sid)),
+            new_state=lambda sid: _SessionState(
+                trace_id(self.run_id, sid), [SessionBindings() for _ in self.sides]
+            ),
             abandon=self._abandon,
             max_pending=max(1024, cfg.concurrency * 8),
             idle_us=int(cfg.session_timeout * 1_000_000),
@@ -328,7 +348,7 @@ class _Replay:
         except BaseException:
             self.scheduler.cancel_all()
             await self.scheduler.join_cancelled()
-            await self.sender.aclose()
+            await self._close_senders()
             self.sink.abort()
             raise
         finally:
@@ -338,7 +358,7 @@ class _Replay:
             ticker.cancel()
             if self.timer is not None:
                 self.timer.cancel()
-        await self.sender.aclose()
+        await self._close_senders()
         self.counts.sessions = self.scheduler.lanes_created
         if self.abandon_tail:
             self.counts.rows_not_written = self.scan.shard_rows - self.pass1_rows
@@ -352,11 +372,20 @@ class _Replay:
             self.progress(self._snapshot(time.monotonic() - started, 0.0))
         return summary
 
+    async def _close_senders(self) -> None:
+        for side in self.sides:
+            await side.sender.aclose()
+
+    def _trip_reason(self) -> str | None:
+        """Why a breaker opened: the first side's (in side order) whose breaker did."""
+        return next((r for r in (s.trip_reason() for s in self.sides) if r is not None), None)
+
     def _summary(self, elapsed: float, files: list[str]) -> ReplaySummary:
+        tripped = self._trip_reason()
         if self.interrupted:
             status, reason = "interrupted", "interrupted (Ctrl-C)"
-        elif self.breaker.trip is not None:
-            status, reason = "circuit_open", self.breaker.trip.reason
+        elif tripped is not None:
+            status, reason = "circuit_open", tripped
         elif self.stop_reason == "circuit_open":
             status, reason = "circuit_open", "stopped on request: another sender's breaker opened"
         else:
@@ -367,15 +396,18 @@ class _Replay:
             status=status,
             reason=reason,
             counts=self.counts,
-            lateness_p50_us=self.lateness.quantile(0.5),
-            lateness_p99_us=self.lateness.quantile(0.99),
-            lateness_max_us=self.lateness.max,
+            lateness_p50_us=self._lateness(0.5),
+            lateness_p99_us=self._lateness(0.99),
+            lateness_max_us=round(self.lateness.high or 0),
             lateness=self.lateness,
             elapsed_s=round(elapsed, 3),
             files=files,
             config=self.config.to_json(),
             correlation_rules=len(self.rules),
         )
+
+    def _lateness(self, q: float) -> int:
+        return round(self.lateness.quantile_us(q) or 0)
 
     def _metadata(self, summary: ReplaySummary) -> dict[str, Any]:
         data = summary.to_json()
@@ -387,7 +419,7 @@ class _Replay:
         }
         data["correlation"] = [r.to_yaml() for r in self.rules]
         data["staging_body"] = "decoded (Content-Encoding removed by the client)"
-        data["http1"] = self.sender.engine.describe()
+        data["http1"] = self.sides[0].sender.engine.describe()
         data["complete"] = self.counts.rows_not_written == 0
         return data
 
@@ -441,10 +473,10 @@ class _Replay:
             done=self.pass1_rows,
             total=self.scan.shard_rows,
             sent=self.counts.sent,
-            in_flight=self.sender.in_flight,
+            in_flight=sum(side.sender.in_flight for side in self.sides),
             errors=self.counts.failed + self.counts.status_classes.get("5xx", 0),
             rate=rate,
-            lateness_p99_us=self.lateness.quantile(0.99),
+            lateness_p99_us=self._lateness(0.99),
             elapsed_s=elapsed,
             lateness=self.lateness,
         )
@@ -504,7 +536,9 @@ class _Replay:
             self.counts.noise_not_sent += pc.sum(chosen).as_py() or 0
         self.counts.rows += batch.num_rows
         self.pass1_rows += batch.num_rows
-        await self.sink.add_batch(skipped_batch(batch, reasons, self.run_id))
+        await self.sink.add_batch(
+            skipped_batch(batch, reasons, self.run_id, baseline=self.baseline is not None)
+        )
 
     async def _dispatch_all(self) -> None:
         cfg = self.config
@@ -595,6 +629,7 @@ class _Replay:
         self.pass1_rows += 1
         if row["id"] in self.scan.noise_ids:
             self.counts.noise_not_sent += 1
+        extra = {} if self.baseline is None else {"baseline_outcome": "skipped"}
         return result_row(
             row,
             run_id=self.run_id,
@@ -604,62 +639,87 @@ class _Replay:
             attempts=0,
             retries=0,
             substitutions=substitutions or [],
+            **extra,
         )
 
     def _abandon(self, lane: Lane, work: Work) -> None:
         self.sink.add_nowait(self._skip_row(work.row, work.skip_reason or "interrupted"))
 
-    def _learn(self, lane: Lane, row: dict[str, Any], outcome: SendOutcome | None) -> None:
+    def _learn(
+        self,
+        state: _SessionState,
+        row: dict[str, Any],
+        outcomes: list[SendOutcome | None] | None,
+    ) -> None:
+        """Each side binds the recorded values to what it answered itself (None: no answer)."""
         if not self.correlator:
             return
-        staged = outcome is not None and outcome.status is not None
-        self.correlator.learn(
-            lane.state.bindings,
-            step_key(row["method"], row.get("path"), row.get("route")),
-            row.get("response_headers") or [],
-            row.get("response_body"),
-            outcome.headers if staged else None,
-            outcome.body if staged else None,
+        step = step_key(row["method"], row.get("path"), row.get("route"))
+        for k, bindings in enumerate(state.bindings):
+            outcome = outcomes[k] if outcomes is not None else None
+            staged = outcome is not None and outcome.status is not None
+            self.correlator.learn(
+                bindings,
+                step,
+                row.get("response_headers") or [],
+                row.get("response_body"),
+                outcome.headers if staged and outcome else None,
+                outcome.body if staged and outcome else None,
+            )
+
+    def _correlate(
+        self, side: Side, bindings: SessionBindings, row: dict[str, Any]
+    ) -> _SideRequest:
+        parts = parts_of(row)
+        subs: list[Substitution] = []
+        if self.correlator:
+            subs = self.correlator.apply(bindings, parts)
+            c = self.counts
+            for s in subs:
+                miss = s.outcome == "miss"
+                if side.is_candidate:
+                    (c.misses if miss else c.substitutions)[s.rule] += 1
+                else:
+                    (c.baseline_misses if miss else c.baseline_substitutions)[side.name] += 1
+        return _SideRequest(
+            side, parts, [s.as_row() for s in subs], any(s.outcome == "miss" for s in subs)
         )
 
     async def _handle(self, lane: Lane, work: Work) -> None:
         row, state = work.row, lane.state
         reason = work.skip_reason or state.aborted or self.stop_reason
         if reason is not None:
-            self._learn(lane, row, None)
+            self._learn(state, row, None)
             await self._skip(row, reason)
             return
         if row["seq"] < state.last_seq:
             self.counts.out_of_order += 1
         state.last_seq = max(state.last_seq, row["seq"])
         try:
-            parts = parts_of(row)
-            subs: list[Substitution] = []
-            if self.correlator:
-                subs = self.correlator.apply(state.bindings, parts)
+            requests = [
+                self._correlate(side, state.bindings[k], row) for k, side in enumerate(self.sides)
+            ]
         except Exception as exc:
             # A row this replayer cannot make a request of: one failed row, the run goes on.
-            self._learn(lane, row, None)
+            self._learn(state, row, None)
             await self._not_sent(row, state.trace_id, [], None, exc)
             return
-        for s in subs:
-            (self.counts.misses if s.outcome == "miss" else self.counts.substitutions)[s.rule] += 1
-        sub_rows = [s.as_row() for s in subs]
-        if self.config.on_miss == "skip-session" and any(s.outcome == "miss" for s in subs):
-            state.aborted = "session_aborted"  # the rest of the session, after the miss
+        if self.config.on_miss == "skip-session" and any(r.missed for r in requests):
+            # The rest of the session, after the miss (on any side: a comparison needs both).
+            state.aborted = "session_aborted"
             self.counts.sessions_skipped_on_miss += 1
-            self._learn(lane, row, None)
-            await self._skip(row, "correlation_miss", sub_rows)
+            self._learn(state, row, None)
+            await self._skip(row, "correlation_miss", requests[0].substitutions)
             return
         # With no schedule (--speed max) a request is due when its session's turn comes, so
         # lateness is the wait for a free connection, not the time spent queued behind it.
         scheduled = work.scheduled if work.due is not None else self.clock.now()
         # The twin's copy is taken now: the first send's results row takes `row` over.
         twin = dict(row) if row["id"] in self.scan.noise_ids else None
-        outcome = await self._send(row, parts, state.trace_id, 1, scheduled, sub_rows)
-        self._learn(lane, row, outcome)
+        outcomes = await self._send(row, requests, state.trace_id, scheduled)
+        self._learn(state, row, outcomes)
         if twin is not None:
-            await self._send_twin(twin, parts, state.trace_id, sub_rows, outcome)
+            await self._send_twin(twin, requests, state.trace_id, outcomes)
 
     async def _not_sent(
         self,
@@ -670,11 +730,22 @@ class _Replay:
         exc: Exception,
         url: str | None = None,
     ) -> SendOutcome:
-        """A request that cannot be sent: one failed row with the reason, counted."""
+        """A request that cannot be sent: one failed row with the reason, counted. With a
+        baseline no side was sent (a comparison needs both), and the row says so for each."""
         reason = str(exc) if isinstance(exc, UnsendableRequest) else describe_error(exc)
         self.counts.failed += 1
         self.counts.unsendable += 1
         self._count_row(1)
+        baseline: dict[str, Any] = {}
+        if self.baseline is not None:
+            baseline = {
+                "baseline_outcome": "failed",
+                "baseline_error": f"not sent: {reason}",
+                "baseline_attempts": 0,
+                "baseline_retries": 0,
+            }
+            for side in self.sides[1:]:
+                self.counts.baseline_failed[side.name] += 1
         await self.sink.add(
             result_row(
                 row,
@@ -688,6 +759,7 @@ class _Replay:
                 attempts=0,
                 retries=0,
                 substitutions=sub_rows,
+                **baseline,
             )
         )
         return SendOutcome(error=reason)
@@ -695,76 +767,143 @@ class _Replay:
     async def _send(
         self,
         row: dict[str, Any],
-        parts: RequestParts,
+        requests: list[_SideRequest],
         trace: str,
-        replay_pass: int,
         scheduled: float | None,
-        sub_rows: list[dict[str, str]],
-    ) -> SendOutcome:
+        replay_pass: int | None = None,
+    ) -> list[SendOutcome | None]:
+        """Send one recorded request to every side in `requests` at once, then write its
+        results rows; the outcomes come back in the order of `requests`.
+
+        Each side's answer goes in its own row (`replay_pass` None: the candidate's and the
+        baseline's in pass 1, the second baseline's in pass 2), or every answer in a pass-2
+        row (`replay_pass` 2: a noise twin)."""
         cfg = self.config
-        replay_id = uuid7(rand=self._id_random.randbytes(10))
-        span = span_id(self.run_id, row["id"], replay_pass)
-        extra = (
-            *cfg.headers,
-            ("traceparent", traceparent(trace, span)),
-            (REPLAY_ID_HEADER, replay_id),
-        )
-        try:
-            request = build_request(
-                parts, self.targets, keep_host=cfg.keep_host, extra_headers=extra
+        passes = [replay_pass or r.side.spec.replay_pass for r in requests]
+        replay_ids = {p: uuid7(rand=self._id_random.randbytes(10)) for p in sorted(set(passes))}
+        spans: list[str] = []
+        outgoing: list[OutgoingRequest] = []
+        for r, p in zip(requests, passes, strict=True):
+            span = span_id(
+                self.run_id, row["id"] if r.side.is_candidate else f"{row['id']}/{r.side.name}", p
             )
-        except Exception as exc:  # UnsendableRequest, or a recorded row the builder chokes on
-            if replay_pass == 2:
-                self.counts.noise_not_sent += 1
-                return SendOutcome(error=str(exc))
-            url = exc.url if isinstance(exc, UnsendableRequest) else None
-            return await self._not_sent(row, trace, sub_rows, scheduled, exc, url)
-        common = {
+            extra = (
+                *cfg.headers,
+                ("traceparent", traceparent(trace, span)),
+                (REPLAY_ID_HEADER, replay_ids[p]),
+            )
+            spans.append(span)
+            try:
+                outgoing.append(
+                    build_request(
+                        r.parts, r.side.targets, keep_host=cfg.keep_host, extra_headers=extra
+                    )
+                )
+            except Exception as exc:  # UnsendableRequest, or a recorded row the builder chokes on
+                # Not sent to any side: what one side cannot be sent, the comparison lacks.
+                if replay_pass == 2:
+                    self.counts.noise_not_sent += 1
+                    return [SendOutcome(error=str(exc))] * len(requests)
+                unsendable = isinstance(exc, UnsendableRequest) and r.side.is_candidate
+                url = exc.url if unsendable else None
+                lost = await self._not_sent(
+                    row, trace, requests[0].substitutions, scheduled, exc, url
+                )
+                return [lost] * len(requests)
+        # A row per pass; a copy for the second, taken before the first row takes `row` over.
+        bases = {p: row if i == 0 else dict(row) for i, p in enumerate(replay_ids)}
+        outcomes: list[SendOutcome | None] = [None] * len(requests)
+
+        async def send(k: int) -> None:
+            side = requests[k].side
+            key = side.retry_key(row["id"], passes[k])
+            outcomes[k] = await side.sender.send(outgoing[k], retry_key=key)
+
+        def rows() -> list[dict[str, Any]]:
+            out = []
+            for p, base in bases.items():
+                members = [
+                    (requests[k], outgoing[k], outcomes[k], spans[k])
+                    for k in range(len(requests))
+                    if passes[k] == p
+                ]
+                out.append(self._result(base, p, replay_ids[p], trace, scheduled, members))
+            return out
+
+        try:
+            if len(requests) == 1:
+                await send(0)
+            else:
+                await asyncio.gather(*(send(k) for k in send_order(row["id"], len(requests))))
+        except asyncio.CancelledError:
+            # Still in flight when the grace period ended: the rows say so, whole.
+            for result in rows():
+                self.sink.add_nowait(result)
+            raise
+        if any(side.breaker.open for side in self.sides):
+            self._request_stop("circuit_open")
+        for result in rows():
+            await self.sink.add(result)
+        return outcomes
+
+    def _result(
+        self,
+        base: dict[str, Any],
+        replay_pass: int,
+        replay_id: str,
+        trace: str,
+        scheduled: float | None,
+        members: list[tuple[_SideRequest, OutgoingRequest, SendOutcome | None, str]],
+    ) -> dict[str, Any]:
+        """One results row: the recorded exchange, then each member side's answer in its
+        columns; a row without the candidate says the candidate was not sent."""
+        fields: dict[str, Any] = {
             "run_id": self.run_id,
             "replay_id": replay_id,
             "replay_pass": replay_pass,
             "trace_id": trace,
-            "span_id": span,
-            "target_url": request.url,
             "scheduled_at": self.wall_us(scheduled),
-            "substitutions": sub_rows,
         }
-        try:
-            outcome = await self.sender.send(request, retry_key=f"{row['id']}/{replay_pass}")
-        except asyncio.CancelledError:
-            if replay_pass == 1:
-                self.counts.failed += 1
-            self._count_row(replay_pass)
-            self.sink.add_nowait(
-                result_row(
-                    row,
-                    **common,
-                    outcome="failed",
-                    staging_error="interrupted: still in flight when the grace period ended",
-                    attempts=1,
-                    retries=0,
-                )
+        has_candidate = False
+        for request, outgoing, outcome, span in members:
+            side_fields: dict[str, Any] = {
+                "target_url": outgoing.url,
+                "span_id": span,
+                "substitutions": request.substitutions,
+            }
+            side_fields.update(self._outcome_fields(request.side, outcome, scheduled, replay_pass))
+            if outcome is not None and self.telemetry.enabled:
+                self._emit(base, fields, side_fields, request.side, outcome)
+            if request.side.is_candidate:
+                has_candidate = True
+                fields.update(side_fields)
+            else:
+                fields.update(as_baseline(side_fields))
+        if not has_candidate:
+            fields.update(
+                outcome="skipped",
+                skip_reason=BASELINE_ONLY,
+                attempts=0,
+                retries=0,
+                substitutions=[],
             )
-            raise
-        if self.breaker.open:
-            self._request_stop("circuit_open")
-        fields = self._outcome_fields(outcome, scheduled, replay_pass)
-        if self.telemetry.enabled:
-            self._emit(row, common, fields, outcome)
-        await self.sink.add(result_row(row, **common, **fields))
         self._count_row(replay_pass)
-        return outcome
+        return result_row(base, **fields)
 
     def _emit(
         self,
         row: dict[str, Any],
         common: dict[str, Any],
         fields: dict[str, Any],
+        side: Side,
         outcome: SendOutcome,
     ) -> None:
-        """One span and the metrics for one send. The span's ids are the traceparent's, so
-        staging's server span is its child; the diff verdict is not known yet and is joined
-        later by trace and span id (results columns trace_id, span_id)."""
+        """One span for one send, and for the candidate's sends the metrics. The span's ids
+        are the traceparent's, so the target's server span is its child; the diff verdict is
+        not known yet and is joined later by trace and span id (results columns trace_id and
+        span_id, baseline_span_id for a baseline's send). The metrics stay the candidate's
+        (staging's latency and errors), as without a baseline; a baseline's spans say
+        `shadowtape.side`."""
         tel = self.telemetry
         method = row["method"]
         route = route_label(method, row.get("path"), row.get("route"))
@@ -775,14 +914,14 @@ class _Replay:
         span = RequestSpan(
             route,
             trace_id=common["trace_id"],
-            span_id=common["span_id"],
+            span_id=fields["span_id"],
             start_ns=start_us * 1000,
             end_ns=end_us * 1000,
             error=error,
             attributes={
                 "http.request.method": method,
                 "http.route": route,
-                "url.full": common["target_url"],
+                "url.full": fields["target_url"],
                 "http.response.status_code": status,
                 "error.type": ("send_failed" if status is None else None),
                 "shadowtape.outcome": fields["outcome"],
@@ -792,9 +931,12 @@ class _Replay:
                 "shadowtape.exchange_id": row["id"],
                 "shadowtape.session_id": row["session_id"],
                 "shadowtape.recorded_status": row.get("status"),
+                "shadowtape.side": None if side.is_candidate else side.name,
             },
         )
         tel.span_for_request(span)
+        if not side.is_candidate:
+            return
         if fields["sent_at"] is not None and fields["done_at"] is not None:
             tel.record_latency(route, method, status, (end_us - start_us) / 1000)
         if status is None:
@@ -811,29 +953,54 @@ class _Replay:
             self.counts.noise_rows += 1
 
     def _outcome_fields(
-        self, outcome: SendOutcome, scheduled: float | None, replay_pass: int
+        self, side: Side, outcome: SendOutcome | None, scheduled: float | None, replay_pass: int
     ) -> dict[str, Any]:
+        """One side's answer as result fields (candidate column names), counted. `outcome`
+        None: the send was still in flight when the run was cut short."""
         c = self.counts
-        c.retries += outcome.retries
+        # A side's own row, or a noise twin (a second send of the same request to the side).
+        main = replay_pass == side.spec.replay_pass
+        noise = replay_pass == 2
+        if outcome is None:
+            if main and side.is_candidate:
+                c.failed += 1
+            elif main:
+                c.baseline_failed[side.name] += 1
+            c.noise_failed += noise
+            return {
+                "outcome": "failed",
+                "staging_error": "interrupted: still in flight when the grace period ended",
+                "attempts": 1,
+                "retries": 0,
+            }
+        if side.is_candidate:
+            c.retries += outcome.retries
+        else:
+            c.baseline_retries[side.name] += outcome.retries
         sent_us = self.wall_us(outcome.sent_at)
         scheduled_us = self.wall_us(scheduled)
         lateness = None
-        main_pass = replay_pass == 1
         if sent_us is not None and scheduled_us is not None:
             lateness = sent_us - scheduled_us
-            if main_pass:  # the noise pass has no schedule to keep
-                self.lateness.add(lateness)
+            if main and side.is_candidate:  # the noise pass has no schedule to keep
+                self.lateness.add(max(0, lateness))
         error = outcome.error
         if outcome.status is None:
-            c.failed += main_pass
-            c.noise_failed += not main_pass
+            if main and side.is_candidate:
+                c.failed += 1
+            elif main:
+                c.baseline_failed[side.name] += 1
+            c.noise_failed += noise
             result = "failed"
         else:
-            if main_pass:
+            status_class = f"{outcome.status // 100}xx"
+            if main and side.is_candidate:
                 c.sent += 1
-                c.status_classes[f"{outcome.status // 100}xx"] += 1
-            else:
-                c.noise_sent += 1
+                c.status_classes[status_class] += 1
+            elif main:
+                c.baseline_sent[side.name] += 1
+                c.baseline_status_classes[f"{side.name} {status_class}"] += 1
+            c.noise_sent += noise
             result = "sent"
             if outcome.body_truncated:
                 c.staging_body_truncated += 1
@@ -862,21 +1029,28 @@ class _Replay:
     async def _send_twin(
         self,
         row: dict[str, Any],
-        parts: RequestParts,
+        requests: list[_SideRequest],
         trace: str,
-        sub_rows: list[dict[str, str]],
-        first: SendOutcome,
+        first: list[SendOutcome | None],
     ) -> None:
         """Send the request again (replay_pass 2) inside its session, before the session's
         next step, so both answers come from the same session state: the diff stage learns
-        which fields differ between two staging answers, not what a logout changed.
+        which fields differ between two answers of one system, not what a logout changed.
+        The system asked again is the one the diff compares against: the baseline when
+        there is one, else the candidate.
 
         It is not a session step: nothing is learned from it for correlation, and it has
         its own counters. The request is the one just sent (same substitutions), with a new
         span and replay id. A first send without an answer, or a stop in between, means no
         second send; that is counted as `noise_not_sent`.
         """
-        if first.status is None or self.stop.is_set():
+        k = next(
+            i
+            for i, r in enumerate(requests)
+            if (r.side is self.baseline if self.baseline is not None else r.side.is_candidate)
+        )
+        answer = first[k]
+        if answer is None or answer.status is None or self.stop.is_set():
             self.counts.noise_not_sent += 1
             return
-        await self._send(row, parts, trace, 2, self.clock.now(), sub_rows)
+        await self._send(row, [requests[k]], trace, self.clock.now(), replay_pass=2)

@@ -382,6 +382,7 @@ class Sender:
         config: ReplayConfig,
         breaker: CircuitBreaker,
         now: Callable[[], float] = time.monotonic,
+        targets: TargetMap | None = None,
     ) -> None:
         self.config = config
         self.breaker = breaker
@@ -390,7 +391,7 @@ class Sender:
         self.in_flight = 0
         t = config.timeouts
         # Loading the CA bundle costs a good part of a second: only when a target needs TLS.
-        bases = TargetMap(config.target, config.rewrites).bases()
+        bases = (targets or TargetMap(config.target, config.rewrites)).bases()
         needs_tls = any(urlsplit(b).scheme == "https" for b in bases)
         tls = tls_context(config.tls_verify and needs_tls)
         auto = config.http == "auto"

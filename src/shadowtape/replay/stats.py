@@ -6,49 +6,11 @@ figures and the results files carry them in their metadata.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# Log-spaced buckets (2% wide) keep quantiles of millions of samples in a few hundred ints.
-_GROWTH = 1.02
-_LOG_GROWTH = math.log(_GROWTH)
-
-
-class Quantiles:
-    """Streaming quantiles of non-negative integers (µs) within 2%; negatives count as 0."""
-
-    def __init__(self) -> None:
-        self._buckets: Counter[int] = Counter()
-        self.count = 0
-        self.max = 0
-
-    def add(self, value: int) -> None:
-        value = max(0, value)
-        self.count += 1
-        self.max = max(self.max, value)
-        self._buckets[0 if value < 1 else 1 + int(math.log(value) / _LOG_GROWTH)] += 1
-
-    def merge(self, other: Quantiles) -> None:
-        """Add another run's samples: the same buckets, so merged quantiles are exact to 2%,
-        as if one process had seen every sample."""
-        self._buckets.update(other._buckets)
-        self.count += other.count
-        self.max = max(self.max, other.max)
-
-    def quantile(self, q: float) -> int:
-        if not self.count:
-            return 0
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for bucket in sorted(self._buckets):
-            seen += self._buckets[bucket]
-            if seen >= rank:
-                if bucket == 0:
-                    return 0
-                return min(self.max, int(_GROWTH ** (bucket - 1) * _GROWTH))
-        return self.max
+from shadowtape.latency import LatencyHistogram
 
 
 @dataclass(slots=True)
@@ -73,6 +35,14 @@ class ReplayCounts:
     noise_rows: int = 0
     noise_not_sent: int = 0  # chosen for a second send, but the first got no answer or was skipped
     rows_not_written: int = 0  # only when a second Ctrl-C cut the final accounting short
+    # The baselines (--baseline, --baseline-2), keyed by side name; the fields above are the
+    # candidate's. Counters, so shards' counts add up like the rest.
+    baseline_sent: Counter[str] = field(default_factory=Counter)
+    baseline_failed: Counter[str] = field(default_factory=Counter)
+    baseline_retries: Counter[str] = field(default_factory=Counter)
+    baseline_status_classes: Counter[str] = field(default_factory=Counter)  # "baseline 2xx"
+    baseline_substitutions: Counter[str] = field(default_factory=Counter)
+    baseline_misses: Counter[str] = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting pairs.
@@ -101,7 +71,7 @@ class ReplaySummary:
     telemetry: dict[str, Any] | None = None  # OTLP export counts when telemetry was on
     # The distribution behind the lateness figures, for merging senders' summaries exactly;
     # not part of the JSON (the figures above are).
-    lateness: Quantiles = field(default_factory=Quantiles)
+    lateness: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     @property
     def exit_code(self) -> int:

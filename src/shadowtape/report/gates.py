@@ -1,5 +1,5 @@
 """`--fail-on` rules for CI gates: `status_mismatch>0`, `drift_rate>1%`,
-`p99_latency_ratio>1.5`, `error_rate>0.5%`.
+`latency_regressions>0`, `slo_budget>100%`, `p99_latency_ratio>1.5`, `error_rate>0.5%`.
 
 A rule is checked for the run as a whole and for every route, and trips if any of them
 crosses it: a regression on one endpoint must not hide in an average over all of them.
@@ -26,11 +26,24 @@ METRICS: dict[str, str] = {
     "failed": "requests the replay could not send",
     "skipped": "requests the replay skipped",
     "noise_rate": "requests that differ only by noise / compared",
-    "p50_latency_ratio": "staging p50 latency / recorded p50",
-    "p95_latency_ratio": "staging p95 latency / recorded p95",
-    "p99_latency_ratio": "staging p99 latency / recorded p99",
+    "p50_latency_ratio": "staging p50 latency / the baseline's p50 (else the recorded p50)",
+    "p95_latency_ratio": "staging p95 latency / the baseline's p95 (else the recorded p95)",
+    "p99_latency_ratio": "staging p99 latency / the baseline's p99 (else the recorded p99)",
+    "latency_regressions": "routes significantly slower than the baseline by more than "
+    "--latency-threshold (needs replay --baseline)",
+    "slo_budget": "error budget consumed, the most of the --slo rules (100% = spent)",
+    "availability": "staging non-5xx share of attempted requests",
+    "baseline_errors": "failed sends and 5xx of the baseline",
 }
-_RATES = {"status_mismatch_rate", "drift_rate", "error_rate", "noise_rate"}
+_RATES = {
+    "status_mismatch_rate", "drift_rate", "error_rate", "noise_rate", "slo_budget", "availability",
+}  # fmt: skip
+# Why a metric has no value anywhere, for the gate's line.
+_NOT_APPLICABLE = {
+    "latency_regressions": "these results have no baseline (replay --baseline); recorded vs "
+    "staging latency is context only",
+    "slo_budget": "no --slo rules given",
+}
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     "<=": operator.le,
@@ -69,8 +82,12 @@ class GateResult:
     tripped: bool
     # Where it tripped, with the value there: [(route or "(all routes)", value)].
     where: tuple[tuple[str, float], ...]
+    # Why the rule could not be checked anywhere (no value on any scope), if it could not.
+    not_applicable: str | None = None
 
     def describe(self) -> str:
+        if self.not_applicable is not None:
+            return f"{self.gate.text}: not applicable, {self.not_applicable}"
         if not self.tripped:
             return f"{self.gate.text}: ok"
         shown = ", ".join(f"{r} = {self.gate.show(v)}" for r, v in self.where[:5])
@@ -109,9 +126,14 @@ def evaluate(gates: Sequence[Gate], data: ReportData) -> list[GateResult]:
     scopes = [data.overall, *data.routes]
     for gate in gates:
         where = []
+        measured = False
         for fig in scopes:
             value = _value(fig, gate.metric)
+            measured |= value is not None
             if gate.crossed(value):
                 where.append((fig.route, float(value)))  # type: ignore[arg-type]
-        out.append(GateResult(gate, bool(where), tuple(where)))
+        missing = None
+        if not measured:
+            missing = _NOT_APPLICABLE.get(gate.metric, "no value on any route")
+        out.append(GateResult(gate, bool(where), tuple(where), missing))
     return out

@@ -2,8 +2,9 @@
 can be attached to a CI run or mailed and still open years later.
 
 Routes are a sortable table; each route has its drift paths with examples side by side
-(recorded | staging), its noise folded away below, and a latency plot (cumulative share of
-requests by latency, recorded vs staging, log scale).
+(baseline | candidate, or recorded | staging), its noise folded away below, and its two latency
+distributions side by side on one scale, with the regression test's verdict when the results
+have a baseline.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import re
 from collections.abc import Sequence
 from html import escape
 
-from shadowtape.report.aggregate import LATENCY_GROWTH, PathFinding, ReportData, RouteFigures
+from shadowtape.latency import bucket_bounds
+from shadowtape.report.aggregate import PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
 from shadowtape.report.scenarios import ScenarioGroup
 
@@ -32,7 +34,8 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{margin:0;white-space:pre-wrap;word-break:break-all;font:12px/1.4 ui-monospace,monospace}
 .ex td{width:50%}.ex th{width:50%}section.route{border-top:2px solid #e3e6ec;margin-top:24px}
 details{margin:8px 0}summary{cursor:pointer}.gate{font-family:ui-monospace,monospace}
-svg text{font:11px system-ui,sans-serif;fill:#445}
+svg text{font:11px system-ui,sans-serif;fill:#445}.dists{display:flex;gap:16px;flex-wrap:wrap}
+.dists figure{margin:0}.dists figcaption{font-size:12px;color:#445}
 """
 
 _JS = """
@@ -79,8 +82,14 @@ def _cell(value: float | None, fmt: str = "{:.1f}") -> str:
     return f'<td class="n" data-v="{key}">{_e(shown)}</td>'
 
 
+def _sides(data: ReportData) -> tuple[str, str]:
+    """(reference, candidate) as the page names them."""
+    return ("baseline", "candidate") if data.comparison.has_baseline else ("recorded", "staging")
+
+
 def _route_rows(data: ReportData) -> str:
     out = []
+    reference = data.comparison.reference
     for fig in data.routes:
         status = (
             '<span class="badge drift">drift</span>'
@@ -104,28 +113,41 @@ def _route_rows(data: ReportData) -> str:
             + "".join(
                 _cell(fig.latency_ms(side, q), "{:.1f}")
                 for q in (0.5, 0.95, 0.99)
-                for side in ("recorded", "staging")
+                for side in (reference, "staging")
             )
             + _cell(fig.latency_ratio(0.99), "{:.2f}x")
+            + (f"<td>{_e(_latency_verdict(fig))}</td>" if data.comparison.has_baseline else "")
             + "</tr>"
         )
     return "\n".join(out)
 
 
-_ROUTE_HEADERS = [
-    ("Route", "text"), ("Requests", "num"), ("Status ≠", "num"), ("Body drift", "num"),
-    ("Header drift", "num"), ("Drift rate", "num"), ("Noise-only requests", "num"),
-    ("Noise paths", "num"), ("Error rate", "num"), ("p50 rec ms", "num"),
-    ("p50 stg ms", "num"), ("p95 rec ms", "num"), ("p95 stg ms", "num"), ("p99 rec ms", "num"),
-    ("p99 stg ms", "num"), ("p99 ratio", "num"),
-]  # fmt: skip
+def _latency_verdict(fig: RouteFigures) -> str:
+    test = fig.latency_test
+    if test is None or not test.tested:
+        return "not tested"
+    return "regression" if test.regression else "ok"
+
+
+def _route_headers(data: ReportData) -> list[tuple[str, str]]:
+    ref, cand = (s[:4] for s in _sides(data))
+    heads = [
+        ("Route", "text"), ("Requests", "num"), ("Status ≠", "num"), ("Body drift", "num"),
+        ("Header drift", "num"), ("Drift rate", "num"), ("Noise-only requests", "num"),
+        ("Noise paths", "num"), ("Error rate", "num"),
+    ]  # fmt: skip
+    heads += [(f"p{q} {side} ms", "num") for q in (50, 95, 99) for side in (ref, cand)]
+    heads.append(("p99 ratio", "num"))
+    if data.comparison.has_baseline:
+        heads.append(("Latency", "text"))
+    return heads
 
 
 def _value(v: str | None) -> str:
     return '<span class="muted">(absent)</span>' if v is None else f"<pre>{_e(v)}</pre>"
 
 
-def _finding(p: PathFinding) -> str:
+def _finding(p: PathFinding, sides: tuple[str, str]) -> str:
     where = p.where
     rows = "".join(
         f"<tr><td><pre>{_e(e.raw_location)} ({_e(e.kind)}) · {_e(e.exchange_id)}</pre>"
@@ -138,21 +160,26 @@ def _finding(p: PathFinding) -> str:
         f'{_e(p.classification)}</span> <span class="muted">{_e("/".join(p.kinds))} in '
         f"{p.requests_differing}/{p.requests} requests; {p.replays_differing}/{p.sampled} "
         f"sampled replay pairs — {_e(p.reason)}</span></h3>"
-        f'<table class="ex"><thead><tr><th>Recorded</th><th>Staging</th></tr></thead>'
+        f'<table class="ex"><thead><tr><th>{sides[0].title()}</th><th>{sides[1].title()}</th>'
+        "</tr></thead>"
         f"<tbody>{rows}</tbody></table></div>"
     )
 
 
-def _latency_svg(fig: RouteFigures, width: int = 520, height: int = 180) -> str:
-    """Cumulative share of requests by latency (log x): a shift right is a slowdown."""
-    series = {s: fig.latency.get(s, {}) for s in ("recorded", "staging")}
-    buckets = [i for s in series.values() for i in s]
-    if not buckets:
-        return '<p class="muted">No latency measured.</p>'
-    left, right, top, bottom = 44, 12, 10, 28
-    # A margin either side so the curves do not run along the frame.
-    lo = LATENCY_GROWTH ** min(buckets) / 1000 / 1.25
-    hi = LATENCY_GROWTH ** (max(buckets) + 1) / 1000 * 1.25
+def _histogram_svg(
+    counts: dict[int, int],
+    span: tuple[int, int],
+    peak: float,
+    colour: str,
+    label: str,
+    width: int = 360,
+    height: int = 150,
+) -> str:
+    """One latency distribution: share of requests per bucket, log x. Both sides of a route
+    are drawn on the same x range and y scale, so a shift right is a slowdown at a glance."""
+    left, right, top, bottom = 36, 10, 10, 28
+    first, last = span
+    lo, hi = bucket_bounds(first)[0] / 1000, bucket_bounds(last)[1] / 1000
     lo_log, hi_log = math.log10(lo), math.log10(hi)
     if hi_log - lo_log < 0.5:
         mid = (hi_log + lo_log) / 2
@@ -162,11 +189,11 @@ def _latency_svg(fig: RouteFigures, width: int = 520, height: int = 180) -> str:
         return left + (math.log10(ms) - lo_log) / (hi_log - lo_log) * (width - left - right)
 
     def y(share: float) -> float:
-        return top + (1 - share) * (height - top - bottom)
+        return top + (1 - share / peak) * (height - top - bottom)
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img" aria-label="latency {_e(fig.route)}">',
+        f'role="img" aria-label="{_e(label)}">',
         f'<rect x="{left}" y="{top}" width="{width - left - right}" '
         f'height="{height - top - bottom}" fill="#fafbfc" stroke="#dde"/>',
     ]
@@ -180,36 +207,60 @@ def _latency_svg(fig: RouteFigures, width: int = 520, height: int = 180) -> str:
                     f'stroke="#e8e9ee"/><text x="{px:.1f}" y="{height - bottom + 14}" '
                     f'text-anchor="middle">{value:g}</text>'
                 )
-    for share in (0.5, 0.9):
-        py = y(share)
+    total = sum(counts.values())
+    for i in sorted(counts):
+        low, high = (v / 1000 for v in bucket_bounds(i))
+        share = counts[i] / total
         parts.append(
-            f'<line x1="{left}" y1="{py:.1f}" x2="{width - right}" y2="{py:.1f}" '
-            f'stroke="#eee" stroke-dasharray="3 3"/><text x="{left - 4}" y="{py + 4:.1f}" '
-            f'text-anchor="end">p{round(share * 100)}</text>'
-        )
-    colours = {"recorded": "#3b6fd8", "staging": "#d8573b"}
-    for side, counts in series.items():
-        total = sum(counts.values())
-        if not total:
-            continue
-        seen = 0
-        points = []
-        for i in sorted(counts):
-            points.append(f"{x(LATENCY_GROWTH**i / 1000):.1f},{y(seen / total):.1f}")
-            seen += counts[i]
-            points.append(f"{x(LATENCY_GROWTH ** (i + 1) / 1000):.1f},{y(seen / total):.1f}")
-        parts.append(
-            f'<polyline fill="none" stroke="{colours[side]}" stroke-width="2" '
-            f'points="{" ".join(points)}"><title>{side}</title></polyline>'
+            f'<rect x="{x(low):.1f}" y="{y(share):.1f}" width="{max(x(high) - x(low), 1):.1f}" '
+            f'height="{y(0) - y(share):.1f}" fill="{colour}"><title>{low:.2f}-{high:.2f} ms: '
+            f"{counts[i]} requests</title></rect>"
         )
     parts.append(
-        f'<text x="{width - right}" y="{top + 14}" text-anchor="end">'
-        f'<tspan fill="{colours["recorded"]}">— recorded</tspan> '
-        f'<tspan fill="{colours["staging"]}">— staging</tspan></text>'
         f'<text x="{(left + width) / 2}" y="{height - 2}" text-anchor="middle">latency, ms</text>'
         "</svg>"
     )
     return "".join(parts)
+
+
+def _latency_html(data: ReportData, fig: RouteFigures) -> str:
+    """The two distributions side by side, and what the comparison concluded."""
+    ref_name, cand_name = _sides(data)
+    series = [
+        (ref_name, fig.histogram(fig.reference), "#3b6fd8"),
+        (cand_name, fig.histogram("staging"), "#d8573b"),
+    ]
+    buckets = [i for _, h, _ in series for i in h.counts]
+    if not buckets:
+        return '<p class="muted">No latency measured.</p>'
+    span = (min(buckets) - 2, max(buckets) + 2)
+    peak = max(n / h.total for _, h, _ in series if h.total for n in h.counts.values())
+    figures = []
+    for name, hist, colour in series:
+        if not hist.total:
+            figures.append(
+                f"<figure><figcaption>{_e(name)}: no latency measured</figcaption></figure>"
+            )
+            continue
+        p50, p95 = hist.quantile_ms(0.5), hist.quantile_ms(0.95)
+        caption = f"{name}: {hist.total} requests, p50 {p50:.1f} ms, p95 {p95:.1f} ms"
+        figures.append(
+            f'<figure data-side="{_e(name)}"><figcaption>{_e(caption)}</figcaption>'
+            f"{_histogram_svg(hist.counts, span, peak, colour, f'latency {name} {fig.route}')}"
+            "</figure>"
+        )
+    test = fig.latency_test
+    if not data.comparison.has_baseline:
+        note = (
+            '<p class="muted">Context only: the recording was timed through the capture proxy '
+            "under production's load; replay with --baseline to test for regressions.</p>"
+        )
+    elif test is not None and test.regression:
+        note = f'<p class="drift latency-verdict">{_e(test.verdict())}</p>'
+    else:
+        verdict = test.verdict() if test is not None else "not tested"
+        note = f'<p class="ok latency-verdict">{_e(verdict)}</p>'
+    return f'<div class="dists">{"".join(figures)}</div>{note}'
 
 
 def _route_section(data: ReportData, fig: RouteFigures) -> str:
@@ -223,22 +274,52 @@ def _route_section(data: ReportData, fig: RouteFigures) -> str:
         f"({fig.noise_diffs} differences on {len(noise)} paths); "
         f"{fig.noise_pairs} noise sample pairs.</p>",
     ]
+    sides = _sides(data)
     if drift:
         out.append(f'<p class="drift">{len(drift)} drift paths</p>')
-        out.extend(_finding(p) for p in drift)
+        out.extend(_finding(p, sides) for p in drift)
     elif fig.compared:
         out.append('<p class="ok">No drift.</p>')
     if noise:
         out.append(f"<details><summary>Noise: {len(noise)} paths (kept apart)</summary>")
-        out.extend(_finding(p) for p in noise)
+        out.extend(_finding(p, sides) for p in noise)
         out.append("</details>")
     if ignored:
         out.append(f"<details><summary>Ignored by pinned rules: {len(ignored)} paths</summary>")
-        out.extend(_finding(p) for p in ignored)
+        out.extend(_finding(p, sides) for p in ignored)
         out.append("</details>")
-    out.append("<h3>Latency</h3>" + _latency_svg(fig))
+    out.append("<h3>Latency</h3>" + _latency_html(data, fig))
     out.append("</section>")
     return "\n".join(out)
+
+
+def _latency_verdict_html(data: ReportData) -> str:
+    if not data.comparison.has_baseline:
+        return (
+            '<p class="muted">Latency: recorded vs staging is context only; replay with '
+            "--baseline to test for regressions.</p>"
+        )
+    found = data.latency_regressions
+    tested = sum(1 for t in data.latency_tests if t.tested)
+    how = f"{tested} routes tested against the baseline, threshold {data.latency_threshold:.0%}"
+    if not found:
+        return f'<p class="ok">No latency regression ({_e(how)}).</p>'
+    items = "".join(
+        f'<li><a href="#{anchor(t.route)}">{_e(t.route)}</a>: {_e(t.verdict())}</li>' for t in found
+    )
+    return (
+        f'<p class="drift">Latency regressions: {len(found)} routes ({_e(how)}).</p>'
+        f'<ul class="latency-regressions">{items}</ul>'
+    )
+
+
+def _slo_html(data: ReportData) -> str:
+    if not data.slo:
+        return ""
+    items = "".join(
+        f'<li class="{"drift" if r.exhausted else "ok"}">{_e(r.describe())}</li>' for r in data.slo
+    )
+    return f'<h2>Error budgets</h2><ul id="slo">{items}</ul>'
 
 
 def _scenario_html(groups: Sequence[ScenarioGroup]) -> str:
@@ -268,13 +349,18 @@ def render(
 ) -> str:
     t = data.totals
     drift_paths = [p for p in data.paths if p.classification == "drift"]
+    who = (
+        "the candidate answered like the baseline"
+        if data.comparison.has_baseline
+        else "staging answered like the recording"
+    )
     verdict = (
         f'<p class="drift">Drift: {len(drift_paths)} paths on '
         f"{len({p.route for p in drift_paths})} routes, {data.overall.drift_requests} "
         "requests.</p>"
         if drift_paths
-        else '<p class="ok">No drift: staging answered like the recording.</p>'
-    )
+        else f'<p class="ok">No drift: {who}.</p>'
+    ) + _latency_verdict_html(data)
     gate_html = ""
     if gates:
         items = "".join(
@@ -282,7 +368,10 @@ def render(
             for g in gates
         )
         gate_html = f"<h2>Gates</h2><ul>{items}</ul>"
-    heads = "".join(f'<th data-type="{kind}">{_e(name)}</th>' for name, kind in _ROUTE_HEADERS)
+    heads = "".join(
+        f'<th data-type="{kind}">{_e(name)}</th>' for name, kind in _route_headers(data)
+    )
+    noise = f"; noise from {data.comparison.noise_from}" if data.comparison.noise_from else ""
     sections = "\n".join(_route_section(data, fig) for fig in data.routes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -291,6 +380,8 @@ def render(
 <title>shadowtape report</title><style>{_CSS}</style></head>
 <body>
 <h1>shadowtape report</h1>
+<p id="comparison">Comparing <strong>{_e(data.comparison.label)}</strong>
+{_e(data.comparison.where())}{_e(noise)}.</p>
 <p class="muted">{_e(data.results)} — {t.get("compared", 0)} requests compared across
 {len(data.routes)} routes; {t.get("skipped", 0)} skipped, {t.get("failed", 0)} failed;
 {t.get("noise_pairs", 0)} noise sample pairs; {t.get("unmatched_samples", 0)} unmatched samples;
@@ -298,6 +389,7 @@ def render(
 truncated bodies; {t.get("not_compared", 0)} without a recorded response;
 {t.get("ignored_diffs", 0)} differences ignored by pinned rules.</p>
 <div id="verdict">{verdict}</div>
+{_slo_html(data)}
 {gate_html}
 {_scenario_html(scenarios)}
 <h2>Routes</h2>

@@ -1,12 +1,14 @@
 """JUnit XML for CI: one test case per route (failing when the route drifted, its failure
-text naming the paths), and one per --fail-on rule, so a CI page shows both at a glance."""
+text naming the paths), one per route's latency test (failing on a regression, with a
+baseline), one per error budget (failing when exhausted) and one per --fail-on rule, so a CI
+page shows them all at a glance. The suites' properties say what was compared with what."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from shadowtape.report.aggregate import PathFinding, ReportData, RouteFigures
+from shadowtape.report.aggregate import ALL_ROUTES, PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
 from shadowtape.report.scenarios import ScenarioGroup
 
@@ -17,6 +19,52 @@ def _path_text(p: PathFinding) -> str:
         e = p.examples[0]
         text += f" (e.g. exchange {e.exchange_id} at {e.raw_location}: {e.change()})"
     return text
+
+
+def _properties(suite: ET.Element, data: ReportData, **first: str) -> None:
+    """The suite's own properties (`first`), then what was compared with what."""
+    props = ET.SubElement(suite, "properties")
+    for name, value in first.items():
+        ET.SubElement(props, "property", name=name, value=value)
+    ET.SubElement(props, "property", name="comparison", value=data.comparison.label)
+    for side, url in data.comparison.targets.items():
+        ET.SubElement(props, "property", name=f"target.{side}", value=url)
+
+
+def _latency_suite(suites: ET.Element, data: ReportData) -> None:
+    suite = ET.SubElement(suites, "testsuite", name="shadowtape.latency")
+    _properties(suite, data)
+    failures = skipped = 0
+    for test in data.latency_tests:
+        case = ET.SubElement(suite, "testcase", classname="shadowtape.latency", name=test.route)
+        if not test.tested:
+            skipped += 1
+            ET.SubElement(case, "skipped", message=test.verdict())
+        elif test.regression:
+            failures += 1
+            ET.SubElement(case, "failure", type="latency_regression", message=test.verdict())
+        else:
+            ET.SubElement(case, "system-out").text = test.verdict()
+    _close(suite, len(data.latency_tests), failures, skipped)
+
+
+def _slo_suite(suites: ET.Element, data: ReportData) -> None:
+    suite = ET.SubElement(suites, "testsuite", name="shadowtape.slo")
+    failures = skipped = 0
+    for result in data.slo:
+        name = result.rule.text
+        if result.scope not in (result.rule.route, ALL_ROUTES):
+            name += f" [{result.scope}]"
+        case = ET.SubElement(suite, "testcase", classname="shadowtape.slo", name=name)
+        if result.consumed is None:
+            skipped += 1
+            ET.SubElement(case, "skipped", message=result.describe())
+        elif result.exhausted:
+            failures += 1
+            ET.SubElement(case, "failure", type="error_budget", message=result.describe())
+        else:
+            ET.SubElement(case, "system-out").text = result.describe()
+    _close(suite, len(data.slo), failures, skipped)
 
 
 def _route_case(suite: ET.Element, classname: str, fig: RouteFigures, data: ReportData) -> str:
@@ -42,7 +90,7 @@ def _route_case(suite: ET.Element, classname: str, fig: RouteFigures, data: Repo
     noise = data.findings(fig.route, "noise")
     out = ET.SubElement(case, "system-out")
     out.text = (
-        f"{fig.compared} compared, {fig.drift_requests} with drift, "
+        f"{data.comparison.label}: {fig.compared} compared, {fig.drift_requests} with drift, "
         f"{fig.noise_only_requests} differing only by noise on {len(noise)} paths"
         + "".join(f"\nnoise {p.location}: {p.reason}" for p in noise)
     )
@@ -56,6 +104,8 @@ def _gate_cases(suite: ET.Element, classname: str, gates: Sequence[GateResult]) 
         if g.tripped:
             tripped += 1
             ET.SubElement(case, "failure", type="gate", message=g.describe())
+        elif g.not_applicable is not None:
+            ET.SubElement(case, "skipped", message=g.describe())
     return tripped
 
 
@@ -78,17 +128,13 @@ def render(
     loose = [fig for fig in data.routes if fig.route not in grouped]
     if loose or not scenarios:
         routes = ET.SubElement(suites, "testsuite", name="shadowtape.routes")
+        _properties(routes, data)
         states = [_route_case(routes, "shadowtape.routes", fig, data) for fig in loose]
         _close(routes, len(loose), states.count("failure"), states.count("skipped"))
     for group in scenarios:
         name = f"shadowtape.scenario.{group.name}"
         suite = ET.SubElement(suites, "testsuite", name=name)
-        ET.SubElement(
-            ET.SubElement(suite, "properties"),
-            "property",
-            name="risk",
-            value=group.scenario.risk,
-        )
+        _properties(suite, data, risk=group.scenario.risk)
         states = [_route_case(suite, name, fig, data) for fig in group.routes]
         tripped = _gate_cases(suite, name, group.gates)
         _close(
@@ -97,6 +143,10 @@ def render(
             states.count("failure") + tripped,
             states.count("skipped"),
         )
+    if data.comparison.has_baseline:
+        _latency_suite(suites, data)
+    if data.slo:
+        _slo_suite(suites, data)
     if gates:
         suite = ET.SubElement(suites, "testsuite", name="shadowtape.gates")
         tripped = _gate_cases(suite, "shadowtape.gates", gates)

@@ -1,10 +1,12 @@
-"""The terminal summary: one table of routes, then the drift (loud), then what noise hid
-(quiet, one line per route), then everything that was not compared and why."""
+"""The terminal summary: what was compared with what, one table of routes, then the drift
+(loud), the latency regressions, the error budgets, what noise hid (quiet, one line per
+route), and everything that was not compared and why."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shadowtape.latency import MIN_SAMPLES, describe_shift
 from shadowtape.report.aggregate import PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
 from shadowtape.report.scenarios import ScenarioGroup, group_line
@@ -19,12 +21,19 @@ def _ms(value: float | None) -> str:
 
 
 def _latency(fig: RouteFigures, q: float) -> str:
-    return f"{_ms(fig.latency_ms('recorded', q))}/{_ms(fig.latency_ms('staging', q))}"
+    return f"{_ms(fig.latency_ms(fig.reference, q))}/{_ms(fig.latency_ms('staging', q))}"
 
 
 def _ratio(fig: RouteFigures) -> str:
     r = fig.latency_ratio(0.99)
     return "-" if r is None else f"{r:.2f}x"
+
+
+def _verdict(fig: RouteFigures) -> str:
+    test = fig.latency_test
+    if test is None or not test.tested:
+        return "-"
+    return "SLOWER" if test.regression else "ok"
 
 
 def _table(rows: list[list[str]], right: set[int]) -> list[str]:
@@ -40,28 +49,32 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 
 
 def route_table(data: ReportData) -> list[str]:
+    sides = "base/cand" if data.comparison.has_baseline else "rec/stg"
     header = [
         "ROUTE", "REQS", "STATUS≠", "BODY", "HEADER", "NOISE-ONLY", "ERRORS",
-        "P50 ms rec/stg", "P95 ms rec/stg", "P99 ms rec/stg", "P99 x",
+        f"P50 ms {sides}", f"P95 ms {sides}", f"P99 ms {sides}", "P99 x",
     ]  # fmt: skip
+    if data.comparison.has_baseline:
+        header.append("LATENCY")
     rows = [header]
     for fig in [*data.routes, data.overall]:
-        rows.append(
-            [
-                fig.route,
-                str(fig.requests),
-                str(fig.status_mismatch),
-                str(fig.body_drift),
-                str(fig.header_drift),
-                str(fig.noise_only_requests),
-                f"{fig.error_rate:.1%}",
-                _latency(fig, 0.5),
-                _latency(fig, 0.95),
-                _latency(fig, 0.99),
-                _ratio(fig),
-            ]
-        )
-    return _table(rows, right=set(range(1, len(header))))
+        row = [
+            fig.route,
+            str(fig.requests),
+            str(fig.status_mismatch),
+            str(fig.body_drift),
+            str(fig.header_drift),
+            str(fig.noise_only_requests),
+            f"{fig.error_rate:.1%}",
+            _latency(fig, 0.5),
+            _latency(fig, 0.95),
+            _latency(fig, 0.99),
+            _ratio(fig),
+        ]
+        if data.comparison.has_baseline:
+            row.append(_verdict(fig) if fig is not data.overall else "")
+        rows.append(row)
+    return _table(rows, right=set(range(1, len(header) - data.comparison.has_baseline)))
 
 
 def _finding_line(p: PathFinding) -> str:
@@ -71,12 +84,56 @@ def _finding_line(p: PathFinding) -> str:
     return line
 
 
+def latency_lines(data: ReportData) -> list[str]:
+    """The latency verdict: findings with a baseline, a context note without one."""
+    if not data.comparison.has_baseline:
+        return [
+            "Latency: recorded vs staging is context only (recorded through the capture proxy "
+            "under production's load); replay with --baseline to test for regressions."
+        ]
+    tests = data.latency_tests
+    tested = [t for t in tests if t.tested]
+    found = data.latency_regressions
+    how = (
+        f"candidate vs baseline in the same run; bootstrap interval of the p50/p95 ratio, "
+        f"{len(tested)} routes tested, threshold {data.latency_threshold:.0%}"
+    )
+    lines = []
+    if found:
+        routes = "route" if len(found) == 1 else "routes"
+        lines.append(f"LATENCY REGRESSIONS: {len(found)} {routes} ({how})")
+        for t in found:
+            lines.append(f"  {t.route}: " + "; ".join(describe_shift(s) for s in t.regressed))
+    else:
+        lines.append(f"No latency regression ({how}).")
+    untested = [t.route for t in tests if not t.tested]
+    if untested:
+        lines.append(
+            f"  {len(untested)} routes had too few samples to test (p50 needs "
+            f"{MIN_SAMPLES[0.5]} a side): {', '.join(untested[:4])}"
+            + ("..." if len(untested) > 4 else "")
+        )
+    return lines
+
+
+def slo_lines(data: ReportData) -> list[str]:
+    if not data.slo:
+        return []
+    exhausted = [r for r in data.slo if r.exhausted]
+    head = f"Error budgets ({len(data.slo)} objectives"
+    head += f", {len(exhausted)} exhausted):" if exhausted else ", all within budget):"
+    return [head, *(f"  {r.describe()}" for r in data.slo)]
+
+
 def render(
     data: ReportData, gates: Sequence[GateResult] = (), scenarios: Sequence[ScenarioGroup] = ()
 ) -> str:
     t = data.totals
+    compared = data.comparison
     lines = [
         f"shadowtape report: {data.results}",
+        f"comparing {compared.describe()}"
+        + (f"; noise from {compared.noise_from}" if compared.noise_from else ""),
         f"{t.get('compared', 0)} requests compared across {len(data.routes)} routes; "
         f"{t.get('skipped', 0)} skipped, {t.get('failed', 0)} failed, "
         f"{t.get('noise_pairs', 0)} noise sample pairs",
@@ -104,7 +161,18 @@ def render(
         if shown < len(drift):
             lines.append(f"  ... and {len(drift) - shown} more drift paths (see --html)")
     else:
-        lines.append("No drift: staging answered like the recording on every compared request.")
+        who = (
+            "the candidate answered like the baseline"
+            if compared.has_baseline
+            else ("staging answered like the recording")
+        )
+        lines.append(f"No drift: {who} on every compared request.")
+    lines.append("")
+    lines.extend(latency_lines(data))
+    slo = slo_lines(data)
+    if slo:
+        lines.append("")
+        lines.extend(slo)
     noise_routes = [f for f in data.routes if f.noise_paths]
     if noise_routes:
         lines.append("")
@@ -121,16 +189,22 @@ def render(
             )
     unsampled = [f.route for f in data.routes if f.compared and not f.noise_pairs]
     if unsampled:
+        how = (
+            "replay --baseline-2 answers every request twice"
+            if compared.has_baseline
+            else "replay --noise-sample sends a sample twice"
+        )
         lines.append(
             f"No noise sample for {len(unsampled)} routes ({', '.join(unsampled[:3])}"
             f"{'...' if len(unsampled) > 3 else ''}): noise there is told by volatile kinds "
-            "and pinned rules only (replay --noise-sample sends a sample twice)"
+            f"and pinned rules only ({how})"
         )
     not_compared = []
+    reference = "a baseline answer" if compared.has_baseline else "a recorded response"
     for key, label in (
         ("skipped", "skipped by replay"),
         ("failed", "failed to send"),
-        ("not_compared", "without a recorded response"),
+        ("not_compared", f"without {reference}"),
         ("body_undecodable", "recorded bodies that did not decode"),
         ("bodies_truncated", "truncated bodies (status and headers compared only)"),
         ("unmatched_samples", "noise samples without their twin"),
