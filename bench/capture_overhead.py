@@ -1,15 +1,20 @@
 """Capture overhead: bare mitmdump vs mitmdump with the shadowtape addon, and the writer alone.
 
 Same run, same loopback upstream, same load generator (wrk when installed, else a bundled
-asyncio client) for: the upstream direct, bare `mitmdump --mode reverse`, and mitmdump with
-the addon. Then the writer alone: exchanges with 1 KB bodies into Parquet on one core, with
-RSS sampled to show memory stays flat. Prints one JSON line.
+asyncio client) for: the upstream direct, bare `mitmdump --mode reverse`, mitmdump with the
+addon, and `shadowtape capture --workers N` for each N of `--workers` (default 1,2: N proxy
+processes on one address). Then the writer alone: exchanges with 1 KB bodies into Parquet on
+one core, with RSS sampled to show memory stays flat. Prints one JSON line, with the load
+average and, per worker count, the cores the capture processes really got while loaded and
+their CPU per request (a shared machine's figures say as much about the neighbours as about
+the code: scaling needs free cores, and CPU per request shows what each worker costs).
 
 Targets: addon throughput >= 0.90 x bare mitmdump; added p99 latency <= 1 ms; no drops below
-the queue bound; writer >= 50,000 exchanges/s.
+the queue bound; writer >= 50,000 exchanges/s; capture throughput >= 1.7x from 1 to 2 workers.
 
     python bench/capture_overhead.py --quick    # < 60 s
     python bench/capture_overhead.py            # a few minutes
+    python bench/capture_overhead.py --workers 1,2,4
 """
 
 from __future__ import annotations
@@ -191,13 +196,80 @@ def run_proxy(upstream: str, load, seconds, conns, env, addon_out: Path | None) 
         single = load(f"http://127.0.0.1:{port}/bench", seconds, 1)
         result["c1_p50_ms"], result["c1_p99_ms"] = single["p50_ms"], single["p99_ms"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        interrupt(proc)
     if addon_out is not None:
         result.update(addon_counters(addon_out))
+    return result
+
+
+def interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops a proxy (files finalized), and a kill if it does not stop."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) so far of a process and its children, from /proc; None
+    where there is no /proc. With it a run shows how many cores the workers really got: on
+    a shared machine, fewer than there are."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        grew = bool(more)
+        tree |= more
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+def shadowtape_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "shadowtape"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "shadowtape"]
+
+
+def run_capture(upstream: str, load, seconds, conns, env, out: Path, workers: int) -> dict:
+    """`shadowtape capture --workers N` in front of the upstream, under the same load."""
+    port = free_port()
+    cmd = [*shadowtape_cmd(), "capture", "--upstream", upstream, "--listen", f"127.0.0.1:{port}"]
+    cmd += ["--out", str(out), "--workers", str(workers)]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        # Not wait_port: the parent's sockets accept before the workers serve them; the
+        # line says every worker is serving.
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("listening on"):
+                break
+        else:
+            raise RuntimeError(f"shadowtape capture exited before listening ({proc.wait()})")
+        load(f"http://127.0.0.1:{port}/bench", 1, conns)  # warm up every worker's caches
+        cpu0, t0 = tree_cpu_seconds(proc.pid), time.monotonic()
+        result = load(f"http://127.0.0.1:{port}/bench", seconds, conns)
+        cpu1, t1 = tree_cpu_seconds(proc.pid), time.monotonic()
+        if cpu0 is not None and cpu1 is not None:
+            result["cores_used"] = (cpu1 - cpu0) / (t1 - t0)
+            result["cpu_us_per_request"] = (cpu1 - cpu0) / max(result["requests"], 1) * 1e6
+    finally:
+        interrupt(proc)
+    result.update(addon_counters(out))
     return result
 
 
@@ -287,11 +359,19 @@ def bench_writer(total: int, out: Path) -> dict:
     }
 
 
+def _median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if key in r]
+    return round(median(values), 2) if values else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small run, under a minute")
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--workers", default="1,2", help="capture --workers counts (1,2)")
     args = ap.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    load_start = [round(x, 2) for x in os.getloadavg()]
     seconds = 3 if args.quick else 15
     # Bare and addon runs alternate, several rounds, medians reported: on a shared machine
     # one run of each says more about the neighbours than about the addon.
@@ -313,10 +393,16 @@ def main() -> None:
         up_url = f"http://127.0.0.1:{up_port}"
         direct = load(f"{up_url}/bench", seconds, args.connections)
         bares, addons = [], []
+        by_workers: dict[int, list[dict]] = {w: [] for w in worker_counts}
         for i in range(rounds):
             bares.append(run_proxy(up_url, load, seconds, args.connections, env, None))
             out = work / f"raw{i}"
             addons.append(run_proxy(up_url, load, seconds, args.connections, env, out))
+            for w in worker_counts:
+                out = work / f"raw{i}-w{w}"
+                by_workers[w].append(
+                    run_capture(up_url, load, seconds, args.connections, env, out, w)
+                )
     finally:
         upstream.kill()
     writer = bench_writer(writer_total, work / "writer")
@@ -327,6 +413,24 @@ def main() -> None:
     for k in ("requests", "recorded", "rows_on_disk", "dropped"):
         addon[k] = sum(r[k] for r in addons)
     non_2xx = sum(r["non_2xx"] for r in bares + addons)
+    workers_figures = {}
+    for w, runs in by_workers.items():
+        rps = median(r["rps"] for r in runs)
+        workers_figures[str(w)] = {
+            "rps": round(rps, 1),
+            "rps_runs": [round(r["rps"], 1) for r in runs],
+            "ratio_vs_bare": round(rps / bare["rps"], 3),
+            # While loaded: cores the workers got, and CPU per request (start-up excluded).
+            "cores_used": _median_of(runs, "cores_used"),
+            "cpu_us_per_request": _median_of(runs, "cpu_us_per_request"),
+            "requests": sum(r["requests"] for r in runs),
+            "recorded": sum(r["recorded"] for r in runs),
+            "rows_on_disk": sum(r["rows_on_disk"] for r in runs),
+            "dropped": sum(r["dropped"] for r in runs),
+        }
+    scaling = None
+    if "1" in workers_figures and "2" in workers_figures:
+        scaling = round(workers_figures["2"]["rps"] / workers_figures["1"]["rps"], 3)
     result = {
         "bench": "capture_overhead",
         "quick": args.quick,
@@ -354,7 +458,12 @@ def main() -> None:
         "addon_dropped": addon["dropped"],
         "non_2xx": non_2xx,
         **writer,
+        "capture_by_workers": workers_figures,
+        "capture_scaling_1_to_2_workers": scaling,
+        "load_average_start": load_start,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "targets_met": {
+            "capture_scaling_1_to_2>=1.7": scaling is not None and scaling >= 1.7,
             "throughput_ratio>=0.90": addon["rps"] / bare["rps"] >= 0.90,
             "added_p99<=1ms": addon["c1_p99_ms"] - bare["c1_p99_ms"] <= 1.0,
             "no_drops": addon["dropped"] == 0,

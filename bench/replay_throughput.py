@@ -3,17 +3,22 @@
 Peers, all against the same loopback server with the same connection count:
   * wrk (a C load generator: the ceiling for this server on this machine),
   * `mitmdump --client-replay` on the same requests, written as a .mitm flow file here.
-Figures: requests/s of each and the ratios; dispatch lateness p50/p99 at --speed 1 over a
-recording of 3,000 requests in 30 s; peak RSS of the replay at 100k and 1M recorded requests;
-and the rate with a baseline (`--baseline`: two sends per request, the baseline on a second
-address of the same server process, so the server's share of the CPUs is the same), per
+Figures: requests/s of each and the ratios, for `replay --workers N` at each N of
+`--workers` (default 1,2: the curve a bigger machine extends) and for the h11 engine (the send
+path before httptools) at one worker; dispatch lateness p50/p99 at --speed 1 over a recording
+of 3,000 requests in 30 s, per worker count; peak RSS of the replay at 100k and 1M recorded
+requests; and the rate with a baseline (`--baseline`: two sends per request, the baseline on a
+second address of the same server process, so the server's share of the CPUs is the same), per
 request sent, against single-target replay (target: at least 0.8x). The load average at the
 start and end goes in the line too: on a shared machine it says how far to trust the rest.
+
+Targets: >= 3,000 requests/s per worker process; >= 0.25x wrk with --workers 2; lateness
+p99 <= 5 ms at --speed 1; with a baseline >= 0.8x single-target.
 
 Prints ONE JSON line. `--quick` shrinks every size (under a minute). Not a test: figures are
 indicative on a shared machine.
 
-    .venv/bin/python bench/replay_throughput.py [--quick]
+    .venv/bin/python bench/replay_throughput.py [--quick] [--workers 1,2,4]
 """
 
 from __future__ import annotations
@@ -218,6 +223,11 @@ def run_replay(dataset: Path, url: str, out: Path, *extra: str) -> dict:
     }
 
 
+def replay_cpu_us(run: dict) -> float:
+    """CPU (user + system, every process of the run, start-up included) per request sent."""
+    return round(LAST_CPU_S / max(run["sent"], 1) * 1e6, 1)
+
+
 def _replay_meta(out: Path) -> dict:
     from shadowtape.schema import dataset_metadata
 
@@ -260,8 +270,12 @@ def _note(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument(
+        "--workers", default="1,2", help="worker counts to measure, comma-separated (1,2)"
+    )
     args = parser.parse_args()
     quick = args.quick
+    worker_counts = [int(w) for w in args.workers.split(",")]
     conns = 32
     n_max = 3_000 if quick else 20_000
     n_mitm = 1_000 if quick else 5_000
@@ -280,6 +294,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="shadowtape-bench-"))
     try:
         figures: dict[str, object] = {
+            "bench": "replay_throughput",
             "quick": quick,
             "connections": conns,
             "cpus": os.cpu_count(),
@@ -288,8 +303,21 @@ def main() -> None:
         wrk_rps = run_wrk(url, conns, 5 if quick else 15)
         _note(f"wrk {wrk_rps:.0f} req/s")
         ds = make_dataset(work / "max", n_max, sessions=1000, span_s=600, host="api.example.com")
-        st = run_replay(ds, url, work / "out-max", "--speed", "max", "--concurrency", str(conns))
-        _note(f"shadowtape --speed max: {st}")
+        speed_max = ("--speed", "max", "--concurrency", str(conns))
+        by_workers: dict[str, dict[str, object]] = {}
+        for w in worker_counts:
+            st = run_replay(ds, url, work / f"out-max-{w}", *speed_max, "--workers", str(w))
+            cpu_us = replay_cpu_us(st)
+            _note(f"shadowtape --speed max --workers {w}: {st}, {cpu_us} µs CPU per request")
+            by_workers[str(w)] = {
+                "rps": round(st["rps"]),
+                "rps_per_worker": round(st["rps"] / w),
+                "ratio_vs_wrk": round(st["rps"] / wrk_rps, 3),
+                "cpu_us_per_request": cpu_us,
+            }
+        h11 = run_replay(ds, url, work / "out-max-h11", *speed_max, "--http1-engine", "h11")
+        h11_cpu = replay_cpu_us(h11)
+        _note(f"shadowtape --speed max --http1-engine h11: {h11}, {h11_cpu} µs CPU per request")
         # With a baseline: the same requests, each also sent to the baseline. Pairs of runs,
         # interleaved, the median ratio: on a shared machine one pair is mostly noise.
         single_args = ("--speed", "max", "--concurrency", str(conns))
@@ -335,25 +363,51 @@ def main() -> None:
         )
         mitm_rps = run_mitm(work, url, n_mitm)
         _note(f"mitmdump --client-replay {mitm_rps:.0f} req/s")
+        one = by_workers[str(worker_counts[0])]
         figures.update(
             wrk_rps=round(wrk_rps),
-            shadowtape_rps=round(st["rps"]),
-            shadowtape_requests=st["sent"],
+            shadowtape_rps=one["rps"],
+            shadowtape_requests=n_max,
             mitmdump_client_replay_rps=round(mitm_rps),
-            ratio_vs_wrk=round(st["rps"] / wrk_rps, 3),
-            ratio_vs_mitmdump=round(st["rps"] / mitm_rps, 2),
+            ratio_vs_wrk=one["ratio_vs_wrk"],
+            ratio_vs_mitmdump=round(one["rps"] / mitm_rps, 2),
+            h11_rps=round(h11["rps"]),
+            h11_ratio_vs_wrk=round(h11["rps"] / wrk_rps, 3),
+            h11_cpu_us_per_request=h11_cpu,
         )
         lat_ds = make_dataset(
             work / "lat", lat_n, sessions=100, span_s=lat_span, host="api.example.com"
         )
-        lat = run_replay(lat_ds, url, work / "out-lat", "--speed", "1", "--concurrency", str(conns))
-        _note(f"shadowtape --speed 1: {lat}")
+        for w in worker_counts:
+            lat = run_replay(
+                lat_ds,
+                url,
+                work / f"out-lat-{w}",
+                *("--speed", "1", "--concurrency", str(conns), "--workers", str(w)),
+            )
+            _note(f"shadowtape --speed 1 --workers {w}: {lat}")
+            by_workers[str(w)].update(
+                lateness_p50_ms=lat["lateness_p50_ms"], lateness_p99_ms=lat["lateness_p99_ms"]
+            )
         figures.update(
             speed1_requests=lat_n,
             speed1_recorded_s=lat_span,
-            lateness_p50_ms=lat["lateness_p50_ms"],
-            lateness_p99_ms=lat["lateness_p99_ms"],
+            lateness_p50_ms=one["lateness_p50_ms"],
+            lateness_p99_ms=one["lateness_p99_ms"],
+            by_workers=by_workers,
         )
+        figures["targets_met"] = {
+            f"rps_per_worker>=3000 (--workers {w})": f["rps_per_worker"] >= 3000
+            for w, f in by_workers.items()
+        }
+        if "2" in by_workers:
+            figures["targets_met"]["ratio_vs_wrk>=0.25 (--workers 2)"] = (
+                by_workers["2"]["ratio_vs_wrk"] >= 0.25
+            )
+        for w, f in by_workers.items():
+            figures["targets_met"][f"lateness_p99<=5ms (--workers {w})"] = (
+                f["lateness_p99_ms"] <= 5.0
+            )
         rss = {}
         for size in rss_sizes:
             d = make_dataset(

@@ -68,6 +68,8 @@ META_REPLAY = "shadowtape.replay"
 # Where a recorded dataset came from: which recorder run, what recorded it, under which key
 # (its fingerprint, never the key), so tokens of different datasets can be told comparable.
 META_CAPTURE_ID = "shadowtape.capture_id"
+# Which of `capture --workers N` processes wrote a file (absent for a single process).
+META_CAPTURE_WORKER = "shadowtape.capture_worker"
 META_SOURCE = "shadowtape.source"
 META_KEY_FINGERPRINT = "shadowtape.key_fingerprint"
 

@@ -15,11 +15,15 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shadowtape.errors import InputError
 from shadowtape.http.cookies import named_cookies
 from shadowtape.keyed import Keyed
 from shadowtape.schema import Pairs
+
+if TYPE_CHECKING:
+    from shadowtape.capture.shared_sessions import SharedSessionTable
 
 # Cookie names that frameworks use for their session: the `auto` session key looks for these.
 SESSION_COOKIE_NAMES = frozenset(
@@ -109,6 +113,8 @@ class SessionTracker:
     """Assigns (session_id, seq) to requests in the order they start.
 
     Not thread-safe: the proxy calls it from its event loop, importers from one thread.
+    With `shared`, the counters and client sessions live in a table that several capture
+    processes share (`capture --workers`), so seq does not depend on which one saw a request.
     """
 
     keyed: Keyed
@@ -117,9 +123,18 @@ class SessionTracker:
     max_sessions: int = MAX_TRACKED_SESSIONS
     _seq: OrderedDict[str, int] = field(default_factory=OrderedDict)
     _clients: OrderedDict[str, _ClientState] = field(default_factory=OrderedDict)
+    shared: SharedSessionTable | None = None
 
     def assign(self, headers: Pairs, client: str | None, at_us: int) -> tuple[str, int]:
         identity = None if self.key.kind == "client" else session_identity(self.key, headers)
+        if self.shared is not None:
+            return self.shared.assign(
+                self._digest(identity) if identity is not None else None,
+                client or "unknown",
+                at_us,
+                int(self.gap_seconds * 1_000_000),
+                self._client_session_id,
+            )
         if identity is not None:
             session_id = self._digest(identity)
         else:
@@ -133,13 +148,16 @@ class SessionTracker:
     def _digest(self, identity: str) -> str:
         return self.keyed.digest("session", identity).hex()[:32]
 
+    def _client_session_id(self, client: str, start_us: int) -> str:
+        # The start time is part of the identity: the same client after a gap is a new
+        # session, and the id is still reproducible from the same traffic.
+        return self._digest(f"client:{client}@{start_us}")
+
     def _client_session(self, client: str, at_us: int) -> str:
         gap_us = int(self.gap_seconds * 1_000_000)
         state = self._clients.pop(client, None)
         if state is None or at_us - state.last_seen_us > gap_us:
-            # The start time is part of the identity: the same client after a gap is a new
-            # session, and the id is still reproducible from the same traffic.
-            state = _ClientState(self._digest(f"client:{client}@{at_us}"), at_us)
+            state = _ClientState(self._client_session_id(client, at_us), at_us)
         else:
             state.last_seen_us = max(state.last_seen_us, at_us)
         self._clients[client] = state

@@ -5,115 +5,26 @@ bodiless answers, connection reuse, and requests that must never reach the wire.
 from __future__ import annotations
 
 import asyncio
-import gzip
 from typing import Any
 
 import httpx
 import pytest
+from raw_http import BIG, RawServer, request_for, with_raw_server  # the kit (see conftest)
 
-from shadowtape.http.target import query_pairs, split_target
 from shadowtape.replay.h11transport import H11Transport
-from shadowtape.replay.sender import (
-    OutgoingRequest,
-    RequestParts,
-    TargetMap,
-    UnsendableRequest,
-    build_request,
-)
+from shadowtape.replay.sender import OutgoingRequest, UnsendableRequest
 
 TIMEOUTS = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
-ZIPPED = gzip.compress(b'{"zipped": true}')
-BIG = bytes(range(256)) * 400  # larger than the transport reads with the head
-
-CANNED: dict[str, bytes] = {
-    "/length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A:  spaced  \r\n\r\nhello",
-    "/chunked": (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
-    ),
-    "/continue": (
-        b"HTTP/1.1 100 Continue\r\n\r\n"
-        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
-        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
-    ),
-    "/big": b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(BIG)).encode() + b"\r\n\r\n" + BIG,
-    "/nocontent": b"HTTP/1.1 204 No Content\r\n\r\n",
-    "/head": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
-    "/close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye",
-    "/http10": b"HTTP/1.0 200 OK\r\n\r\nuntil the end",
-    "/bad-status": b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n",
-    "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
-    "/short": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
-    "/nothing": b"",
-    "/gzip": (
-        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: "
-        + str(len(ZIPPED)).encode()
-        + b"\r\n\r\n"
-        + ZIPPED
-    ),
-}
-CLOSES_AFTER = {"/close", "/http10", "/short", "/nothing"}
-
-
-class RawServer:
-    """Answers each request with CANNED[path]; records (connection number, request bytes)."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, bytes]] = []
-        self.connections = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        number = self.connections
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length) if length else b""
-                self.seen.append((number, head + body))
-                path = head.split(b" ", 2)[1].decode().split("?")[0]
-                writer.write(CANNED[path])
-                await writer.drain()
-                if path in CLOSES_AFTER:
-                    break
-        except asyncio.IncompleteReadError:
-            pass
-        finally:
-            writer.close()
 
 
 async def _with_server(check: Any) -> Any:
-    server = RawServer()
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    transport = H11Transport(4)
-    try:
-        return await check(server, transport, f"http://127.0.0.1:{port}")
-    finally:
-        await transport.aclose()
-        listener.close()
-        await listener.wait_closed()
-
-
-def _request(
-    url: str, method: str = "GET", body: bytes | None = None, headers: list | None = None
-) -> OutgoingRequest:
-    scheme, rest = url.split("://", 1)
-    netloc, slash, target = rest.partition("/")
-    path, query = split_target(slash + target)
-    parts = RequestParts(
-        method, None, path, query_pairs(query), headers or [("Accept", "*/*")], body, slash + target
-    )
-    return build_request(parts, TargetMap(f"{scheme}://{netloc}"))
+    return await with_raw_server(H11Transport(4), check)
 
 
 async def _get(
     transport: H11Transport, url: str, method: str = "GET", body: bytes | None = None
 ) -> tuple[httpx.Response, bytes]:
-    response = await transport.send(_request(url, method, body), TIMEOUTS)
+    response = await transport.send(request_for(url, method, body), TIMEOUTS)
     try:
         data = b"".join([c async for c in response.aiter_bytes()])
     finally:
@@ -187,6 +98,6 @@ def test_broken_answers_raise_httpx_protocol_errors(path: str, error: str) -> No
 
 def test_a_line_break_in_a_header_never_reaches_the_wire() -> None:
     with pytest.raises(UnsendableRequest, match="line break"):
-        _request("http://127.0.0.1:1/length", headers=[("X-A", "1\r\n2")])
+        request_for("http://127.0.0.1:1/length", headers=[("X-A", "1\r\n2")])
     with pytest.raises(UnsendableRequest, match="line break"):
         OutgoingRequest("GET", "http", "h", 80, b"/", [(b"X-A", b"1\n2")], b"", "http://h/")

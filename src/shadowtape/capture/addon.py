@@ -15,9 +15,10 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 
 from shadowtape.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.config import CaptureConfig, build_config
@@ -42,8 +43,11 @@ from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.governance.access import FileAccess
 from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key, Keyed
-from shadowtape.schema import capture_metadata, uuid7
+from shadowtape.schema import META_CAPTURE_WORKER, capture_metadata, uuid7
 from shadowtape.sessions import SessionTracker, sample_keeps
+
+if TYPE_CHECKING:  # fcntl-based, POSIX only: the addon itself must load everywhere
+    from shadowtape.capture.shared_sessions import SharedSessionTable
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +74,18 @@ def default_writer(sink: ExchangeSink, queue_size: int) -> CaptureWriter:
 class ShadowtapeCapture:
     """Turns finished flows into exchange records and hands them to a background writer."""
 
-    def __init__(self, writer_factory: WriterFactory = default_writer) -> None:
+    def __init__(
+        self,
+        writer_factory: WriterFactory = default_writer,
+        *,
+        shared_sessions: SharedSessionTable | None = None,
+        worker: int | None = None,
+    ) -> None:
         self.writer_factory = writer_factory
+        # Set by `capture --workers`: the session table its processes share, and which one
+        # this is. A user's own `mitmdump -s` leaves both unset: one process, as before.
+        self.shared_sessions = shared_sessions
+        self.worker = worker
         self.config: CaptureConfig | None = None
         self.writer: CaptureWriter | None = None
         self.capture_id: str | None = None
@@ -204,7 +218,9 @@ class ShadowtapeCapture:
         self.config = config
         self._keyed = Keyed(key)
         self._scrubber = CredentialScrubber(self._keyed, config.redact_headers)
-        self._sessions = SessionTracker(self._keyed, config.session_key, config.session_gap)
+        self._sessions = SessionTracker(
+            self._keyed, config.session_key, config.session_gap, shared=self.shared_sessions
+        )
 
     def running(self) -> None:
         self._ensure_writer()
@@ -243,11 +259,13 @@ class ShadowtapeCapture:
             capture_id=self.capture_id,
             metadata={
                 **capture_metadata(self.capture_id, "mitmproxy", self._keyed.key.fingerprint),
-                **lineage_metadata("capture", upstream=", ".join(ctx.options.mode)),
+                **lineage_metadata("capture", upstream=", ".join(map(_as_spec, ctx.options.mode))),
+                **({} if self.worker is None else {META_CAPTURE_WORKER: str(self.worker)}),
             },
             roll_bytes=config.roll_bytes,
             roll_seconds=config.roll_seconds,
             access=config.access,
+            worker=self.worker,
         )
         sink = ExchangeSink(settings, CaptureCounters())
         self.writer = self.writer_factory(sink, config.queue_size).start()
@@ -331,6 +349,14 @@ class ShadowtapeCapture:
         if self.writer is None:
             return {"recorded": 0, "queued": 0, "dropped": 0, "bytes": 0, "files": 0}
         return self.writer.snapshot()
+
+
+def _as_spec(mode: str) -> str:
+    """The mode as a user would write it: a capture worker's mode is a reverse proxy."""
+    parsed = mode_specs.ProxyMode.parse(mode)
+    if isinstance(parsed, mode_specs.ReverseMode) and parsed.type_name != "reverse":
+        return "reverse" + mode[len(parsed.type_name) :]
+    return mode
 
 
 def ensure_writable(directory: Path, access: FileAccess | None = None) -> None:

@@ -22,6 +22,7 @@ from shadowtape.http.routes import infer_template, route_label
 from shadowtape.schema import (
     KIND_EXCHANGES,
     META_CAPTURE_ID,
+    META_CAPTURE_WORKER,
     META_SANITIZED,
     iter_batches,
     read_files,
@@ -86,14 +87,15 @@ def _iso(us: int | None) -> str | None:
 
 
 def capture_counters(metas: list[dict[str, str]]) -> dict[str, int]:
-    """Counters only grow within a capture, so its latest figures are the largest ones;
-    captures sharing a directory add up."""
-    per_capture: dict[str, dict[str, int]] = {}
+    """Counters only grow within a capture process, so its latest figures are the largest
+    ones; captures sharing a directory, and the workers of one capture, add up."""
+    per_capture: dict[tuple[str, str], dict[str, int]] = {}
     for meta in metas:
         counters = CaptureCounters.from_metadata(meta)
         if counters is None:
             continue
-        latest = per_capture.setdefault(meta.get(META_CAPTURE_ID, ""), {})
+        who = (meta.get(META_CAPTURE_ID, ""), meta.get(META_CAPTURE_WORKER, ""))
+        latest = per_capture.setdefault(who, {})
         for name, value in asdict(counters).items():
             latest[name] = max(latest.get(name, 0), value)
     totals: Counter[str] = Counter()

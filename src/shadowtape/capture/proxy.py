@@ -30,10 +30,11 @@ class ProxySettings:
     upstream: str
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    mode_name: str = "reverse"  # a capture worker's: see capture/shared_listen.py
 
     @property
     def mode(self) -> str:
-        return f"reverse:{self.upstream}@{self.listen_host}:{self.listen_port}"
+        return f"{self.mode_name}:{self.upstream}@{self.listen_host}:{self.listen_port}"
 
 
 def parse_upstream(url: str) -> str:
@@ -59,6 +60,18 @@ class CaptureSummary:
     files: list[Path] = field(default_factory=list)
     bytes_written: int = 0
     failures: list[str] = field(default_factory=list)
+    workers: int = 1
+    lost_workers: list[str] = field(default_factory=list)  # workers that died, and what they lost
+
+    def add(self, other: CaptureSummary) -> None:
+        """Another writer's or worker's figures into these (one capture, disjoint flows)."""
+        for cid in other.capture_ids:
+            if cid not in self.capture_ids:
+                self.capture_ids.append(cid)
+        self.counters.add(other.counters)
+        self.files.extend(other.files)
+        self.bytes_written += other.bytes_written
+        self.failures.extend(other.failures)
 
 
 class _StartupErrors(logging.Handler):
@@ -165,9 +178,7 @@ def summarize(capture: ShadowtapeCapture, listen_url: str) -> CaptureSummary:
     summary = CaptureSummary(listen_url=listen_url)
     for writer in capture.finished:
         summary.capture_ids.append(writer.sink.settings.capture_id)
-        for name in CaptureCounters.__dataclass_fields__:
-            total = getattr(summary.counters, name) + getattr(writer.counters, name)
-            setattr(summary.counters, name, total)
+        summary.counters.add(writer.counters)
         summary.files.extend(writer.sink.files)
         summary.bytes_written += writer.sink.bytes_written
         if writer.failure:

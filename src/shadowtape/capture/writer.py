@@ -68,6 +68,10 @@ class CaptureCounters:
     def dropped(self) -> int:
         return self.dropped_queue_full + self.dropped_write_error + self.dropped_conversion_error
 
+    def add(self, other: CaptureCounters) -> None:
+        for name in CaptureCounters.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def as_metadata(self) -> dict[str, str]:
         return {f"{META_COUNTER_PREFIX}{k}": str(v) for k, v in asdict(self).items()}
 
@@ -100,11 +104,15 @@ class WriterSettings:
     row_group_rows: int = ROW_GROUP_ROWS
     # Raw exchanges hold personal data: owner-only unless a group is named (--group).
     access: FileAccess = field(default_factory=FileAccess)
+    worker: int | None = None  # which process of a `capture --workers N` writes these files
 
     @property
     def prefix(self) -> str:
-        # The capture id in every name lets several proxies share one output directory.
-        return f"capture-{self.capture_id}"
+        # The capture id in every name lets several proxies share one output directory; the
+        # worker number lets the processes of one capture share its id.
+        if self.worker is None:
+            return f"capture-{self.capture_id}"
+        return f"capture-{self.capture_id}-w{self.worker}"
 
 
 class ExchangeSink:

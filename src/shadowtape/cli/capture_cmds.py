@@ -12,6 +12,8 @@ from shadowtape.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
 from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
+from shadowtape.cli.worker_opts import parse_workers
+from shadowtape.errors import ShadowtapeError
 from shadowtape.keyed import DEFAULT_KEY_ENV
 from shadowtape.sessions import DEFAULT_GAP_SECONDS
 
@@ -144,6 +146,13 @@ def with_options(options):  # noqa: ANN001, ANN201 (click decorators)
     help="Exchanges waiting for the writer; beyond this, flows are dropped and counted "
     "(the proxy never waits).",
 )
+@click.option(
+    "--workers",
+    "workers_text",
+    metavar="N|auto",
+    help="Serve --listen from N proxy processes (auto: one per core), one capture id and "
+    "one dataset; sessions keep one seq order across them [default: 1].",
+)
 @with_options(session_options)
 def capture(
     upstream: str,
@@ -163,6 +172,7 @@ def capture(
     key_file: Path | None,
     key_env: str,
     group: str | None,
+    workers_text: str | None,
 ) -> None:
     """Record the traffic to a service through a reverse proxy (mitmproxy, in-process).
 
@@ -175,13 +185,17 @@ def capture(
     Example:
       export SHADOWTAPE_KEY=$(openssl rand -hex 32)
       shadowtape capture --upstream http://127.0.0.1:8000 --listen 127.0.0.1:8080 --out raw/
+      # one proxy process per core, on the same address:
+      shadowtape capture --upstream http://127.0.0.1:8000 --out raw/ --workers auto
       # the same recorder inside your own mitmproxy:
       mitmdump -s <shadowtape>/capture/addon.py --set shadowtape_out=raw/
     """
-    from shadowtape.capture.proxy import ProxySettings, parse_upstream, run_capture
+    from shadowtape.capture.proxy import ProxySettings, parse_upstream
+    from shadowtape.capture.workers import run_capture_workers
     from shadowtape.keyed import Key
     from shadowtape.targets import parse_listen
 
+    workers = parse_workers(workers_text)
     host, port = parse_listen(listen)
     upstream_url = parse_upstream(upstream)
     facts = run_facts()
@@ -192,8 +206,13 @@ def capture(
     live = LiveLine()
 
     def on_listening(url: str) -> None:
-        click.echo(f"listening on {url} -> {upstream_url}")
+        by = f" ({workers} proxy processes)" if workers > 1 else ""
+        click.echo(f"listening on {url} -> {upstream_url}{by}")
         sys.stdout.flush()
+
+    def on_event(text: str) -> None:
+        live.clear()
+        click.echo(f"shadowtape: {text}", err=True)
 
     def on_tick(s: dict[str, int]) -> None:
         live.update(
@@ -201,7 +220,7 @@ def capture(
             f"bytes {_human_bytes(s['bytes'])}  files {s['files']}"
         )
 
-    summary = run_capture(
+    summary = run_capture_workers(
         ProxySettings(upstream_url, host, port),
         {
             "shadowtape_out": str(out_dir),
@@ -220,8 +239,10 @@ def capture(
             "shadowtape_queue_size": queue_size,
             "shadowtape_group": group or "",
         },
+        workers,
         on_listening=on_listening,
         on_tick=on_tick,
+        on_event=on_event,
     )
     live.clear()
     c = summary.counters
@@ -241,6 +262,11 @@ def capture(
     )
     for failure in summary.failures:
         click.echo(f"  write failure: {failure}", err=True)
+    if summary.lost_workers:
+        raise ShadowtapeError(
+            f"{len(summary.lost_workers)} of {summary.workers} capture workers died: "
+            + "; ".join(summary.lost_workers)
+        )
 
 
 @click.command("import")

@@ -12,8 +12,9 @@ import click
 from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
 from shadowtape.cli.scenario_opts import current_registry
+from shadowtape.cli.worker_opts import parse_workers
 from shadowtape.errors import InputError, ShadowtapeError
-from shadowtape.replay import ReplayConfig, ReplayPlan, ReplaySummary, plan_replay, run_replay
+from shadowtape.replay import ReplayConfig, ReplayPlan, ReplaySummary, plan_replay
 from shadowtape.replay.config import (
     BreakerPolicy,
     RetryPolicy,
@@ -24,7 +25,9 @@ from shadowtape.replay.config import (
     parse_timing,
 )
 from shadowtape.replay.correlate import correlate_dataset
+from shadowtape.replay.engine import ENGINES
 from shadowtape.replay.runner import Progress
+from shadowtape.replay.workers import STATUS_WORKER_LOST, run_replay_workers
 from shadowtape.telemetry import summary_line
 
 # Defaults come from the config dataclasses: one source of truth for the CLI and for callers.
@@ -90,7 +93,7 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
         "released early from the reorder buffer": c.reorder_forced,
         "staging bodies truncated at --max-body": c.staging_body_truncated,
         "staging bodies undecodable": c.undecodable_bodies,
-        "rows not written (second Ctrl-C)": c.rows_not_written,
+        "rows not written (second Ctrl-C or a lost worker)": c.rows_not_written,
     }
     for label, n in extras.items():
         if n:
@@ -147,6 +150,8 @@ Examples:
   shadowtape replay clean/ --target http://127.0.0.1:8000 --out results/ --speed 5
   shadowtape replay clean/ --target http://staging.local --out results/ --speed max \\
       --concurrency 64 --allow-writes --noise-sample 50
+  shadowtape replay clean/ --target http://staging.local --out results/ --speed max \\
+      --workers auto
   shadowtape replay clean/ --target http://staging.local --out results/ --dry-run
   shadowtape replay clean/ --target http://candidate.local --baseline http://v1-a.local \
       --baseline-2 http://v1-b.local --out results/ --speed 5 --allow-writes
@@ -191,7 +196,7 @@ Examples:
     type=int,
     default=_CFG["concurrency"],
     show_default=True,
-    help="Requests in flight at most (and connections).",
+    help="Requests in flight at most (and connections), over all --workers.",
 )
 @click.option("--limit", type=int, help="Send at most N requests; the rest are skipped.")
 @click.option("--sessions", type=int, help="Replay a seeded sample of N sessions.")
@@ -216,6 +221,14 @@ Examples:
     default=_CFG["http"],
     show_default=True,
     help="auto: HTTP/2 where TLS negotiates it; 2: HTTP/2 prior knowledge.",
+)
+@click.option(
+    "--http1-engine",
+    type=click.Choice(list(ENGINES)),
+    default=_CFG["http1_engine"],
+    show_default=True,
+    help="HTTP/1.1 client: httptools (C parser, uvloop where available), h11 (pure Python); "
+    "auto = httptools when installed.",
 )
 @click.option("--keep-host", is_flag=True, help="Send the recorded Host header unchanged.")
 @click.option("--insecure", is_flag=True, help="Do not verify the target's TLS certificate.")
@@ -321,6 +334,12 @@ Examples:
     help="Shared schedule origin, so several senders keep one schedule.",
 )
 @click.option(
+    "--workers",
+    metavar="N|auto",
+    help="Send from N local processes (auto: one per core), sessions split among them as "
+    "--shard splits them; one schedule, one results dataset, one summary [default: 1].",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -381,12 +400,18 @@ def replay(source: str, **opts: Any) -> None:
     facts.target = opts["target"]
     config = _build_config(source, opts)
     senders = _check_engine(opts)
+    workers = parse_workers(opts["workers"])
     config = _with_scenarios(config, opts, facts)
     if opts["dry_run"]:
         _print_plan(plan_replay(config), scenario=config.session_filter is not None)
         return
     facts.wrote_dataset(config.out)
     line = LiveLine()
+
+    def on_event(text: str) -> None:
+        line.clear()
+        click.echo(f"shadowtape: {text}", err=True)
+
     try:
         if opts["engine"] == "ray":
             from shadowtape.replay.ray_engine import run_replay_ray
@@ -395,7 +420,9 @@ def replay(source: str, **opts: Any) -> None:
                 config, senders, address=opts["address"], progress=_progress_printer(line)
             )
         else:
-            summary = run_replay(config, progress=_progress_printer(line))
+            summary = run_replay_workers(
+                config, workers, progress=_progress_printer(line), on_event=on_event
+            )
     finally:
         line.clear()
     c = summary.counts
@@ -407,6 +434,11 @@ def replay(source: str, **opts: Any) -> None:
         # The audit's target is the candidate; the baselines were sent to as well.
         facts.count(baseline_sent=dict(c.baseline_sent), baseline_failed=dict(c.baseline_failed))
     _print_summary(summary, config.out)
+    if summary.status == STATUS_WORKER_LOST:
+        raise ShadowtapeError(
+            f"{summary.reason}; the other workers' results are in {config.out}, marked "
+            "incomplete; rerun to get every row"
+        )
     if summary.status == "circuit_open":
         where = ", ".join(u for u in (config.target, config.baseline, config.baseline_2) if u)
         raise ShadowtapeError(
@@ -461,6 +493,8 @@ def _check_engine(o: dict[str, Any]) -> int:
             if o[name] is not None:
                 raise InputError(f"--{name} applies to --engine ray only; add --engine ray")
         return 1
+    if o["workers"] is not None:
+        raise InputError("--workers applies to --engine local; with Ray, use --senders")
     senders = 2 if o["senders"] is None else o["senders"]
     if senders < 1:
         raise InputError(f"--senders {senders}: use 1 or more")
@@ -491,6 +525,7 @@ def _build_config(source: str, o: dict[str, Any]) -> ReplayConfig:
         duration=o["duration"],
         max_gap=o["max_gap"],
         http=o["http_version"],
+        http1_engine=o["http1_engine"],
         keep_host=o["keep_host"],
         tls_verify=not o["insecure"],
         headers=tuple(parse_header(h) for h in o["headers"]),

@@ -83,6 +83,7 @@ class ReplayConfig:
     duration: float | None = None
     max_gap: float | None = None
     http: str = "auto"  # 1.1 | 2 | auto
+    http1_engine: str = "auto"  # auto | httptools | h11 (see replay.engine)
     keep_host: bool = False
     tls_verify: bool = True
     headers: tuple[tuple[str, str], ...] = ()

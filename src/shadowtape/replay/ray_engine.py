@@ -6,9 +6,9 @@ one `start_at`, so the recorded schedule (speed or overall rate) holds across se
 shard writes its own files (`results-shard-I-of-N-*`) into the one results directory, under
 one run id, so the directory reads as one results dataset.
 
-The driver only watches: it polls the actors for progress, sums their counts, and relays a
-stop. When a shard's circuit breaker opens, or on Ctrl-C, every sender is told to stop (a
-second Ctrl-C stops them at once, as it does locally).
+The driver only watches: it polls the actors for progress, merges their counts and lateness
+(`replay.merge`), and relays a stop. When a shard's circuit breaker opens, or on Ctrl-C, every
+sender is told to stop (a second Ctrl-C stops them at once, as it does locally).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import dataclasses
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.ray_session import ray_session, unwrap_remote_error
 from shadowtape.replay.config import ReplayConfig
 from shadowtape.replay.correlate import load_rules
+from shadowtape.replay.merge import merge_progress, merge_summaries
 from shadowtape.replay.results import prepare_out_dir, same_dataset
 from shadowtape.replay.runner import Progress, StopSwitch, check_config, run_replay
-from shadowtape.replay.stats import ReplayCounts, ReplaySummary
+from shadowtape.replay.stats import ReplaySummary
 from shadowtape.schema import uuid7
-from shadowtape.telemetry import merge_telemetry
 
 # Seconds between all senders being placed and the shared schedule origin: time for each to
 # read its first row group. A late start is not hidden: it shows as lateness in the results.
@@ -64,74 +63,6 @@ class ShardSender:
 
     def stop(self, reason: str) -> None:
         self._switch.request(reason)
-
-
-def merge_counts(parts: list[ReplayCounts]) -> ReplayCounts:
-    """Counts of disjoint shards add up, field by field."""
-    total = ReplayCounts()
-    for f in dataclasses.fields(ReplayCounts):
-        values = [getattr(p, f.name) for p in parts]
-        if values and isinstance(values[0], Counter):
-            merged: Counter[str] = Counter()
-            for v in values:
-                merged.update(v)
-            setattr(total, f.name, merged)
-        else:
-            setattr(total, f.name, sum(values))
-    return total
-
-
-def merge_progress(parts: list[Progress | None], elapsed: float) -> Progress:
-    seen = [p for p in parts if p is not None]
-    return Progress(
-        done=sum(p.done for p in seen),
-        total=sum(p.total for p in seen),
-        sent=sum(p.sent for p in seen),
-        in_flight=sum(p.in_flight for p in seen),
-        errors=sum(p.errors for p in seen),
-        rate=sum(p.rate for p in seen),
-        lateness_p99_us=max((p.lateness_p99_us for p in seen), default=0),
-        elapsed_s=elapsed,
-    )
-
-
-def merge_summaries(
-    shards: list[ReplaySummary],
-    config: ReplayConfig,
-    elapsed: float,
-    interrupted: bool,
-    tripped_first: int | None = None,
-) -> ReplaySummary:
-    """One summary for the run. Lateness quantiles cannot be merged from quantiles: the
-    figures are the worst shard's (an upper bound); the exact ones are in the results.
-    `tripped_first` is the shard whose breaker opened first: its reason is the run's (the
-    others say only that they were stopped)."""
-    tripped = [s for s in shards if s.status == "circuit_open"]
-    if tripped_first is not None:
-        tripped.insert(0, shards[tripped_first])
-    if tripped:
-        status, reason = "circuit_open", tripped[0].reason
-    elif interrupted or any(s.status == "interrupted" for s in shards):
-        status, reason = "interrupted", "interrupted (Ctrl-C)"
-    else:
-        status = "complete"
-        reason = next((s.reason for s in shards if s.reason), None)
-    data = config.to_json()
-    data["engine"] = {"name": "ray", "senders": len(shards)}
-    return ReplaySummary(
-        run_id=shards[0].run_id,
-        status=status,
-        reason=reason,
-        counts=merge_counts([s.counts for s in shards]),
-        lateness_p50_us=max(s.lateness_p50_us for s in shards),
-        lateness_p99_us=max(s.lateness_p99_us for s in shards),
-        lateness_max_us=max(s.lateness_max_us for s in shards),
-        elapsed_s=round(elapsed, 3),
-        files=sorted(f for s in shards for f in s.files),
-        config=data,
-        correlation_rules=max(s.correlation_rules for s in shards),
-        telemetry=merge_telemetry([s.telemetry for s in shards if s.telemetry]),
-    )
 
 
 def run_replay_ray(
@@ -249,9 +180,11 @@ def _drive(
             stop_all("interrupted")
     if failure is not None:
         raise failure
+    data = config.to_json()
+    data["engine"] = {"name": "ray", "senders": n}
     return merge_summaries(
         [s for s in summaries if s is not None],
-        config,
+        data,
         time.monotonic() - started,
         interrupted=interrupts > 0,
         tripped_first=tripped_first,

@@ -30,6 +30,7 @@ from shadowtape.governance.routes import route_label
 from shadowtape.latency import LatencyHistogram
 from shadowtape.replay.config import ReplayConfig, Timing
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
+from shadowtape.replay.engine import choose_engine, run_loop
 from shadowtape.replay.plan import (
     OffsetClock,
     ReorderBuffer,
@@ -110,6 +111,7 @@ class Progress:
     rate: float
     lateness_p99_us: int
     elapsed_s: float
+    lateness: LatencyHistogram | None = None  # the distribution, so senders' progress merges
 
 
 # --- checks before anything is read or sent --------------------------------------------------
@@ -203,12 +205,14 @@ def run_replay(
     progress: Callable[[Progress], None] | None = None,
     clock: Clock | None = None,
     stop: StopSwitch | None = None,
+    start_gate: Callable[[], float] | None = None,
 ) -> ReplaySummary:
     """Replay `config.source` against `config.target`; results land in `config.out`.
 
     Raises InputError for refusals (nothing is sent then). A run stopped by the circuit
     breaker, by Ctrl-C or through `stop` returns normally with its status; its results are
-    complete files.
+    complete files. `start_gate`, called (on a worker thread) once the first rows are read,
+    returns the schedule origin (Unix seconds) that a supervisor shares among its senders.
     """
     meta = check_config(config)
     if same_dataset(config.source, config.out):
@@ -218,10 +222,11 @@ def run_replay(
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
     meta = {**meta, **lineage_metadata("replay", datasets=[config.source])}
     run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
+    run.start_gate = start_gate
     # The run id is the same on every span: a resource attribute, encoded once per export.
     run.telemetry = open_telemetry(config.otlp_endpoint, resource={"shadowtape.run_id": run.run_id})
     try:
-        return asyncio.run(run.run(stop))
+        return run_loop(run.run(stop), choose_engine(config.http1_engine))
     finally:
         run.telemetry.shutdown()  # flushed on every exit: complete, Ctrl-C, breaker, error
 
@@ -279,6 +284,8 @@ class _Replay:
         self.sendable = 0
         self.pass1_rows = 0
         self.timer: asyncio.Future[None] | None = None
+        self.start_at = config.start_at
+        self.start_gate: Callable[[], float] | None = None
         self.telemetry: Telemetry = NO_TELEMETRY
 
     # time: one origin, monotonic for scheduling and wall clock for the results
@@ -287,8 +294,8 @@ class _Replay:
         mono = self.clock.now()
         wall_us = time.time_ns() // 1000
         self._mono0, self._wall0_us = mono, wall_us
-        if self.config.start_at is not None:
-            self.origin = mono + (self.config.start_at - wall_us / 1_000_000)
+        if self.start_at is not None:
+            self.origin = mono + (self.start_at - wall_us / 1_000_000)
         else:
             self.origin = mono
         if self.config.duration is not None and self.timer is None:
@@ -393,6 +400,7 @@ class _Replay:
             lateness_p50_us=self._lateness(0.5),
             lateness_p99_us=self._lateness(0.99),
             lateness_max_us=round(self.lateness.high or 0),
+            lateness=self.lateness,
             elapsed_s=round(elapsed, 3),
             files=files,
             config=self.config.to_json(),
@@ -412,6 +420,7 @@ class _Replay:
         }
         data["correlation"] = [r.to_yaml() for r in self.rules]
         data["staging_body"] = "decoded (Content-Encoding removed by the client)"
+        data["http1"] = self.sides[0].sender.engine.describe()
         data["complete"] = self.counts.rows_not_written == 0
         return data
 
@@ -470,6 +479,7 @@ class _Replay:
             rate=rate,
             lateness_p99_us=self._lateness(0.99),
             elapsed_s=elapsed,
+            lateness=self.lateness,
         )
 
     async def _tick(self, started: float) -> None:
@@ -547,6 +557,8 @@ class _Replay:
             if first:
                 # The origin is set once the first rows are here, so reading the first row
                 # group does not make the first requests late.
+                if self.start_gate is not None:
+                    self.start_at = await asyncio.to_thread(self.start_gate)
                 self._set_origin()
                 first = False
             if batch is None:

@@ -107,10 +107,14 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
             routes,
             strict=True,
         ):
+            chosen = sampled is None or sid in sampled
+            if noise is not None and chosen:
+                # Over every shard, so N senders send the same N second sends one would.
+                noise.offer(xid, method, step_key(method, path, route))
             if not in_shard(sid, config.shard_index, config.shard_count):
                 continue
             shard_rows += 1
-            if sampled is not None and sid not in sampled:
+            if not chosen:
                 continue
             selected += 1
             if with_times:  # distinct sessions cost memory per session: dry runs only
@@ -119,8 +123,6 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
             writes += write
             if with_times and (config.allow_writes or not write):
                 keep.append(start)
-            if noise is not None:
-                noise.offer(xid, method, step_key(method, path, route))
         if keep:
             times.append(np.asarray(keep, dtype=np.int64))
     if tracker.count == 0 or tracker.first_us is None:

@@ -46,6 +46,8 @@ from shadowtape.http.target import (
     update_target,
 )
 from shadowtape.replay.config import ReplayConfig, RewriteRule
+from shadowtape.replay.engine import choose_engine
+from shadowtape.replay.fast_transport import FastHttp1Transport, Http1Answer
 from shadowtape.replay.guardrails import CircuitBreaker
 from shadowtape.replay.h11transport import H11Transport, HTTP2Negotiated
 from shadowtape.replay.plan import stable_hash
@@ -380,6 +382,7 @@ class Sender:
         needs_tls = any(urlsplit(b).scheme == "https" for b in bases)
         tls = tls_context(config.tls_verify and needs_tls)
         auto = config.http == "auto"
+        self.engine = choose_engine(config.http1_engine)
         lean = H11Transport(config.concurrency, ssl_context=tls, offers_h2=auto and needs_tls)
         if config.http == "2":
             # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
@@ -398,6 +401,14 @@ class Sender:
         self.direct = {
             scheme: lean for scheme in ("http", "https") if auto or mounts[f"{scheme}://"] is lean
         }
+        # With the httptools engine the direct schemes go through the fast transport instead
+        # (same contract, same ALPN hand-over to HTTP/2); the h11 one stays for httpx's mounts.
+        self.fast: FastHttp1Transport | None = None
+        self.fast_schemes: frozenset[str] = frozenset()
+        if self.engine.name == "httptools" and self.direct:
+            self.fast = FastHttp1Transport(config.concurrency, t, ssl_context=tls, now=now)
+            self.fast_schemes = frozenset(self.direct)
+            self.direct = {}
         self.timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.total}
         self.client = httpx.AsyncClient(
             mounts=mounts,
@@ -411,6 +422,8 @@ class Sender:
         )
 
     async def aclose(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
         await self.client.aclose()
 
     async def send(self, request: OutgoingRequest, retry_key: str) -> SendOutcome:
@@ -480,25 +493,19 @@ class Sender:
                 outcome.sent_at = start
             self.in_flight += 1
             try:
-                async with asyncio.timeout(cfg.timeouts.total):
-                    lean = self.direct.get(request.scheme)
-                    response = None
-                    origin = (request.scheme, request.host, request.port)
-                    if lean is not None and origin not in lean.h2_origins:
-                        with contextlib.suppress(HTTP2Negotiated):
-                            response = await lean.send(request, self.timeouts)
-                    if response is None:
-                        # A bare request, not client.build_request: the client's default
-                        # headers (User-Agent, Accept...) would be merged in and change what
-                        # was recorded.
-                        response = await self.client.send(
-                            httpx_request(request, self.timeouts), stream=True
-                        )
-                    try:
-                        outcome.first_byte_at = self.now()
-                        await self._read(response, outcome)
-                    finally:
-                        await response.aclose()
+                answer = None
+                fast = self.fast
+                origin = (request.scheme, request.host, request.port)
+                if fast is not None and request.scheme in self.fast_schemes:
+                    # The fast transport keeps the attempt's deadline itself: no timer here.
+                    with contextlib.suppress(HTTP2Negotiated):
+                        if origin not in fast.h2_origins:
+                            answer = await fast.exchange(request, cfg.max_body)
+                if answer is not None:
+                    await self._take(answer, outcome)
+                else:
+                    async with asyncio.timeout(cfg.timeouts.total):
+                        await self._exchange(request, outcome)
             except (httpx.HTTPError, TimeoutError, OSError) as exc:
                 not_sent = isinstance(exc, _NOT_SENT)
                 self.breaker.record(error=True, connect_failure=not_sent)
@@ -515,6 +522,44 @@ class Sender:
         outcome.error = None
         self.breaker.record(error=(outcome.status or 0) >= 500)
         return outcome
+
+    async def _exchange(self, request: OutgoingRequest, outcome: SendOutcome) -> None:
+        """One attempt over the h11 transport or the httpx client (HTTP/2)."""
+        lean = self.direct.get(request.scheme)
+        response = None
+        origin = (request.scheme, request.host, request.port)
+        if lean is not None and origin not in lean.h2_origins:
+            with contextlib.suppress(HTTP2Negotiated):
+                response = await lean.send(request, self.timeouts)
+        if response is None:
+            # A bare request, not client.build_request: the client's default
+            # headers (User-Agent, Accept...) would be merged in and change what
+            # was recorded.
+            response = await self.client.send(httpx_request(request, self.timeouts), stream=True)
+        try:
+            outcome.first_byte_at = self.now()
+            await self._read(response, outcome)
+        finally:
+            await response.aclose()
+
+    async def _take(self, answer: Http1Answer, outcome: SendOutcome) -> None:
+        """An answer of the fast transport into the outcome; a body with a Content-Encoding
+        goes through httpx's decoders as on the other paths."""
+        outcome.first_byte_at = answer.head_at
+        if answer.streaming:
+            response = answer.as_httpx()
+            try:
+                await self._read(response, outcome)
+            finally:
+                await response.aclose()
+            return
+        outcome.status = answer.status
+        outcome.reason = answer.reason
+        outcome.http_version = answer.http_version
+        outcome.headers = pairs_from_fields(answer.headers)
+        outcome.body = answer.body
+        outcome.body_truncated = answer.truncated
+        outcome.undecodable = False
 
     async def _read(self, response: httpx.Response, outcome: SendOutcome) -> None:
         outcome.status = response.status_code

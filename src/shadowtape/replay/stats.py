@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from shadowtape.latency import LatencyHistogram
+
 
 @dataclass(slots=True)
 class ReplayCounts:
@@ -67,12 +69,15 @@ class ReplaySummary:
     config: dict[str, Any]
     correlation_rules: int = 0
     telemetry: dict[str, Any] | None = None  # OTLP export counts when telemetry was on
+    # The distribution behind the lateness figures, for merging senders' summaries exactly;
+    # not part of the JSON (the figures above are).
+    lateness: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     @property
     def exit_code(self) -> int:
         return {"complete": 0, "circuit_open": 1, "interrupted": 130}.get(self.status, 1)
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: getattr(self, k) for k in self.__slots__ if k != "counts"}
+        data = {k: getattr(self, k) for k in self.__slots__ if k not in ("counts", "lateness")}
         data["counts"] = self.counts.to_json()
         return data
