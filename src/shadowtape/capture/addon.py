@@ -248,8 +248,9 @@ class ShadowtapeCapture:
             self.finished.append(writer)
             c = writer.counters
             logger.info(
-                "shadowtape: recorded %d exchanges, dropped %d, in %d files",
-                c.recorded,
+                "shadowtape: wrote %d of %d exchanges, dropped %d, in %d files",
+                c.written,
+                c.seen,
                 c.dropped(),
                 len(writer.sink.files),
             )
@@ -309,6 +310,7 @@ class ShadowtapeCapture:
                 max_body=self.config.max_body if self.config else DEFAULT_MAX_BODY,
             )
         except Exception:  # a flow we cannot convert is a counted loss, never a proxy error
+            writer.counters.seen += 1
             writer.counters.dropped_conversion_error += 1
             logger.exception("shadowtape: could not record %s", flow.request.pretty_url)
             return
@@ -317,7 +319,7 @@ class ShadowtapeCapture:
 
     def snapshot(self) -> dict[str, int]:
         if self.writer is None:
-            return {"recorded": 0, "queued": 0, "dropped": 0, "bytes": 0, "files": 0}
+            return {"seen": 0, "written": 0, "queued": 0, "dropped": 0, "bytes": 0, "files": 0}
         return self.writer.snapshot()
 
 

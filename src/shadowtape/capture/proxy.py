@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,8 @@ class CaptureSummary:
     counters: CaptureCounters = field(default_factory=CaptureCounters)
     files: list[Path] = field(default_factory=list)
     bytes_written: int = 0
-    failures: list[str] = field(default_factory=list)
+    # Why writes failed, each cause once with how often it happened.
+    failures: Counter[str] = field(default_factory=Counter)
 
 
 class _StartupErrors(logging.Handler):
@@ -178,6 +180,5 @@ def summarize(capture: ShadowtapeCapture, listen_url: str) -> CaptureSummary:
             setattr(summary.counters, name, total)
         summary.files.extend(writer.sink.files)
         summary.bytes_written += writer.sink.bytes_written
-        if writer.failure:
-            summary.failures.append(writer.failure)
+        summary.failures.update(writer.failures)
     return summary

@@ -14,8 +14,9 @@ from typing import Any
 import click
 
 from shadowtape import __version__
+from shadowtape.cli.failures import report as report_failure
+from shadowtape.cli.failures import sigterm_raises
 from shadowtape.config import CONFIG_ENV, Config, build_default_map, find_config, load_config
-from shadowtape.errors import ShadowtapeError
 
 # name -> "module:attribute"; the order is the order of `--help`, which follows the flow.
 COMMANDS: dict[str, str] = {
@@ -35,7 +36,7 @@ COMMANDS: dict[str, str] = {
 
 
 class StageGroup(click.Group):
-    """Imports a command's module on first use and turns expected errors into one line."""
+    """Imports a command's module on first use and turns every failure into one line."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -62,13 +63,16 @@ class StageGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ShadowtapeError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"shadowtape: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+        # Every failure of every command becomes one line here (cli/failures.py decides
+        # which); `--debug` lets the traceback through instead.
+        with sigterm_raises():
+            try:
+                return super().invoke(ctx)
+            except BaseException as exc:
+                code = report_failure(exc, debug=bool(ctx.obj and ctx.obj.get("debug")))
+                if code is None:
+                    raise
+        ctx.exit(code)
 
 
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ from shadowtape.capture.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.sessions import DEFAULT_GAP_SECONDS
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
 from shadowtape.cli.progress import LiveLine
+from shadowtape.errors import ShadowtapeError
 from shadowtape.keyed import DEFAULT_KEY_ENV
 
 
@@ -182,7 +183,7 @@ def capture(
 
     def on_tick(s: dict[str, int]) -> None:
         live.update(
-            f"recorded {s['recorded']}  dropped {s['dropped']}  "
+            f"written {s['written']} of {s['seen']}  dropped {s['dropped']}  "
             f"bytes {_human_bytes(s['bytes'])}  files {s['files']}"
         )
 
@@ -210,20 +211,29 @@ def capture(
     live.clear()
     c = summary.counters
     click.echo(
-        f"captured {c.recorded} exchanges into {len(summary.files)} files in {out_dir} "
+        f"captured {c.written} exchanges into {len(summary.files)} files in {out_dir} "
         f"({_human_bytes(summary.bytes_written)})"
     )
+    causes = ", ".join(f"{n} ({cause})" for cause, n in c.drop_causes().items())
     click.echo(
-        f"  dropped: {c.dropped_queue_full} (queue full), {c.dropped_write_error} (write errors), "
-        f"{c.dropped_conversion_error} (unconvertible)"
-        f"; skipped: {c.skipped_filter} (filter), {c.skipped_sample} (sampling)"
+        f"  seen {c.seen} = written {c.written} + dropped {c.dropped()} + pending {c.pending}; "
+        f"dropped: {causes}"
     )
+    click.echo(f"  skipped: {c.skipped_filter} (filter), {c.skipped_sample} (sampling)")
     click.echo(
         f"  error exchanges: {c.errors}; truncated bodies: {c.truncated_bodies}; "
         f"streamed bodies not kept: {c.streamed_bodies}"
     )
-    for failure in summary.failures:
-        click.echo(f"  write failure: {failure}", err=True)
+    for failure, times in summary.failures.items():
+        click.echo(f"  write failure: {failure} ({times}x)", err=True)
+    lost = c.lost_to_writing() + c.pending
+    if lost:
+        raise ShadowtapeError(
+            f"capture lost {lost} of {c.seen} exchanges writing to {out_dir} "
+            f"({c.dropped_disk_full} disk full, {c.dropped_write_error} write errors, "
+            f"{c.dropped_encode_error} unencodable, {c.pending} never flushed); the files "
+            "there are whole: free space or fix the output directory, then capture again"
+        )
 
 
 @click.command("import")
@@ -285,12 +295,12 @@ def import_files(
         files,
         settings,
         key,
-        on_progress=lambda s: live.update(f"read {s.entries} entries, {s.counters.recorded} kept"),
+        on_progress=lambda s: live.update(f"read {s.entries} entries, {s.counters.seen} kept"),
     )
     live.clear()
     c = summary.counters
     click.echo(
-        f"imported {c.recorded} exchanges from {summary.inputs} files ({summary.entries} entries) "
+        f"imported {c.written} exchanges from {summary.inputs} files ({summary.entries} entries) "
         f"into {len(summary.files)} files in {out_dir}"
     )
     click.echo(

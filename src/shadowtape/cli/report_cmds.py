@@ -11,24 +11,25 @@ from typing import Any
 import click
 
 from shadowtape.cli.progress import LiveLine
-from shadowtape.diff.pipeline import DiffSummary, default_out, run_diff
+from shadowtape.diff.pipeline import DiffOptions, DiffSummary, default_out, run_diff
 from shadowtape.diff.settings import build_options, diff_is_current
+from shadowtape.publish import write_file_atomic
 from shadowtape.report import html, junit, terminal
 from shadowtape.report.aggregate import load_report
 from shadowtape.report.gates import METRICS, evaluate, parse_gates
-from shadowtape.report.output import report_json, write_text_atomic
+from shadowtape.report.output import report_json
 
 _DIFF_OPTIONS = [
     click.option(
         "--ignore-file",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="YAML of pinned rules: `ignore:`, `noise:` or `drift:` lists of JSON paths "
         "($.meta.generated_at), `header: NAME` or `{path: ..., route: 'GET /x'}`.",
     ),
     click.option(
         "--routes",
         "routes_file",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="Endpoint templates to group by: an OpenAPI/Swagger file, or a list such as "
         "'GET /users/{id}' (one a line). Unmatched paths get inferred templates.",
     ),
@@ -77,8 +78,7 @@ def _diff_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _run_diff(results: Path, out: Path | None, opts: dict[str, Any]) -> DiffSummary:
-    options = build_options(**opts)
+def _run_diff(results: Path, out: Path | None, options: DiffOptions) -> DiffSummary:
     line = LiveLine()
     try:
         return run_diff(
@@ -122,7 +122,7 @@ def diff(results: Path, out: Path | None, **opts: Any) -> None:
     Example:
       shadowtape diff results/ --key-field id --ignore-file noise.yaml
     """
-    summary = _run_diff(results, out, opts)
+    summary = _run_diff(results, out, build_options(**opts))
     click.echo(_diff_line(summary))
 
 
@@ -132,8 +132,8 @@ def diff(results: Path, out: Path | None, **opts: Any) -> None:
     "--diff",
     "diff_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Diff dataset to report on (default RESULTS/_diff; computed there if missing or "
-    "older than the results).",
+    help="Diff dataset to report on (default RESULTS/_diff; computed there if missing, older "
+    "than the results, or made with other diff options).",
 )
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML report here.")  # fmt: skip
@@ -171,9 +171,9 @@ def report(
 
     Prints a table per route (requests, status mismatches, body and header drift, noise,
     error rate, latency p50/p95/p99 recorded vs staging), then every drifting path with an
-    example. Runs `shadowtape diff` first when RESULTS has no up-to-date diff (the diff
-    options below apply then). Exit 0 when no --fail-on rule trips, 1 when one does, 2 on
-    bad input.
+    example. Runs `shadowtape diff` first when RESULTS has no diff of its current files made
+    with the diff options given below, so the verdict never depends on a leftover diff.
+    Exit 0 when no --fail-on rule trips, 1 when one does, 2 on bad input.
 
     \b
     Example:
@@ -181,10 +181,18 @@ def report(
           --fail-on 'status_mismatch>0' --fail-on 'p99_latency_ratio>1.5'
     """
     gates = parse_gates(fail_on)
+    options = build_options(**opts)  # a bad --ignore-file fails here, whatever the diff
+    if notebook_out is not None:
+        from shadowtape.report.notebook import check_notebook_ready
+
+        check_notebook_ready(notebook_out)  # before anything is written
     target = diff_dir or default_out(results)
-    if not diff_is_current(results, target):
-        click.echo(f"report: no up-to-date diff in {target}; running diff", err=True)
-        click.echo(_diff_line(_run_diff(results, target, opts)), err=True)
+    if not diff_is_current(results, target, options):
+        click.echo(
+            f"report: no diff of these results with these options in {target}; running diff",
+            err=True,
+        )
+        click.echo(_diff_line(_run_diff(results, target, options)), err=True)
     data = load_report(target)
     verdicts = evaluate(gates, data)
     if as_json:
@@ -193,9 +201,9 @@ def report(
         click.echo(terminal.render(data, verdicts), nl=False)
     written = []
     if html_out is not None:
-        written.append(str(write_text_atomic(html_out, html.render(data, verdicts))))
+        written.append(str(write_file_atomic(html_out, html.render(data, verdicts))))
     if junit_out is not None:
-        written.append(str(write_text_atomic(junit_out, junit.render(data, verdicts))))
+        written.append(str(write_file_atomic(junit_out, junit.render(data, verdicts))))
     if notebook_out is not None:
         from shadowtape.report.notebook import execute_notebook  # Jupyter loads only if asked
 

@@ -25,6 +25,7 @@ from shadowtape.demo.defaults import DEFAULT_REQUESTS, DEFAULT_SEED, DEFAULT_WOR
 from shadowtape.demo.processes import Echo, Service, Timeouts, run_step
 from shadowtape.demo.traffic import SESSION_HEADER, plan_sessions, send_traffic
 from shadowtape.errors import InputError, ShadowtapeError
+from shadowtape.extras import notebook_install_hint, notebook_missing
 
 MARKER = ".shadowtape-demo"
 REPLAY_SPEED = 5
@@ -105,8 +106,12 @@ class Step:
     note: str = ""
 
 
-def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
-    """The demo, step by step; the runner and the README both read this list."""
+def steps(
+    paths: DemoPaths, urls: Urls, requests: int, seed: int, notebook: bool = True
+) -> list[Step]:
+    """The demo, step by step; the runner and the README both read this list. Without
+    Jupyter installed (`notebook=False`) the report step runs without --notebook and says
+    why, so a plain `pip install shadowtape` runs the whole demo."""
 
     def shop(version: str) -> tuple[str, ...]:
         return ("python", "-m", "shadowtape.demo.services", "--version", version, "--port", "0")
@@ -197,7 +202,9 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
         ),
         Step(
             "report",
-            "Report: terminal summary, HTML page, JUnit XML and the executed drift notebook",
+            "Report: terminal summary, HTML page, JUnit XML and the executed drift notebook"
+            if notebook
+            else "Report: terminal summary, HTML page and JUnit XML",
             (
                 (
                     "shadowtape",
@@ -207,10 +214,10 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
                     str(paths.html),
                     "--junit",
                     str(paths.junit),
-                    "--notebook",
-                    str(paths.notebook),
+                    *(("--notebook", str(paths.notebook)) if notebook else ()),
                 ),
             ),  # fmt: skip
+            "" if notebook else f"notebook skipped: {notebook_install_hint(notebook_missing())}",
         ),
     ]
 
@@ -271,14 +278,18 @@ class DemoRun:
     services: list[Service] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     env: dict[str, str] = field(init=False)
+    notebook: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.paths = DemoPaths(self.options.workdir)
+        self.notebook = not notebook_missing()
         # The demo must not pick up a team's shadowtape.toml (a real staging target, say).
         self.env = {**os.environ, "SHADOWTAPE_NO_CONFIG": "1", "PYTHONUNBUFFERED": "1"}
 
     def step(self, key: str) -> Step:
-        all_steps = steps(self.paths, self.urls, self.options.requests, self.options.seed)
+        all_steps = steps(
+            self.paths, self.urls, self.options.requests, self.options.seed, self.notebook
+        )
         index = next(i for i, s in enumerate(all_steps) if s.key == key)
         step = all_steps[index]
         self.echo("")
@@ -403,7 +414,8 @@ def run_demo(
             ("JUnit XML", run.paths.junit),
             ("executed notebook", run.paths.notebook),
         ):
-            echo(f"  {label:<40} {path}")
+            if path.exists():
+                echo(f"  {label:<40} {path}")
         echo(
             "In CI, gate on the report: `shadowtape report "
             f"{run.paths.results} --fail-on 'status_mismatch>0'` exits 1 when a rule trips "

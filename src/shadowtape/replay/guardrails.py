@@ -3,19 +3,70 @@
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
+import json
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from shadowtape.errors import InputError
 from shadowtape.replay.config import BreakerPolicy
 
 
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _is_address_pattern(pattern: str) -> bool:
+    """`127.*`, `10.0.0.0/8`, `::1`: patterns over IP addresses, never over names."""
+    return ":" in pattern or re.fullmatch(r"[0-9.*?\[\]/]+", pattern) is not None
+
+
+def host_allowed(host: str, patterns: Iterable[str]) -> bool:
+    """Whether `host` (a name or an IP address, as in a URL) matches one of `patterns`.
+
+    An address is matched only by address patterns (a glob over its canonical text, or a
+    CIDR network); a DNS name only by name patterns, so `127.*` never lets through
+    127.0.0.1.example.com. `*` alone matches everything.
+    """
+    host = host.lower().rstrip(".") if _address(host) is None else host.lower()
+    address = _address(host)
+    for raw in patterns:
+        pattern = raw.strip().lower()
+        if pattern == "*":
+            return True
+        if address is None:
+            if not _is_address_pattern(pattern) and fnmatch.fnmatchcase(host, pattern):
+                return True
+            continue
+        if not _is_address_pattern(pattern):
+            continue
+        if "/" in pattern:
+            try:
+                if address in ipaddress.ip_network(pattern, strict=False):
+                    return True
+            except ValueError:
+                continue
+        else:
+            literal = _address(pattern)
+            if literal is not None:
+                if literal == address:
+                    return True
+            elif fnmatch.fnmatchcase(str(address), pattern):
+                return True
+    return False
+
+
 def check_target_allowed(url: str, patterns: Iterable[str], option: str = "--target") -> None:
-    host = (urlsplit(url).hostname or "").lower()
+    host = urlsplit(url).hostname or ""
     pats = list(patterns)
-    if any(fnmatch.fnmatchcase(host, p.lower()) for p in pats):
+    if host_allowed(host, pats):
         return
     raise InputError(
         f"{option} {url}: host {host!r} is not in the allowlist ({', '.join(pats)}); "
@@ -30,6 +81,58 @@ def check_sanitized(source: str, sanitized: bool, allow_unsanitized: bool) -> No
         f"{source}: dataset is not sanitized; run `shadowtape sanitize {source} CLEAN` first, "
         "or pass --allow-unsanitized if it holds no real user data"
     )
+
+
+# sanitize's output contract: OUT/_manifest.json lists every file it wrote, with its row and
+# row-group counts (sanitize/manifest.py writes it; stages do not import each other).
+SANITIZE_MANIFEST = "_manifest.json"
+SANITIZE_MANIFEST_FORMAT = "shadowtape.sanitize-manifest"
+
+
+def check_manifest(source: str, files: Iterable[tuple[Path, int, int]]) -> None:
+    """A dataset flagged sanitized must be what sanitize wrote: its manifest there, listing
+    exactly these files with these row and row-group counts. Files added, removed or
+    replaced since (a copy in part, a raw file dropped in) are refused: the sanitized flag in
+    their metadata alone vouches for nothing."""
+    src = Path(source)
+    base = src if src.is_dir() else src.parent
+    path = base / SANITIZE_MANIFEST
+    fix = "sanitize it again, or pass --allow-unsanitized if it holds no real user data"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"{source}: flagged sanitized but has no {SANITIZE_MANIFEST} (sanitize writes one "
+            f"beside its files); {fix}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable manifest ({exc}); {fix}") from None
+    if not isinstance(doc, dict) or doc.get("format") != SANITIZE_MANIFEST_FORMAT:
+        raise InputError(f"{path}: not a sanitize manifest; {fix}")
+    listed: dict[str, tuple[int, int]] = {}
+    for entry in doc.get("files") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InputError(f"{path}: a files entry without a name; {fix}")
+        listed[entry["name"]] = (entry.get("rows"), entry.get("row_groups"))
+    present = {}
+    for f, rows, groups in files:
+        present[f.relative_to(base).as_posix()] = (rows, groups)
+    for name, counts in present.items():
+        if name not in listed:
+            raise InputError(f"{source}: {name} is not in {SANITIZE_MANIFEST}; {fix}")
+        if listed[name] != counts:
+            raise InputError(
+                f"{source}: {name} has {counts[0]} rows in {counts[1]} row groups, "
+                f"{SANITIZE_MANIFEST} says {listed[name][0]} in {listed[name][1]}; {fix}"
+            )
+    if src.is_dir():
+        absent = sorted(set(listed) - set(present))
+        if absent:
+            raise InputError(
+                f"{source}: {SANITIZE_MANIFEST} lists {absent[0]}, which is missing"
+                + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
+                + f"; {fix}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

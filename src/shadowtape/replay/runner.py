@@ -22,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shadowtape.errors import InputError
-from shadowtape.replay.config import ReplayConfig, Timing, check_target_url
+from shadowtape.replay.config import ReplayConfig, Timing, check_numbers, check_target_url
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
 from shadowtape.replay.guardrails import (
     CircuitBreaker,
+    check_manifest,
     check_sanitized,
     check_target_allowed,
 )
@@ -68,6 +69,7 @@ from shadowtape.schema import (
     batch_to_rows,
     dataset_metadata,
     iter_batches,
+    read_files,
     uuid7,
 )
 
@@ -111,14 +113,18 @@ def check_config(config: ReplayConfig) -> dict[str, str]:
     targets = TargetMap(config.target, config.rewrites)
     for base in targets.bases():
         check_target_allowed(base, config.allow_hosts)
-    if config.concurrency < 1:
-        raise InputError("--concurrency must be at least 1")
+    check_numbers(config, time.time())
     if config.on_miss not in ("send-recorded", "skip-session"):
         raise InputError(f"--on-miss {config.on_miss!r}: use skip-session or send-recorded")
+    infos = read_files(config.source, KIND_EXCHANGES)
     meta = dataset_metadata(config.source, KIND_EXCHANGES)
     if not meta:
         raise InputError(f"{config.source}: dataset has no Parquet files")
-    check_sanitized(config.source, meta.get(META_SANITIZED) == "true", config.allow_unsanitized)
+    sanitized = meta.get(META_SANITIZED) == "true"
+    check_sanitized(config.source, sanitized, config.allow_unsanitized)
+    # A results dataset as input carries its replay's (checked) flag and has no manifest.
+    if sanitized and not config.allow_unsanitized and any(i.kind == KIND_EXCHANGES for i in infos):
+        check_manifest(config.source, [(i.path, i.num_rows, i.num_row_groups) for i in infos])
     return meta
 
 
@@ -251,6 +257,7 @@ class _Replay:
         self.sendable = 0
         self.pass1_rows = 0
         self.timer: asyncio.Future[None] | None = None
+        self.origin: float | None = None  # set once the first rows are read
 
     # time: one origin, monotonic for scheduling and wall clock for the results
     def _set_origin(self) -> None:
@@ -280,11 +287,11 @@ class _Replay:
         for key in (META_SANITIZED, META_POLICY):
             if key in self.input_meta:
                 metadata[key] = self.input_meta[key]
-        # One file per run (per shard): the run's figures are known only at the end and go in
-        # the footer of the file finalized last, so a rolled-over first file would carry a
-        # stale "running" summary. SIGINT and SIGTERM finalize it; only a hard kill loses it.
-        single_file = RollPolicy(max_rows=2**62, max_bytes=2**62)
-        self.sink = ResultSink(self.out_dir, cfg.prefix, metadata, roll=single_file)
+        # Files roll on a timer (see _roll_files), not by size: each carries the figures of
+        # the run so far, the last one the final figures. SIGINT and SIGTERM finalize the
+        # open file; a hard kill loses at most one roll interval.
+        by_timer = RollPolicy(max_rows=2**62, max_bytes=2**62)
+        self.sink = ResultSink(self.out_dir, cfg.prefix, metadata, roll=by_timer)
         self.sink.set_summary({"run_id": self.run_id, "status": "running", "config": cfg.to_json()})
         self.scheduler = SessionScheduler(
             self.clock,
@@ -300,6 +307,7 @@ class _Replay:
             loop = asyncio.get_running_loop()
             switch._attach(lambda: loop.call_soon_threadsafe(self._on_switch, switch))
         ticker = asyncio.ensure_future(self._tick(started))
+        roller = asyncio.ensure_future(self._roll_files(started))
         try:
             await self._dispatch_all()
             await self.scheduler.join()
@@ -316,6 +324,7 @@ class _Replay:
             if switch is not None:
                 switch._detach()
             ticker.cancel()
+            roller.cancel()
             if self.timer is not None:
                 self.timer.cancel()
         await self.sender.aclose()
@@ -411,6 +420,14 @@ class _Replay:
     async def _stop_after(self, deadline: float) -> None:
         await self.clock.sleep_until(deadline)
         self._request_stop("duration")
+
+    async def _roll_files(self, started: float) -> None:
+        while True:
+            await asyncio.sleep(self.config.roll_interval)
+            running = self._metadata(self._summary(time.monotonic() - started, []))
+            running["status"] = "running"
+            running["complete"] = False
+            self.sink.roll(running)
 
     def _snapshot(self, elapsed: float, rate: float) -> Progress:
         return Progress(

@@ -21,6 +21,7 @@ from shadowtape.errors import DatasetError
 DIFF_DIRNAME = "_diff"
 SUMMARY_NAME = "summary.json"
 SUMMARY_KIND = "shadowtape.diff-summary"
+SUMMARY_VERSION = 1  # the diff summary format this report reads; a field renamed bumps it
 LATENCY_GROWTH = 1.02  # the diff stage's latency bucket width
 EXAMPLES_PER_PATH = 3
 ALL_ROUTES = "(all routes)"
@@ -176,6 +177,14 @@ def read_summary(diff_dir: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("kind") != SUMMARY_KIND:
         raise DatasetError(f"{path}: not a shadowtape diff summary; rerun `shadowtape diff`")
+    if payload.get("version") != SUMMARY_VERSION:
+        raise DatasetError(
+            f"{path}: diff summary version {payload.get('version')!r}, this report reads "
+            f"{SUMMARY_VERSION}; rerun `shadowtape diff` with this shadowtape"
+        )
+    for key, kind in (("routes", list), ("paths", list), ("totals", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise DatasetError(f"{path}: diff summary lacks `{key}`; rerun `shadowtape diff`")
     return payload
 
 
@@ -213,7 +222,14 @@ def _examples(diff_dir: Path) -> dict[tuple[str, str, str], tuple[list[str], int
 
 
 def _figures(route: str, data: dict[str, Any]) -> RouteFigures:
-    fig = RouteFigures(route=route, **{k: int(data.get(k, 0)) for k in _COUNT_FIELDS})
+    # Every figure must be there: a field renamed by another version must not read as 0.
+    missing = [k for k in _COUNT_FIELDS if not isinstance(data.get(k), int)]
+    if missing:
+        raise DatasetError(
+            f"diff summary: route {route!r} lacks {', '.join(missing)}; it was written by "
+            "another shadowtape version: rerun `shadowtape diff`"
+        )
+    fig = RouteFigures(route=route, **{k: data[k] for k in _COUNT_FIELDS})
     for side in ("recorded", "staging"):
         raw = data.get(f"latency_{side}") or {}
         fig.latency[side] = {int(k): int(v) for k, v in raw.items()}
@@ -223,7 +239,7 @@ def _figures(route: str, data: dict[str, Any]) -> RouteFigures:
 def load_report(diff_dir: str | Path) -> ReportData:
     diff_dir = Path(diff_dir)
     summary = read_summary(diff_dir)
-    routes = [_figures(r["route"], r) for r in summary.get("routes", [])]
+    routes = [_figures(str(r.get("route")), r) for r in summary["routes"]]
     overall = RouteFigures(
         route=ALL_ROUTES, **{k: sum(getattr(r, k) for r in routes) for k in _COUNT_FIELDS}
     )

@@ -7,14 +7,15 @@ per-process cache of the built scrubber and of per-value results.
 The job keeps the input's file names and row-group layout (one output row group per input row
 group), so the output does not depend on how many workers ran, and writes into a hidden
 directory that is renamed into place only when everything, manifest included, is written: an
-interrupted job leaves nothing that looks like a finished dataset.
+interrupted job leaves nothing that looks like a finished dataset (shadowtape.publish). An
+existing OUT is replaced (--overwrite) only when it holds an earlier sanitize output.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
+import signal
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 from shadowtape import schema
 from shadowtape.errors import DatasetError, InputError
 from shadowtape.keyed import Key, Keyed
+from shadowtape.publish import check_replaceable, staged_directory, write_json_atomic
 from shadowtape.sanitize.detectors import Detector, check_nlp_model, unavailable_entities
 from shadowtape.sanitize.manifest import MANIFEST_NAME, FileEntry, ManifestData
 from shadowtape.sanitize.policy import Policy, PolicyRules
@@ -132,16 +134,20 @@ def _sanitize_unit(
     return sanitize_batch(batch, config)
 
 
-def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
+def _check_paths(src: Path, dst: Path) -> None:
     src_r, dst_r = src.resolve(), dst.resolve()
     if dst_r == src_r or src_r in dst_r.parents:
         raise InputError(f"{dst}: the output may not be the input or inside it; choose another")
     if dst_r in src_r.parents:
         raise InputError(f"{dst}: the output may not contain the input; choose another")
-    if dst.exists() and not overwrite:
-        raise InputError(
-            f"{dst}: already exists; choose a new output directory or pass --overwrite"
-        )
+
+
+def earlier_output(dst: Path) -> str | None:
+    """None when `dst` holds what sanitize writes (a sanitized exchanges dataset and its
+    manifest), so --overwrite may replace it; else why not."""
+    return schema.foreign_content(
+        dst, [schema.KIND_EXCHANGES], sanitized=True, extra_names=[MANIFEST_NAME]
+    )
 
 
 def _output_metadata(pf: pq.ParquetFile, info: schema.DatasetFile, config: SanitizeConfig) -> dict:
@@ -173,18 +179,34 @@ def _results(
     if workers <= 1:
         return
     ctx = multiprocessing.get_context("fork" if forking else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_signals
+    ) as pool:
         pending: deque[Future] = deque()
-        for u in queue:
-            pending.append(pool.submit(_sanitize_unit, str(u.source), u.row_group, config))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append(pool.submit(_sanitize_unit, str(nxt.source), nxt.row_group, config))
-            yield result
+        try:
+            for u in queue:
+                pending.append(pool.submit(_sanitize_unit, str(u.source), u.row_group, config))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.append(
+                        pool.submit(_sanitize_unit, str(nxt.source), nxt.row_group, config)
+                    )
+                yield result
+        except BaseException:
+            # Stopped (Ctrl-C, an error, the consumer gone): queued units are not worth running.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and reports it in one line;
+    otherwise every worker would print its own KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def sanitize_dataset(
@@ -201,7 +223,8 @@ def sanitize_dataset(
     files = schema.dataset_files(src_p)
     if not files:
         raise InputError(f"{src_p}: no Parquet files; is this a captured dataset directory?")
-    _check_paths(src_p, dst_p, overwrite)
+    _check_paths(src_p, dst_p)
+    check_replaceable(dst_p, earlier_output, overwrite, "--overwrite")
     if workers < 1:
         raise InputError(f"--workers is {workers}; use 1 or more")
     check_nlp_model(config.nlp_model)
@@ -230,53 +253,34 @@ def sanitize_dataset(
         entities=config.policy.entities,
         unavailable_entities=unavailable_entities(config.policy.entities, config.nlp_model),
     )
-    dst_p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst_p.parent / f".{dst_p.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     counts: Counter[str] = Counter()
     results = (results_fn or _results)(units, config, workers)
     try:
-        done = 0
-        for info in infos:
-            rel = info.path.relative_to(base)
-            out_path = tmp / rel
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            pf = pq.ParquetFile(info.path)
-            out_schema = pf.schema_arrow.with_metadata(_output_metadata(pf, info, config))
-            pf.close()
-            with pq.ParquetWriter(
-                out_path, out_schema, compression="zstd", write_statistics=True
-            ) as writer:
-                for _ in range(info.num_row_groups):
-                    batch, batch_counts = next(results)
-                    table = pa.Table.from_batches([batch]).replace_schema_metadata(
-                        out_schema.metadata
-                    )
-                    writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                    counts.update(batch_counts)
-                    done += batch.num_rows
-                    if progress:
-                        progress(done, total)
-            manifest.files.append(FileEntry(str(rel), info.num_rows, info.num_row_groups))
-        manifest.counts = dict(counts)
-        schema.write_json_atomic(tmp / MANIFEST_NAME, manifest.to_json())
-        _publish(tmp, dst_p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with staged_directory(dst_p, check=earlier_output, overwrite=overwrite) as tmp:
+            done = 0
+            for info in infos:
+                rel = info.path.relative_to(base)
+                out_path = tmp / rel
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                pf = pq.ParquetFile(info.path)
+                out_schema = pf.schema_arrow.with_metadata(_output_metadata(pf, info, config))
+                pf.close()
+                with pq.ParquetWriter(
+                    out_path, out_schema, compression="zstd", write_statistics=True
+                ) as writer:
+                    for _ in range(info.num_row_groups):
+                        batch, batch_counts = next(results)
+                        table = pa.Table.from_batches([batch]).replace_schema_metadata(
+                            out_schema.metadata
+                        )
+                        writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                        counts.update(batch_counts)
+                        done += batch.num_rows
+                        if progress:
+                            progress(done, total)
+                manifest.files.append(FileEntry(str(rel), info.num_rows, info.num_row_groups))
+            manifest.counts = dict(counts)
+            write_json_atomic(tmp / MANIFEST_NAME, manifest.to_json())
     finally:
         results.close()  # an engine's workers (a Ray session) stop now, not at garbage collection
     return SanitizeResult(dst_p, manifest)
-
-
-def _publish(tmp: Path, dst: Path) -> None:
-    """Rename the finished directory into place; an old output (--overwrite) is moved aside
-    first and removed only after the new one is in place."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
