@@ -31,7 +31,7 @@ PREFIX = "shadowtape"
 _OS_ADVICE = {
     errno.ENOSPC: "free some space or write somewhere else",
     errno.EDQUOT: "the disk quota is used up; free some space or write somewhere else",
-    errno.EROFS: "the file system is read-only; write somewhere else",
+    errno.EROFS: "write somewhere else",
     errno.EACCES: "check the permissions, or write somewhere else",
     errno.EPERM: "check the permissions, or write somewhere else",
     errno.ENOTDIR: "a part of the path is a file, not a directory; fix the path",
@@ -68,6 +68,10 @@ class Failure:
 
 def _os_line(exc: OSError) -> str:
     code = os_errno(exc)
+    if code == errno.EEXIST and exc.filename and os.path.lexists(exc.filename):
+        if not os.path.isdir(exc.filename):
+            # mkdir -p of a path through a file: say what is wrong, not what mkdir saw.
+            code = errno.ENOTDIR
     what = os.strerror(code) if code is not None else (exc.strerror or str(exc))
     where = [os.fsdecode(f) for f in (exc.filename, getattr(exc, "filename2", None)) if f]
     advice = _OS_ADVICE.get(code or -1, "check the path and the file system")
