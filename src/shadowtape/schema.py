@@ -701,7 +701,7 @@ def foreign_content(
             except DatasetError:
                 return f"holds {rel}, which is not a shadowtape dataset file"
             if info.kind not in kinds:
-                return f"holds {rel}, a file of a {info.kind} dataset (expected {wanted})"
+                return f"holds {rel}, which belongs to a dataset of {info.kind} (not {wanted})"
             flagged = info.metadata.get(META_SANITIZED) == "true"
             if sanitized is not None and flagged != sanitized:
                 state = "a sanitized" if flagged else "an unsanitized"

@@ -27,7 +27,7 @@ import pytest
 
 from shadowtape import schema
 from shadowtape.capture.writer import CaptureCounters, ExchangeSink, WriterSettings
-from shadowtape.schema import DatasetWriter, Exchange, uuid7
+from shadowtape.schema import DatasetWriter, Exchange, RollPolicy, uuid7
 
 KEY = "faults-test-key-0123456789abcdef01234567"
 T0 = 1_700_000_000_000_000
@@ -173,9 +173,12 @@ def raw_dataset(directory: Path, rows: int = 20, *, row_group_rows: int = 10_000
     return directory
 
 
-def sanitized_dataset(directory: Path, rows: int = 20, *, manifest: bool = True) -> Path:
+def sanitized_dataset(
+    directory: Path, rows: int = 20, *, manifest: bool = True, file_rows: int = 1_000_000
+) -> Path:
     """A dataset as sanitize leaves it: flagged sanitized, with its manifest."""
-    with DatasetWriter(directory, metadata={schema.META_SANITIZED: "true"}) as w:
+    roll = RollPolicy(max_rows=file_rows)
+    with DatasetWriter(directory, metadata={schema.META_SANITIZED: "true"}, roll=roll) as w:
         w.write_exchanges([exchange(i, session=f"s{i % 3}") for i in range(rows)])
     if manifest:
         files = [
