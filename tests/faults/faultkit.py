@@ -12,6 +12,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -271,9 +272,11 @@ class Staging:
     url: str
     received: list[str]
     hang: threading.Event  # set: every request waits (a hung staging)
+    dead: threading.Event  # set: open connections are cut, new ones refused
     server: ThreadingHTTPServer
 
     def die(self) -> None:
+        self.dead.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -282,6 +285,7 @@ class Staging:
 def staging_server() -> Iterator[Staging]:
     received: list[str] = []
     hang = threading.Event()
+    dead = threading.Event()
     release = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
@@ -291,6 +295,11 @@ def staging_server() -> Iterator[Staging]:
             pass
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if dead.is_set():  # a keep-alive connection of a dead server: cut, no answer
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
             received.append(self.path)
             if hang.is_set():
                 release.wait(30)
@@ -305,7 +314,7 @@ def staging_server() -> Iterator[Staging]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    staging = Staging(f"http://127.0.0.1:{server.server_address[1]}", received, hang, server)
+    staging = Staging(f"http://127.0.0.1:{server.server_address[1]}", received, hang, dead, server)
     try:
         yield staging
     finally:

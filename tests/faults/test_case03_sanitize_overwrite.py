@@ -16,7 +16,9 @@ def raw(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _tree(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_a_source_tree_is_never_deleted(raw, tmp_path):

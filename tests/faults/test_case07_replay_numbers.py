@@ -46,9 +46,7 @@ def clean(tmp_path_factory):
 def test_bad_number_is_one_line_and_sends_nothing(args, flag, clean, staging, tmp_path):
     out = tmp_path / "results"
     started = time.monotonic()
-    result = faultkit.run_inprocess(
-        "replay", clean, "--target", staging.url, "--out", out, *args
-    )
+    result = faultkit.run_inprocess("replay", clean, "--target", staging.url, "--out", out, *args)
     assert result.exit_code == 2, result.output
     faultkit.assert_one_line(result.stderr, "shadowtape: error:", flag)
     assert time.monotonic() - started < 5  # refused, not waited on

@@ -68,10 +68,13 @@ class Failure:
 
 def _os_line(exc: OSError) -> str:
     code = os_errno(exc)
-    if code == errno.EEXIST and exc.filename and os.path.lexists(exc.filename):
-        if not os.path.isdir(exc.filename):
-            # mkdir -p of a path through a file: say what is wrong, not what mkdir saw.
-            code = errno.ENOTDIR
+    if (
+        code == errno.EEXIST
+        and exc.filename
+        and os.path.lexists(exc.filename)
+        and not os.path.isdir(exc.filename)
+    ):
+        code = errno.ENOTDIR  # mkdir -p through a file: say what is wrong, not what mkdir saw
     what = os.strerror(code) if code is not None else (exc.strerror or str(exc))
     where = [os.fsdecode(f) for f in (exc.filename, getattr(exc, "filename2", None)) if f]
     advice = _OS_ADVICE.get(code or -1, "check the path and the file system")

@@ -342,7 +342,11 @@ def replay(source: str, **opts: Any) -> None:
             f"{config.out}; check {config.target} or loosen --breaker-error-rate"
         )
     if summary.status == "interrupted":
-        click.echo(f"shadowtape: interrupted; results so far are in {config.out}", err=True)
+        click.echo(
+            f"shadowtape: {summary.reason or 'interrupted'}; the results so far are in "
+            f"{config.out}, whole (rows not sent are marked skipped)",
+            err=True,
+        )
         raise click.exceptions.Exit(summary.exit_code)
 
 

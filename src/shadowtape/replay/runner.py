@@ -258,6 +258,7 @@ class _Replay:
         self.pass1_rows = 0
         self.timer: asyncio.Future[None] | None = None
         self.origin: float | None = None  # set once the first rows are read
+        self.signal: int | None = None
 
     # time: one origin, monotonic for scheduling and wall clock for the results
     def _set_origin(self) -> None:
@@ -341,7 +342,8 @@ class _Replay:
 
     def _summary(self, elapsed: float, files: list[str]) -> ReplaySummary:
         if self.interrupted:
-            status, reason = "interrupted", "interrupted (Ctrl-C)"
+            how = signal.Signals(self.signal).name if self.signal else "Ctrl-C"
+            status, reason = "interrupted", f"interrupted ({how})"
         elif self.breaker.trip is not None:
             status, reason = "circuit_open", self.breaker.trip.reason
         elif self.stop_reason == "circuit_open":
@@ -361,6 +363,7 @@ class _Replay:
             files=files,
             config=self.config.to_json(),
             correlation_rules=len(self.rules),
+            signal=self.signal,
         )
 
     def _metadata(self, summary: ReplaySummary) -> dict[str, Any]:
@@ -384,14 +387,19 @@ class _Replay:
         ):
             return lambda: None
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, self._on_sigint)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
 
         def restore() -> None:
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
 
         return restore
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signal is None:
+            self.signal = signum
+        self._on_sigint()
 
     def _on_sigint(self) -> None:
         loop = asyncio.get_running_loop()
