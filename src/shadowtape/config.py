@@ -217,13 +217,17 @@ def _checked_value(setting: Setting, option: click.Option, command: click.Comman
     value = setting.value
     if option.multiple and not isinstance(value, list):
         value = [value]  # `allow-host = "x"` means a list of one, as a single flag would
+    where = f"{setting.source}: {setting.key} = {setting.value!r} ({flag_of(option)})"
+    if isinstance(value, list) and not option.multiple and option.nargs == 1:
+        raise InputError(f"{where}: takes one value, not a list")
     try:
         option.type_cast_value(click.Context(command), value)
     except click.BadParameter as exc:
-        raise InputError(
-            f"{setting.source}: {setting.key} = {setting.value!r} ({flag_of(option)}): "
-            f"{exc.message}"
-        ) from None
+        raise InputError(f"{where}: {exc.message}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        # A TOML value of the wrong kind (a boolean for a path) fails inside click's type.
+        kind = type(setting.value).__name__
+        raise InputError(f"{where}: a {kind} is not a value for this option ({exc})") from None
     return value
 
 
