@@ -240,6 +240,24 @@ def _relocate(exc: OSError, tmp: Path, dest: Path) -> None:
         exc.filename = str(dest)
 
 
+def _marked_temp_dir(dest: Path, role: str) -> Path:
+    """A new temporary directory beside `dest`, carrying the marker by which a later run
+    recognises it as stale once its owner is gone (dead runs' ones are removed first)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(dest.parent, role, dest.name)
+    tmp = temp_name(dest, role)
+    tmp.mkdir()
+    try:
+        (tmp / STAGING_MARKER).write_text(
+            json.dumps({"owner": owner_tag(), "destination": dest.name}) + "\n",
+            encoding="utf-8",
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
 @contextmanager
 def staged_directory(
     dest: str | os.PathLike[str],
@@ -255,14 +273,8 @@ def staged_directory(
     the swap, in case it changed meanwhile)."""
     d = Path(dest)
     check_replaceable(d, check, overwrite, flag)
-    d.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(d.parent, role, d.name)
-    tmp = temp_name(d, role)
-    tmp.mkdir()
+    tmp = _marked_temp_dir(d, role)
     try:
-        (tmp / STAGING_MARKER).write_text(
-            json.dumps({"owner": owner_tag(), "destination": d.name}) + "\n", encoding="utf-8"
-        )
         yield tmp
         check_replaceable(d, check, overwrite, flag)
         (tmp / STAGING_MARKER).unlink()
@@ -280,14 +292,8 @@ def staged_directory(
 def scratch_directory(beside: str | os.PathLike[str], role: str = "work") -> Iterator[Path]:
     """A marked temporary directory beside `beside`, removed when the block ends."""
     b = Path(beside)
-    b.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(b.parent, role, b.name)
-    tmp = temp_name(b, role)
-    tmp.mkdir()
+    tmp = _marked_temp_dir(b, role)
     try:
-        (tmp / STAGING_MARKER).write_text(
-            json.dumps({"owner": owner_tag(), "destination": b.name}) + "\n", encoding="utf-8"
-        )
         yield tmp
     except OSError as exc:
         _relocate(exc, tmp, b)

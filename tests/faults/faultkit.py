@@ -233,33 +233,30 @@ def results_dataset(directory: Path, rows: int = 30, *, drift: bool = True) -> P
 
 
 def har_file(path: Path, entries: int = 5) -> Path:
-    items = []
-    for i in range(entries):
-        items.append(
-            {
-                "startedDateTime": f"2024-01-01T00:00:{i % 60:02d}.000Z",
-                "time": 5,
-                "request": {
-                    "method": "GET",
-                    "url": f"http://api.example.test/items/{i}?q={i}",
-                    "httpVersion": "HTTP/1.1",
-                    "headers": [{"name": "Accept", "value": "application/json"}],
-                    "queryString": [{"name": "q", "value": str(i)}],
-                    "headersSize": -1,
-                    "bodySize": 0,
-                },
-                "response": {
-                    "status": 200,
-                    "statusText": "OK",
-                    "httpVersion": "HTTP/1.1",
-                    "headers": [{"name": "Content-Type", "value": "application/json"}],
-                    "content": {"size": 8, "mimeType": "application/json", "text": '{"ok":1}'},
-                    "headersSize": -1,
-                    "bodySize": 8,
-                },
-                "timings": {"send": 1, "wait": 3, "receive": 1},
-            }
-        )
+    """A HAR 1.2 file of `entries` GETs answered with a small JSON body."""
+
+    def pairs(**values: str) -> list[dict[str, str]]:
+        return [{"name": k.replace("_", "-"), "value": v} for k, v in values.items()]
+
+    json_type = "application/json"
+    items = [
+        {
+            "startedDateTime": f"2024-01-01T00:00:{i % 60:02d}.000Z",
+            "time": 5,
+            "timings": {"send": 1, "wait": 3, "receive": 1},
+            "request": dict(
+                method="GET", url=f"http://api.example.test/items/{i}?q={i}",
+                httpVersion="HTTP/1.1", headers=pairs(Accept=json_type),
+                queryString=pairs(q=str(i)), headersSize=-1, bodySize=0,
+            ),
+            "response": dict(
+                status=200, statusText="OK", httpVersion="HTTP/1.1",
+                headers=pairs(Content_Type=json_type), headersSize=-1, bodySize=8,
+                content={"size": 8, "mimeType": json_type, "text": '{"ok":1}'},
+            ),
+        }
+        for i in range(entries)
+    ]  # fmt: skip
     doc = {"log": {"version": "1.2", "creator": {"name": "test", "version": "1"}, "entries": items}}
     path.write_text(json.dumps(doc))
     return path
@@ -280,6 +277,21 @@ class Staging:
         self.dead.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def _answer(handler: BaseHTTPRequestHandler, content_type: str, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 @contextlib.contextmanager
@@ -305,16 +317,9 @@ def staging_server() -> Iterator[Staging]:
             if hang.is_set():
                 release.wait(30)
                 return
-            body = b'{"id": 1}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _answer(self, "application/json", b'{"id": 1}')
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve(Handler)
     staging = Staging(f"http://127.0.0.1:{server.server_address[1]}", received, hang, dead, server)
     try:
         yield staging
@@ -408,16 +413,9 @@ def upstream_server() -> Iterator[str]:
             size = 16
             if "size=" in self.path:
                 size = int(self.path.split("size=")[1].split("&")[0])
-            body = os.urandom(size)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _answer(self, "application/octet-stream", os.urandom(size))
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve(Handler)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
