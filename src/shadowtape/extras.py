@@ -32,7 +32,9 @@ def notebook_missing() -> list[str]:
 
 
 def notebook_install_hint(missing: list[str]) -> str:
-    return (
-        f"the drift notebook needs {', '.join(NOTEBOOK_MODULES)} ({', '.join(missing)} "
-        f"missing): pip install '{NOTEBOOK_EXTRA}'"
-    )
+    needs = f"the drift notebook needs Jupyter ({', '.join(NOTEBOOK_MODULES)})"
+    if len(missing) == len(NOTEBOOK_MODULES):
+        state = ", not installed here"
+    else:
+        state = f"; {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+    return f"{needs}{state}: pip install '{NOTEBOOK_EXTRA}'"

@@ -23,13 +23,7 @@ SLACK = 0.5
 CLIENTS = 4
 # Kill points, seconds after the first answer: inside the first file's window (where a slow
 # first finalize used to lose more than a roll interval), then later ones.
-KILL_AFTER = [
-    ROLL + SLACK + 0.05,
-    ROLL + SLACK + 0.2,
-    ROLL + SLACK + 0.5,
-    2 * ROLL + SLACK + 0.3,
-    3 * ROLL + 0.1,
-]
+KILL_AFTER = [ROLL + SLACK + 0.05, ROLL + SLACK + 0.2, ROLL + SLACK + 0.5, 3 * ROLL + 0.1]
 
 
 def _traffic(url: str, stop: threading.Event, done: list[tuple[str, float]], n: int) -> None:
