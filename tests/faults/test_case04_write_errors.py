@@ -82,3 +82,18 @@ def test_missing_parent_directories_are_created(command, inputs, staging, tmp_pa
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     assert out.exists()
+
+
+@pytest.mark.parametrize("where", ["read-only", "under-a-file"])
+def test_capture_refuses_an_unwritable_output_at_startup(where, tmp_path, request):
+    if where == "read-only":
+        out = request.getfixturevalue("readonly_fs") / "raw"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        out = tmp_path / "a-file" / "raw"
+    result = faultkit.run_inprocess(
+        "capture", "--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0", "--out", out
+    )
+    assert result.exit_code == 1, result.output
+    faultkit.assert_one_line(result.stderr, "cannot create the output directory", "--out")
+    assert "listening on" not in result.stdout

@@ -40,7 +40,7 @@ from shadowtape.capture.writer import (
     WriterSettings,
     capture_metadata,
 )
-from shadowtape.errors import InputError, ShadowtapeError
+from shadowtape.errors import ShadowtapeError
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key, Keyed
 from shadowtape.schema import uuid7
 
@@ -79,6 +79,7 @@ class ShadowtapeCapture:
         self._sessions: SessionTracker | None = None
         self._warned_inactive = False
         self._done = False
+        self.config_error: ShadowtapeError | None = None
         # Exchange ids need unique bits, not secret ones: os.urandom per flow measured ~0.5 ms
         # on a VM, more than all the rest of the hook.
         self._id_bits = random.Random(int.from_bytes(os.urandom(16), "big"))
@@ -190,6 +191,9 @@ class ShadowtapeCapture:
             key = Key.load(config.key_file, env=opts.shadowtape_key_env or DEFAULT_KEY_ENV)
             ensure_writable(config.out_dir)
         except ShadowtapeError as exc:
+            # Kept, so `shadowtape capture` reports it with its own exit code (bad input 2,
+            # an unwritable output directory 1); mitmproxy itself sees an OptionsError.
+            self.config_error = exc
             raise exceptions.OptionsError(f"shadowtape: {exc}") from None
         # New settings begin a new capture: the old one's files are finalized as they were.
         self._stop_writer()
@@ -328,11 +332,14 @@ def ensure_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(
-            f"{directory}: cannot create the output directory ({exc.strerror})"
+        raise ShadowtapeError(
+            f"{directory}: cannot create the output directory ({exc.strerror}); "
+            "choose another --out"
         ) from None
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise InputError(f"{directory}: the output directory is not writable")
+        raise ShadowtapeError(
+            f"{directory}: the output directory is not writable; choose another --out"
+        )
 
 
 def _host_matches(config: CaptureConfig, req: http.Request) -> bool:

@@ -142,6 +142,8 @@ async def _run(
             **capture_options,
         )
     except exceptions.OptionsError as exc:
+        if capture.config_error is not None:
+            raise capture.config_error from None
         raise InputError(str(exc).removeprefix("shadowtape: ")) from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
