@@ -121,13 +121,19 @@ def write_flows(path: Path, n: int, url: str) -> None:
 # --- runners -------------------------------------------------------------------------------
 
 
+# CPU seconds (user + system) of the last command _measured ran: telemetry_overhead.py's figure.
+LAST_CPU_S = 0.0
+
+
 def _measured(cmd: list[str], timeout: float) -> tuple[float, int, str]:
-    """Run a command; wall seconds, its peak RSS (KiB) and output."""
+    """Run a command; wall seconds, its peak RSS (KiB) and output (its CPU in LAST_CPU_S)."""
+    global LAST_CPU_S
     wrapper = (
         "import resource, subprocess, sys, json;"
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
         "print(json.dumps({'rc': p.returncode, 'out': p.stdout + p.stderr,"
-        " 'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+        " 'rss': u.ru_maxrss, 'cpu': u.ru_utime + u.ru_stime}))"
     )
     start = time.monotonic()
     proc = subprocess.run(
@@ -135,6 +141,7 @@ def _measured(cmd: list[str], timeout: float) -> tuple[float, int, str]:
     )
     wall = time.monotonic() - start
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    LAST_CPU_S = result["cpu"]
     if result["rc"] not in (0,):
         raise RuntimeError(f"{cmd[0]} failed ({result['rc']}): {result['out'][-2000:]}")
     return wall, result["rss"], result["out"]

@@ -1,7 +1,8 @@
 """Regenerate the README's command reference and demo walkthrough from their one source.
 
 The reference is click's own `--help` of every command, the walkthrough is the demo's step
-list (shadowtape.demo.pipeline.steps), so neither can drift from the code; tests/test_readme.py
+list (shadowtape.demo.pipeline.steps), the rewrites list is replay's own
+(shadowtape.replay.sender.REWRITES), so none can drift from the code; tests/test_readme.py
 fails when the README is stale.
 
     python scripts/gen_cli_reference.py           # rewrite README.md in place
@@ -21,12 +22,14 @@ import click
 from shadowtape.cli import main as root
 from shadowtape.demo.pipeline import display, walkthrough
 from shadowtape.demo.shop import PLANTED_DRIFT
+from shadowtape.replay.sender import REWRITES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 WIDTH = 100
 SECTIONS = {
     "cli-reference": "the command reference",
     "demo-walkthrough": "the demo walkthrough",
+    "replay-rewrites": "the list of replay's rewrites",
 }
 
 
@@ -85,7 +88,15 @@ def demo_walkthrough() -> str:
     return "\n".join(parts)
 
 
-GENERATORS = {"cli-reference": cli_reference, "demo-walkthrough": demo_walkthrough}
+def replay_rewrites() -> str:
+    return "\n".join(f"- **{what}**: {why}." for what, why in REWRITES)
+
+
+GENERATORS = {
+    "cli-reference": cli_reference,
+    "demo-walkthrough": demo_walkthrough,
+    "replay-rewrites": replay_rewrites,
+}
 
 
 def render(text: str) -> str:

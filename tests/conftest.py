@@ -1,6 +1,7 @@
 """Shared test settings. Each stage keeps its own fixtures in tests/<stage>/conftest.py."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -15,5 +16,11 @@ def test_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Every audited command appends to an audit log (default: ./shadowtape-audit.jsonl); the
+    # suite's go to a scratch file, never into the checkout. Tests of the log give their own.
+    os.environ.setdefault(
+        "SHADOWTAPE_AUDIT_LOG",
+        os.path.join(tempfile.mkdtemp(prefix="shadowtape-audit-"), "audit.jsonl"),
+    )
     # Keep tldextract (used by Presidio's email recognizer) from reaching for the network.
     os.environ.setdefault("TLDEXTRACT_CACHE", os.path.join(os.getcwd(), ".pytest_cache", "tld"))

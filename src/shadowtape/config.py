@@ -37,6 +37,12 @@ from shadowtape.errors import InputError
 CONFIG_FILE = "shadowtape.toml"
 CONFIG_ENV = "SHADOWTAPE_CONFIG"
 SHARED = "defaults"
+# Tables that are not a command's options: [scenarios.NAME] and [governance], kept as parsed
+# (with their lines) and checked by shadowtape.governance.scenarios.
+EXTRA_TABLES = ("scenarios", "governance")
+# Options of `shadowtape` itself that [defaults] may set: `audit-log = "audit/log.jsonl"` (a
+# relative path is taken from the config file's directory) and `actor`.
+ROOT_DEFAULTS = ("audit_log", "actor")
 
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(?:#.*)?$")
 _KEY = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_-]+))\s*=""")
@@ -62,6 +68,8 @@ class Setting:
 class Config:
     path: Path | None = None
     sections: Mapping[str, Mapping[str, Setting]] = field(default_factory=dict)
+    tables: Mapping[str, Any] = field(default_factory=dict)  # EXTRA_TABLES, as parsed
+    lines: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     def section(self, name: str) -> Mapping[str, Setting]:
         return self.sections.get(name, {})
@@ -116,7 +124,8 @@ def load_config(path: Path, command_names: Iterable[str]) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from None
     lines = _line_numbers(text)
-    known = sorted({*command_names, SHARED})
+    known = sorted({*command_names, SHARED, *EXTRA_TABLES})
+    extras: dict[str, Any] = {}
     sections: dict[str, dict[str, Setting]] = {}
 
     def walk(table: Mapping[str, Any], name: str) -> None:
@@ -145,8 +154,11 @@ def load_config(path: Path, command_names: Iterable[str]) -> Config:
                 f"{path}:{lines.get((name, ''), '?')}: [{name}] is not a shadowtape command; "
                 f"tables allowed: {', '.join(f'[{k}]' for k in known)}"
             )
+        if name in EXTRA_TABLES:
+            extras[name] = table
+            continue
         walk(table, name)
-    return Config(path, sections)
+    return Config(path, sections, extras, lines)
 
 
 # --- matching the file to commands ---------------------------------------------------------
@@ -260,7 +272,10 @@ def _section_defaults(
 def all_option_keys(
     root: click.Group, ctx: click.Context, broken: dict[str, str] | None = None
 ) -> set[str]:
-    keys: set[str] = set()
+    # Two of the root's own options may be set under [defaults] too (see ROOT_DEFAULTS).
+    keys: set[str] = {
+        k for o in configurable_options(root) if o.name in ROOT_DEFAULTS for k in _option_keys(o)
+    }
     for _, command in iter_commands(root, ctx, broken=broken):
         for option in configurable_options(command):
             keys |= _option_keys(option)

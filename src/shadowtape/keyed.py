@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shadowtape.errors import InputError, KeyMissingError
+from shadowtape.governance.access import check_private_file
 
 DEFAULT_KEY_ENV = "SHADOWTAPE_KEY"
 MIN_KEY_BYTES = 16
@@ -70,6 +71,7 @@ class Key:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Key:
         p = Path(path)
+        check_private_file(p)  # a key others can read is a key others can use
         try:
             data = p.read_bytes().strip()
         except OSError as exc:

@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shadowtape.errors import DatasetError
+from shadowtape.governance.access import FileAccess
 from shadowtape.http.headers import decode, display, encode, is_utf8
 from shadowtape.publish import fsync_dir, remove_stale, temp_name
 
@@ -118,7 +119,8 @@ _EXCHANGE_FIELDS = [
     pa.field("response_body_truncated", pa.bool_()),
     pa.field("response_body_size", pa.int64()),
     pa.field("response_body_undecodable", pa.bool_()),
-    # A browser HAR entry served from its cache: no request reached the server.
+    # A browser HAR entry whose response (or its body) came from the browser's cache, not the
+    # server: `_fromCache`, or a 304 whose entry still holds the cached body.
     pa.field("response_from_cache", pa.bool_()),
     pa.field("error", pa.string()),
     pa.field("capture_id", pa.string()),
@@ -773,6 +775,7 @@ class DatasetWriter:
         compression: str = "zstd",
         schema: pa.Schema | None = None,
         clock: Any = time.monotonic,
+        access: FileAccess | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.kind = kind
@@ -796,7 +799,12 @@ class DatasetWriter:
         self.rows_written = 0  # rows in finalized files
         self.rows_lost = 0  # rows of files that failed to write (counted, never silent)
         self.bytes_written = 0
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Raw data (capture, import) is written owner-only; None leaves modes to the umask.
+        self.access = access
+        if access is not None:
+            access.make_dirs(self.directory)
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
         remove_stale(self.directory, _TEMP_ROLE)
 
     @property
@@ -871,6 +879,8 @@ class DatasetWriter:
             name = f"{self.prefix}-{self._index:06d}.parquet"
             self._final = self.directory / name
         self._tmp = temp_name(self._final, _TEMP_ROLE)
+        if self.access is not None:
+            self.access.create_file(self._tmp)  # the mode is set before the first byte
         self._writer = pq.ParquetWriter(
             self._tmp,
             self.schema,

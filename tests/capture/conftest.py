@@ -19,10 +19,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from shadowtape.keyed import Key, Keyed
 from shadowtape.schema import batch_to_rows, dataset_files, iter_batches
 
 KEY = "capture-test-key-0123456789abcdef"
 BINARY = bytes(range(256)) * 4
+# Says gzip, is not (its checksum and length zeroed): no recorder can decode it.
+CORRUPT_GZIP = gzip.compress(b"zipped " * 50, mtime=0)[:-8] + b"\x00" * 8
 LOGIN_SECRET = "SECRETlogin0004"  # repeated in test_capture_live.SECRETS
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
@@ -62,6 +65,8 @@ class UpstreamHandler(http.server.BaseHTTPRequestHandler):
             )
         elif path == "/gzip":
             self._send(200, gzip.compress(b"zipped " * 50), [("Content-Encoding", "gzip")])
+        elif path == "/corrupt-gzip":
+            self._send(200, CORRUPT_GZIP, [("Content-Encoding", "gzip")])
         elif path == "/big":
             self._send(200, b"x" * 5000, [("Content-Type", "text/plain")])
         else:
@@ -261,3 +266,24 @@ def cli(monkeypatch: pytest.MonkeyPatch, capture_env: dict[str, str]) -> Callabl
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def keyed() -> Keyed:
+    """The keyed functions under the key the capture and import fixtures run with."""
+    return Keyed(Key(KEY.encode(), "$SHADOWTAPE_KEY"))
+
+
+@pytest.fixture
+def traffic_fields() -> list[str]:
+    """Every column the traffic itself fills: what live capture, the HAR importer and the
+    flow importer must agree on for the same traffic. Ids, sessions and the capture id name
+    the run; HAR keeps phases as ms durations, so of the times only the start is compared."""
+    return [
+        *("method", "scheme", "host", "port", "server_address", "path", "query"),
+        *("request_target", "http_version", "request_headers", "request_body"),
+        *("request_body_truncated", "request_body_size", "request_body_undecodable"),
+        *("status", "reason", "response_headers", "response_body", "response_body_truncated"),
+        *("response_body_size", "response_body_undecodable", "response_from_cache"),
+        *("error", "started_at"),
+    ]

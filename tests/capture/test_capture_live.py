@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shadowtape.capture.writer import CaptureCounters
+from shadowtape.http.headers import decode, encode, fields_from_pairs
 from shadowtape.schema import dataset_files, dataset_metadata, read_files
 
 BINARY = bytes(range(256)) * 4
@@ -238,6 +240,41 @@ def test_kill_9_mid_traffic_leaves_only_readable_files(start_capture, rows_of):
     assert len({r["id"] for r in rows}) == len(rows)
     for f in cap.out_dir.iterdir():
         assert f.name.endswith(".parquet")  # finalized files, or hidden .tmp ones readers skip
+
+
+def test_a_latin1_header_byte_is_kept_and_costs_no_other_exchange(start_capture, rows_of):
+    """Schema 1 could not store `X-Name: Jos\\xe9`: the whole open file was thrown away while
+    the summary said 0 write errors. Now the bytes are stored, and every exchange lands."""
+    cap = start_capture()
+    port = int(cap.url.rsplit(":", 1)[1])
+    with _client() as c:
+        for i in range(3):
+            assert c.get(f"{cap.url}/before/{i}").status_code == 200
+    odd = (
+        b"GET /caf\xe9?q=Jos\xe9&a=|&b=%zz HTTP/1.1\r\nHost: shop.example\r\n"
+        b"X-Name: Jos\xe9\r\nX-Obs: \x80\xff\tobs\r\nX-Utf8: \xc3\xa9\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(odd)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    with _client() as c:
+        for i in range(3):
+            assert c.get(f"{cap.url}/after/{i}").status_code == 200
+    rc, out, err = cap.stop(signal.SIGTERM)
+    assert rc == 0, err
+    rows = rows_of(cap.out_dir)
+    assert len(rows) == 7
+    (latin,) = [r for r in rows if r["path"].startswith("/caf")]
+    assert encode(latin["request_target"]) == b"/caf\xe9?q=Jos\xe9&a=|&b=%zz"
+    fields = fields_from_pairs(latin["request_headers"])
+    assert fields[1:] == [
+        (b"X-Name", b"Jos\xe9"),
+        (b"X-Obs", b"\x80\xff\tobs"),
+        (b"X-Utf8", b"\xc3\xa9"),
+    ]
+    assert latin["query"][0] == ("q", decode(b"Jos\xe9"))
+    counters = CaptureCounters.from_metadata(read_files(cap.out_dir)[-1].metadata)
+    assert counters is not None and counters.dropped() == 0
 
 
 def test_inspect_reports_a_capture(start_capture, shadowtape_cmd):

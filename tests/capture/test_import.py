@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import gzip
 import io
 import json
 import subprocess
@@ -340,6 +341,7 @@ def test_key_from_another_variable_or_a_file_gives_the_same_tokens(
 
     key_file = tmp_path / "team.key"
     key_file.write_text("team-key-0123456789abcdef-xyz\n")
+    key_file.chmod(0o600)
     monkeypatch.setenv("TEAM_KEY", "team-key-0123456789abcdef-xyz")
     a, b = tmp_path / "a", tmp_path / "b"
     assert cli("import", har_file, "--out", a, "--key-file", key_file).exit_code == 0
@@ -395,3 +397,49 @@ def test_har_keeps_the_raw_request_target(tmp_path, cli, rows_of, bytes_of):
     # A writer that listed the query only in queryString: the target is spelled from it.
     assert from_list["request_target"] == "/listed?a+b=c%2Fd"
     assert b"SECRETq" not in bytes_of(out)
+
+
+def _response_of(**response) -> dict:
+    from shadowtape.capture.har import har_entry_to_exchange
+
+    entry = _entry("https://shop.example/x")
+    entry["response"].update(response)
+    return har_entry_to_exchange(entry, "c", 1 << 20)
+
+
+def test_har_bodies_are_stored_decoded_and_undecodable_ones_kept_raw():
+    ce = {"name": "Content-Encoding", "value": "gzip"}
+    cl = {"name": "Content-Length", "value": "99"}
+    # The spec's case: decoded text beside the original header -> the header goes with it.
+    ex = _response_of(headers=[ce, cl], content={"size": 2, "text": "hi"})
+    assert (ex.response_body, ex.response_headers) == (b"hi", [("Content-Length", "2")])
+    assert ex.response_body_undecodable is False
+    # mitmproxy's savehar of a body it could not decode: raw gzip bytes, kept with the header.
+    broken = gzip.compress(b"hello", mtime=0)[:-4] + b"\x00\x00\x00\x00"
+    b64 = {"size": len(broken), "encoding": "base64", "text": base64.b64encode(broken).decode()}
+    ex = _response_of(headers=[ce, cl], content=b64)
+    assert ex.response_body == broken and ex.response_body_undecodable is True
+    assert ("Content-Encoding", "gzip") in ex.response_headers
+    # A decoded body that is itself a gzip file (a .tar.gz served gzip-encoded): not decoded
+    # a second time.
+    inner = gzip.compress(b"tarball", mtime=0)
+    b64 = {"size": len(inner), "encoding": "base64", "text": base64.b64encode(inner).decode()}
+    ex = _response_of(headers=[ce], content=b64)
+    assert ex.response_body == inner and ex.response_body_undecodable is False
+    # An empty text with a size is a body the browser did not keep: unknown, header kept.
+    ex = _response_of(headers=[ce, cl], content={"size": 6274, "text": ""})
+    assert ex.response_body is None and ("Content-Encoding", "gzip") in ex.response_headers
+
+
+def test_har_entries_served_from_the_browser_cache_are_marked():
+    cached = {"size": 5, "mimeType": "text/html", "text": "<p/>!"}
+    assert _response_of(status=304, content=cached).response_from_cache is True
+    assert _response_of(status=304, content={"size": 0}).response_from_cache is False
+    assert _response_of(status=200, content=cached).response_from_cache is False
+    from shadowtape.capture.har import har_entry_to_exchange
+
+    entry = _entry("https://shop.example/x", _fromCache="memory")
+    assert har_entry_to_exchange(entry, "c", 1 << 20).response_from_cache is True
+    entry = _entry("https://shop.example/x", response__bodySize=0, response__content=cached)
+    entry["cache"] = {"beforeRequest": {"lastAccess": "2024-05-01T10:00:00Z", "eTag": "x"}}
+    assert har_entry_to_exchange(entry, "c", 1 << 20).response_from_cache is True

@@ -324,20 +324,28 @@ def test_inspect_counts_and_text(tmp_path):
 def test_a_flow_that_cannot_be_converted_is_counted_not_raised(tmp_path, monkeypatch):
     import shadowtape.capture.addon as addon_module
 
-    def broken(*_args, **_kwargs):
-        raise ValueError("odd flow")
+    real = addon_module.flow_to_exchange
+
+    def broken_for_one(flow, **kwargs):
+        if flow.request.path == "/broken":
+            raise ValueError("odd flow")
+        return real(flow, **kwargs)
 
     monkeypatch.setenv("SHADOWTAPE_KEY", KEY.secret.decode())
-    monkeypatch.setattr(addon_module, "flow_to_exchange", broken)
+    monkeypatch.setattr(addon_module, "flow_to_exchange", broken_for_one)
     addon = ShadowtapeCapture()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, shadowtape_out=str(tmp_path))
-        f = tflow.tflow(resp=True)
-        addon.requestheaders(f)
-        addon.response(f)
+        for path in ("/a", "/broken", "/b"):
+            f = tflow.tflow(resp=True)
+            f.request.path = path
+            addon.requestheaders(f)
+            addon.response(f)
         addon.done()
     c = addon.finished[0].counters
-    assert c.dropped_conversion_error == 1 and c.written == 0 and c.dropped() == 1
+    # Only that row is lost, and counted; the rows written with it are all there.
+    assert c.dropped_conversion_error == 1 and c.dropped() == 1 and c.written == 2
+    assert sorted(ex.path for ex in iter_exchanges(tmp_path)) == ["/a", "/b"]
 
 
 def test_flow_keeps_the_raw_target_with_only_credentials_re_encoded(scrubber, tmp_path):

@@ -38,7 +38,9 @@ def shadowtape(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoPaths, str]:
     workdir = tmp_path_factory.mktemp("e2e") / "demo-work"
-    args = ["demo", "--workdir", str(workdir), "--requests", str(REQUESTS), "--seed", str(SEED)]
+    # The demo's own audit log (WORKDIR/audit.jsonl), not the suite's scratch one.
+    args = ["--audit-log", str(DemoPaths(workdir).audit_log), "--actor", "e2e-test", "demo"]
+    args += ["--workdir", str(workdir), "--requests", str(REQUESTS), "--seed", str(SEED)]
     done = shadowtape(*args, timeout=400)
     assert done.returncode == 0, f"demo failed:\n{done.stdout}\n{done.stderr}"
     return DemoPaths(workdir), done.stdout
@@ -191,3 +193,64 @@ def test_parquet_files_are_whole(demo) -> None:
     for dataset in (paths.raw, paths.clean, paths.results):
         for f in schema.dataset_files(dataset):
             assert pq.ParquetFile(f).metadata.num_rows > 0
+
+
+def test_the_audit_log_has_one_record_per_step_chained_by_fingerprint(demo) -> None:
+    from shadowtape.governance.audit import AuditLog
+    from shadowtape.governance.fingerprint import dataset_fingerprint
+
+    paths, _ = demo
+    log = AuditLog(paths.audit_log)
+    records = list(log.records())
+    assert [r["command"] for r in records] == [
+        "capture", "sanitize", "verify", "replay", "diff", "report",
+    ]  # fmt: skip
+    assert all(r["exit_code"] == 0 and r["actor"] == "e2e-test" for r in records)
+    by = {r["command"]: r for r in records}
+
+    def fp(record: dict, side: str, path: Path) -> str:
+        (entry,) = [e for e in record[side] if Path(e["path"]) == path]
+        return entry["fingerprint"]
+
+    raw = fp(by["capture"], "outputs", paths.raw)
+    assert raw == dataset_fingerprint(paths.raw).fingerprint
+    assert fp(by["sanitize"], "inputs", paths.raw) == raw
+    clean = fp(by["sanitize"], "outputs", paths.clean)
+    assert fp(by["verify"], "inputs", paths.clean) == clean
+    assert fp(by["replay"], "inputs", paths.clean) == clean
+    results = fp(by["replay"], "outputs", paths.results)
+    assert fp(by["diff"], "inputs", paths.results) == results
+    diff = fp(by["diff"], "outputs", paths.results / "_diff")
+    assert fp(by["report"], "inputs", paths.results) == results
+    assert fp(by["report"], "inputs", paths.results / "_diff") == diff
+    assert {Path(e["path"]) for e in by["report"]["outputs"]} == {
+        paths.html, paths.junit, paths.notebook,
+    }  # fmt: skip
+    key = by["sanitize"]["key"]
+    assert key and by["capture"]["key"] == key and key not in paths.key.read_text()
+    assert by["sanitize"]["policy"] and by["verify"]["policy"] == by["sanitize"]["policy"]
+    assert by["replay"]["counts"]["sent"] > 0 and by["replay"]["target"].startswith("http://127.")
+
+    verified = shadowtape("audit", "verify", str(paths.audit_log))
+    assert verified.returncode == 0 and "6 records, chain intact" in verified.stdout
+    lines = paths.audit_log.read_bytes().splitlines(keepends=True)
+    tampered = paths.audit_log.with_name("tampered.jsonl")
+    edited = bytearray(lines[3])
+    at = edited.index(b'"sent":') + len(b'"sent":')
+    edited[at] = ord("9") if edited[at] != ord("9") else ord("8")
+    tampered.write_bytes(b"".join([*lines[:3], bytes(edited), *lines[4:]]))
+    bad = shadowtape("audit", "verify", str(tampered))
+    assert bad.returncode == 1 and "record 4: " in bad.stderr and bad.stderr.count("\n") == 1
+    tampered.write_bytes(b"".join([*lines[:1], *lines[2:]]))
+    bad = shadowtape("audit", "verify", str(tampered))
+    assert bad.returncode == 1 and "record 2: " in bad.stderr
+
+
+def test_raw_data_and_the_key_are_owner_only(demo) -> None:
+    import stat
+
+    paths, _ = demo
+    assert stat.S_IMODE(paths.key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths.raw.stat().st_mode) == 0o700
+    files = schema.dataset_files(paths.raw)
+    assert files and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}

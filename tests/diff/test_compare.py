@@ -154,6 +154,17 @@ def test_truncated_bodies_are_not_compared_and_say_why():
     assert result.diffs == [] and result.body_skipped == "body truncated"
 
 
+def test_a_304_has_no_body_to_compare():
+    # A browser HAR's 304 holds the cached copy; staging's 304 has no body: not drift.
+    rec = Response(304, [("content-type", "text/html")], b"<html>cached copy</html>")
+    stg = Response(304, [("content-type", "text/html")], b"")
+    result = compare_responses(rec, stg, OPTS)
+    assert result.diffs == [] and result.body_skipped == "status has no body"
+    # Headers of a 304 are still compared.
+    stg = Response(304, [("content-type", "text/plain")], b"")
+    assert [d.location for d in compare_responses(rec, stg, OPTS).diffs] == ["content-type"]
+
+
 def test_differences_past_the_cap_are_counted_in_one_row():
     a = {f"k{i}": i for i in range(10)}
     b = {f"k{i}": i + 1 for i in range(10)}

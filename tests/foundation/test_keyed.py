@@ -46,5 +46,6 @@ def test_key_loading(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         Key.load()
     key_file = tmp_path / "key"
     key_file.write_text("0123456789abcdef0123\n")
+    key_file.chmod(0o600)  # a key others can read is refused (tests/governance)
     assert Key.load(key_file=key_file).secret == b"0123456789abcdef0123"
     assert "0123" not in repr(Key.load(key_file=key_file))

@@ -5,4 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from replay_testkit import dead_url, staging  # noqa: E402, F401
+from replay_testkit import dead_url, raw_staging, staging  # noqa: E402, F401

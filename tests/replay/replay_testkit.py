@@ -3,6 +3,7 @@ dataset builders. Imported by name (tests run with --import-mode=importlib; see 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
@@ -221,3 +222,143 @@ def write_manifest(directory: Path) -> None:
     ]  # fmt: skip
     doc = {"format": "shadowtape.sanitize-manifest", "version": 1, "files": files}
     (directory / "_manifest.json").write_text(json.dumps(doc))
+
+
+# --- a server that keeps the exact bytes it was sent --------------------------------------
+
+
+@dataclass
+class RawRequest:
+    """One request as it arrived: the request line, the header block (each line without its
+    CRLF), and the body with any chunked framing undone (`chunked` says it was chunked)."""
+
+    line: bytes
+    headers: list[bytes]
+    body: bytes
+    chunked: bool = False
+
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        return [tuple(h.split(b": ", 1)) if b": " in h else (h, b"") for h in self.headers]
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.fields() if n.lower() == name.lower()), None)
+
+
+@dataclass
+class RawStaging:
+    url: str = ""
+    received: list[RawRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _read_chunked(f: Any) -> bytes:
+    body = b""
+    while True:
+        size = int(f.readline().split(b";")[0].strip(), 16)
+        if size == 0:
+            while f.readline() not in (b"\r\n", b""):
+                pass  # trailers
+            return body
+        body += f.read(size)
+        f.readline()
+
+
+def _serve_raw(conn: socket.socket, state: RawStaging) -> None:
+    f = conn.makefile("rb")
+    try:
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            head = []
+            while (h := f.readline()) not in (b"\r\n", b""):
+                head.append(h[:-2])
+            req = RawRequest(line[:-2], head, b"")
+            te = (req.header(b"transfer-encoding") or b"").lower()
+            if b"chunked" in te:
+                req.body, req.chunked = _read_chunked(f), True
+            else:
+                length = int(req.header(b"content-length") or 0)
+                req.body = f.read(length) if length else b""
+            with state.lock:
+                state.received.append(req)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+            )
+    except (OSError, ValueError):
+        return
+    finally:
+        f.close()
+        conn.close()
+
+
+@contextlib.contextmanager
+def raw_server() -> Iterator[RawStaging]:
+    """A loopback HTTP/1.1 server that records the bytes of every request it gets."""
+    state = RawStaging()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    state.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=_serve_raw, args=(conn, state), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.fixture
+def raw_staging() -> Iterator[RawStaging]:
+    with raw_server() as state:
+        yield state
+
+
+@contextlib.contextmanager
+def mitmdump_reverse(upstream: str, confdir: Path, *sets: str) -> Iterator[int]:
+    """A real mitmdump in reverse mode in front of `upstream`, TLS (its own CA) and cleartext
+    on one port; yields the port. `sets`: more mitmproxy options (`http2=false`)."""
+    import shutil
+    import subprocess
+    import sys
+
+    mitmdump = Path(sys.executable).with_name("mitmdump")
+    if not mitmdump.exists():
+        mitmdump = Path(shutil.which("mitmdump") or "mitmdump")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Lazy: ALPN is chosen from what the client offers, not from the (HTTP/1.1) upstream.
+    options = [f"confdir={confdir}", "connection_strategy=lazy", *sets]
+    proc = subprocess.Popen(
+        [str(mitmdump), "-q", "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1"]
+        + ["--listen-port", str(port)]
+        + [arg for o in options for arg in ("--set", o)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

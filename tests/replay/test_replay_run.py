@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from replay_testkit import exchange, write_dataset
+from replay_testkit import exchange, mitmdump_reverse, write_dataset
 
 from shadowtape.errors import InputError
 from shadowtape.replay import ReplayConfig, run_replay
@@ -395,54 +395,12 @@ def test_total_timeout_fails_the_request_with_a_reason(tmp_path: Path, staging) 
 
 def test_http2_over_tls_through_a_real_mitmproxy(tmp_path: Path, staging) -> None:
     """TLS with ALPN: mitmdump in reverse mode offers HTTP/2 in front of the staging server."""
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    mitmdump = Path(sys.executable).with_name("mitmdump")
-    if not mitmdump.exists():
-        mitmdump = Path(shutil.which("mitmdump") or "mitmdump")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            str(mitmdump),
-            "-q",
-            "--mode",
-            f"reverse:{staging.url}",
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(port),
-            "--set",
-            f"confdir={tmp_path / 'mitm'}",
-            # Lazy: ALPN is chosen from what the client offers, not from the (HTTP/1.1) upstream.
-            "--set",
-            "connection_strategy=lazy",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not start"
-                time.sleep(0.1)
+    with mitmdump_reverse(staging.url, tmp_path / "mitm") as port:
         records = [exchange("s1", i, i, "GET", f"/h2/{i}") for i in range(3)]
         src = write_dataset(tmp_path / "in", records)
         summary = run_replay(
             _config(src, f"https://127.0.0.1:{port}", tmp_path / "out", tls_verify=False)
         )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     assert summary.counts.sent == 3
     rows = _results(tmp_path / "out")
     assert {r["staging_http_version"] for r in rows} == {"HTTP/2"}

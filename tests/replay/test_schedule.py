@@ -200,15 +200,22 @@ def test_build_request_rewrites_and_keeps_host_when_asked() -> None:
         "get", "api.example.com", "/v1/items", [("q", "a b")], [("Host", "api.example.com")], None
     )
     req = build_request(parts, targets)
-    assert req.method == "GET"
+    assert req.method == "get"  # methods are case-sensitive: sent as recorded
     assert req.url == "http://127.0.0.1:8000/base/v2/items?q=a+b"
-    assert req.headers == [("Host", "127.0.0.1:8000")]
+    assert req.target == b"/base/v2/items?q=a+b"
+    assert req.headers == [(b"Host", b"127.0.0.1:8000")]
     auth = RequestParts(
         "POST", "AUTH.example.com", "/login", [], [("host", "auth.example.com")], b"x"
     )
     req = build_request(auth, targets, keep_host=True, extra_headers=(("X-A", "1"),))
     assert req.url == "http://auth.staging:9000/login"
-    assert req.headers == [("host", "auth.example.com"), ("X-A", "1")]
+    assert (req.host, req.port) == ("auth.staging", 9000)
+    # The recording had a body but no length: Content-Length is added (the body is sent whole).
+    assert req.headers == [
+        (b"host", b"auth.example.com"),
+        (b"Content-Length", b"1"),
+        (b"X-A", b"1"),
+    ]
 
 
 def test_breaker_trips_on_error_rate_and_on_connection_failures() -> None:

@@ -191,6 +191,7 @@ def test_missing_key_is_a_clear_error(raw_corpus, tmp_path, cli, monkeypatch):
     assert result.exit_code == 2 and "cannot read key file" in result.stderr
     short = tmp_path / "short.key"
     short.write_text("abc")
+    short.chmod(0o600)
     result = cli("sanitize", str(raw_corpus.path), str(tmp_path / "out"), "--key-file", str(short))
     assert result.exit_code == 2 and "at least 16" in result.stderr
 

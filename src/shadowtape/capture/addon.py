@@ -41,6 +41,8 @@ from shadowtape.capture.writer import (
     capture_metadata,
 )
 from shadowtape.errors import ShadowtapeError
+from shadowtape.governance.access import FileAccess
+from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key, Keyed
 from shadowtape.schema import uuid7
 
@@ -162,6 +164,12 @@ class ShadowtapeCapture:
         loader.add_option(
             "shadowtape_capture_id", str, "", "Id of this capture; default: a new UUIDv7."
         )
+        loader.add_option(
+            "shadowtape_group",
+            str,
+            "",
+            "Share the raw files with this group (0640/0750); default: owner only (0600/0700).",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("shadowtape_") for name in updated):
@@ -187,9 +195,10 @@ class ShadowtapeCapture:
                 redact_headers=opts.shadowtape_redact_headers,
                 queue_size=opts.shadowtape_queue_size,
                 capture_id=opts.shadowtape_capture_id,
+                group=opts.shadowtape_group,
             )
             key = Key.load(config.key_file, env=opts.shadowtape_key_env or DEFAULT_KEY_ENV)
-            ensure_writable(config.out_dir)
+            ensure_writable(config.out_dir, config.access)
         except ShadowtapeError as exc:
             # Kept, so `shadowtape capture` reports it with its own exit code (bad input 2,
             # an unwritable output directory 1); mitmproxy itself sees an OptionsError.
@@ -237,9 +246,13 @@ class ShadowtapeCapture:
         settings = WriterSettings(
             out_dir=config.out_dir,
             capture_id=self.capture_id,
-            metadata=capture_metadata(self.capture_id, "mitmproxy", self._keyed.key.fingerprint),
+            metadata={
+                **capture_metadata(self.capture_id, "mitmproxy", self._keyed.key.fingerprint),
+                **lineage_metadata("capture", upstream=", ".join(ctx.options.mode)),
+            },
             roll_bytes=config.roll_bytes,
             roll_seconds=config.roll_seconds,
+            access=config.access,
         )
         sink = ExchangeSink(settings, CaptureCounters())
         self.writer = self.writer_factory(sink, config.queue_size).start()
@@ -327,10 +340,13 @@ class ShadowtapeCapture:
         return self.writer.snapshot()
 
 
-def ensure_writable(directory: Path) -> None:
+def ensure_writable(directory: Path, access: FileAccess | None = None) -> None:
     """Fail at startup, not at the first flow, when the output cannot be written."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        if access is not None:
+            access.make_dirs(directory)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ShadowtapeError(
             f"{directory}: cannot create the output directory ({exc.strerror}); "

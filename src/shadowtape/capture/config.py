@@ -11,6 +11,7 @@ from shadowtape.capture.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.sessions import DEFAULT_GAP_SECONDS, SessionKey
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
 from shadowtape.errors import InputError
+from shadowtape.governance.access import FileAccess
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class CaptureConfig:
     redact_headers: tuple[str, ...] = ()
     queue_size: int = DEFAULT_QUEUE_SIZE
     capture_id: str | None = None
+    access: FileAccess = field(default_factory=FileAccess)
 
 
 def compile_filter(what: str, pattern: str) -> re.Pattern[str] | None:
@@ -69,6 +71,7 @@ def build_config(
     redact_headers: Sequence[str] = (),
     queue_size: int = DEFAULT_QUEUE_SIZE,
     capture_id: str | None = None,
+    group: str | None = None,
 ) -> CaptureConfig:
     """Every check in one place, each failing with a line that names the setting."""
     if not str(out_dir):
@@ -97,4 +100,5 @@ def build_config(
         redact_headers=tuple(h for h in redact_headers if h),
         queue_size=queue_size,
         capture_id=capture_id or None,
+        access=FileAccess.private(group or None),
     )

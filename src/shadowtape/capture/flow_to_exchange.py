@@ -3,13 +3,18 @@
 Bodies are stored decoded (gzip, br, zstd undone): see `bodies.headers_for_decoded_body`.
 The request target is kept as the bytes of the request line (HTTP/1.x) or `:path` (HTTP/2),
 `path` and `query` are parsed from it with `http.target`, the same parser the importers use.
+`host` and `port` are the name the client asked for (Host, or `:authority` in HTTP/2 and 3),
+read as mitmproxy's own `pretty_url` and its HAR export read them, so a flow file and its HAR
+agree; the address connected to is `server_address`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mitmproxy import http
+from mitmproxy.net.http.url import default_port, parse_authority
 
 from shadowtape.capture.bodies import (
     DEFAULT_MAX_BODY,
@@ -22,9 +27,17 @@ from shadowtape.http.headers import decode, pairs_from_fields
 from shadowtape.http.target import query_pairs, split_target, target_path
 from shadowtape.schema import Exchange, Pairs
 
+NO_RESPONSE = "no response recorded"
+
 
 def micros(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1_000_000)
+    """A float timestamp in µs, rounded as `datetime.fromtimestamp` rounds it (whole seconds
+    apart from the fraction): `seconds * 1e6` in one product is off by one µs for some
+    values, and a HAR export of the same flow would disagree with the flow file."""
+    if seconds is None:
+        return None
+    whole = math.floor(seconds)
+    return whole * 1_000_000 + round((seconds - whole) * 1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,18 @@ def split_path(path: str) -> str:
     return target_path(path) or "/"
 
 
+def authority(req: http.Request) -> tuple[str, int]:
+    """(host, port) the request was addressed to. In transparent mode, or for HTTP/2 flows
+    whose connection was opened to an address, `req.host` is only the IP; the name is the
+    Host header or `:authority`. Host names are case-insensitive: kept lower-cased, as a URL
+    parser gives them (the header itself keeps its bytes)."""
+    header = req.host_header if req.first_line_format != "authority" else None
+    if not header:
+        return req.host.lower(), req.port
+    host, port = parse_authority(header, check=False)
+    return host.lower(), port or default_port(req.scheme) or req.port
+
+
 def server_address(flow: http.HTTPFlow) -> str | None:
     """The address actually connected to, kept apart from the Host name."""
     peer = flow.server_conn.peername if flow.server_conn else None
@@ -109,6 +134,7 @@ def flow_to_exchange(
     request_body = capture_body(req, max_body)
     started = micros(req.timestamp_start)
     target = request_target(req)
+    host, port = authority(req)
     path, raw_query = split_target(target)
     query = scrubber.query(query_pairs(raw_query))
     ex = Exchange(
@@ -119,8 +145,8 @@ def flow_to_exchange(
         request_sent_at=micros(req.timestamp_end),
         method=req.method,
         scheme=req.scheme,
-        host=req.host,
-        port=req.port,
+        host=host,
+        port=port,
         server_address=server_address(flow),
         path=path or "/",
         query=query,
@@ -138,7 +164,7 @@ def flow_to_exchange(
     if resp is not None:
         response_body = capture_body(resp, max_body)
         ex.status = resp.status_code
-        ex.reason = resp.reason
+        ex.reason = resp.reason or None  # HTTP/2 and 3 have no reason phrase
         ex.response_headers = scrubber.headers(response_body.headers)
         ex.response_body = response_body.body
         ex.response_body_truncated = response_body.truncated
@@ -150,5 +176,5 @@ def flow_to_exchange(
     if flow.error is not None:
         ex.error = flow.error.msg
     elif resp is None:
-        ex.error = "no response"
+        ex.error = NO_RESPONSE
     return ConvertedFlow(ex, streamed)

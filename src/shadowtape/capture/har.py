@@ -2,8 +2,15 @@
 
 Accepts what browsers and mitmproxy's `savehar` write: base64 bodies, missing bodies, status 0
 for requests that got no answer, HTTP/2 pseudo-headers, `_`-prefixed extensions (ignored except
-the error text). Each entry becomes one row; a redirect chain is several entries and so several
-rows, as it was several requests.
+the error text, `_fromCache`). Each entry becomes one row; a redirect chain is several entries
+and so several rows, as it was several requests.
+
+Bodies: HAR holds a body with its Content-Encoding undone (the spec's "HTTP decoded text"),
+next to the original Content-Encoding header; the record keeps bodies decoded as live capture
+does, so the header goes with the decoding (`bodies.headers_for_decoded_body`). A writer that
+could not decode a body stores its raw bytes instead (mitmproxy's savehar does): bytes that
+still carry their coding's signature and do not decode are kept raw with the header and flagged
+undecodable, exactly as capture and the flow importer record that body.
 """
 
 from __future__ import annotations
@@ -18,13 +25,13 @@ from urllib.parse import urlsplit
 
 from mitmproxy.net.http.headers import infer_content_encoding, parse_content_type
 
-from shadowtape.capture.bodies import (
-    has_content_encoding,
-    headers_for_decoded_body,
-    keep_body,
-)
+from shadowtape.capture.bodies import headers_for_decoded_body, keep_body
+from shadowtape.capture.flow_to_exchange import NO_RESPONSE
 from shadowtape.capture.jsonstream import JsonScanner
+from shadowtape.content_coding import ContentCodingError, split_codings
+from shadowtape.content_coding import decode as decode_coding
 from shadowtape.errors import InputError
+from shadowtape.http.headers import joined
 from shadowtape.http.target import (
     build_query,
     build_target,
@@ -226,8 +233,11 @@ def har_entry_to_exchange(
         if query:
             target = build_target(path, query)
     started = parse_time(entry.get("startedDateTime"))
-    req_body = keep_body(request_body(request, creator), max_body)
-    req_headers = _pairs(request.get("headers"), "request.headers", drop_pseudo=True)
+    req_headers, req_raw, req_undecodable = stored_body(
+        _pairs(request.get("headers"), "request.headers", drop_pseudo=True),
+        request_body(request, creator),
+    )
+    req_body = keep_body(req_raw, max_body)
     timings = entry.get("timings") if isinstance(entry.get("timings"), dict) else {}
     sent = started + round(
         1000 * sum(_ms(timings.get(k)) for k in ("blocked", "dns", "connect", "send"))
@@ -242,6 +252,7 @@ def har_entry_to_exchange(
         scheme=parts.scheme,
         host=parts.hostname,
         port=port,
+        server_address=server_address(entry.get("serverIPAddress")),
         path=path or "/",
         query=query,
         request_target=target,
@@ -250,12 +261,14 @@ def har_entry_to_exchange(
         request_body=req_body.body,
         request_body_truncated=req_body.truncated,
         request_body_size=req_body.size,
+        request_body_undecodable=req_undecodable,
         capture_id=capture_id,
     )
     if response is not None:
         _fill_response(ex, _obj(response, "response"), timings, sent, max_body, creator)
+        ex.response_from_cache = from_cache(entry, ex.status, response)
     if ex.status is None and ex.error is None:
-        ex.error = "no response recorded"
+        ex.error = NO_RESPONSE
     return ex
 
 
@@ -282,16 +295,79 @@ def _fill_response(
     if isinstance(content, dict):
         charset = text_charset(content.get("mimeType"), creator)
         body = _text_body(content.get("text"), content.get("encoding"), charset, "response.content")
-        # No text and size 0 is an empty body; no text and a size is a body not saved (null).
-        if body is None and not content.get("size"):
-            body = b""
-    # HAR writers store the decoded body next to the original Content-Encoding header.
-    if body is not None and has_content_encoding(headers):
-        headers = headers_for_decoded_body(headers, len(body))
+        # No text (or "") and size 0 is an empty body; none with a size is a body the writer
+        # did not save (null: unknown, never an empty body that looks recorded).
+        if not body:
+            body = None if _size(content) > 0 else b""
+    headers, body, undecodable = stored_body(headers, body)
     kept = keep_body(body, max_body)
     ex.response_headers = headers
     ex.response_body = kept.body
     ex.response_body_truncated = kept.truncated
     ex.response_body_size = kept.size
+    ex.response_body_undecodable = undecodable
     ex.response_started_at = sent + round(1000 * _ms(timings.get("wait")))
     ex.response_ended_at = ex.response_started_at + round(1000 * _ms(timings.get("receive")))
+
+
+def _size(content: dict[str, Any]) -> int:
+    size = content.get("size")
+    return size if isinstance(size, int) else 0
+
+
+# Bytes still in a coding start with its signature. Brotli has none: a raw `br` body that a
+# writer could not decode cannot be told from decoded text, and is taken as decoded.
+_SIGNATURES = {"gzip": b"\x1f\x8b", "x-gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}
+
+
+def _looks_encoded(body: bytes, coding: str) -> bool:
+    if coding == "deflate":
+        return len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+    signature = _SIGNATURES.get(coding)
+    return signature is not None and body.startswith(signature)
+
+
+def stored_body(headers: Pairs, body: bytes | None) -> tuple[Pairs, bytes | None, bool]:
+    """(headers, body, undecodable) as the record keeps them (see the module doc). Bytes that
+    decode are not decoded again: per the spec they are the decoded body, which may well be a
+    gzip file itself (a .tar.gz served with Content-Encoding: gzip)."""
+    codings = split_codings(joined(headers, "content-encoding"))
+    if not codings or not body:
+        return headers, body, False
+    if _looks_encoded(body, codings[-1]) and not _decodes(body, codings):
+        return headers, body, True
+    return headers_for_decoded_body(headers, len(body)), body, False
+
+
+def _decodes(body: bytes, codings: list[str]) -> bool:
+    try:
+        decode_coding(body, codings)
+    except ContentCodingError:
+        return False
+    return True
+
+
+def server_address(ip: Any) -> str | None:
+    """`serverIPAddress`: the address the writer connected to. HAR keeps no port (the URL's
+    is not it behind a proxy), so the address is the IP alone, where capture has IP:port."""
+    if not isinstance(ip, str) or not ip.strip("[] "):
+        return None
+    return ip.strip("[] ")
+
+
+def from_cache(entry: dict[str, Any], status: int | None, response: dict[str, Any]) -> bool:
+    """Whether the response (or its body) came from the browser's cache, not the server:
+    Chrome's `_fromCache`, a 304 whose entry still holds a body (a 304 carries none on the
+    wire: the browser filled it in from its cache), or a cache block with a body that was
+    not transferred (bodySize 0)."""
+    if entry.get("_fromCache"):
+        return True
+    content = response.get("content")
+    if not isinstance(content, dict) or not (content.get("text") or _size(content) > 0):
+        return False
+    if status == 304:
+        return True
+    cache = entry.get("cache")
+    blocks = ("beforeRequest", "afterRequest")
+    cached = isinstance(cache, dict) and any(cache.get(k) for k in blocks)
+    return cached and response.get("bodySize") == 0

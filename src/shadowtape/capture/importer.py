@@ -34,6 +34,8 @@ from shadowtape.capture.writer import (
     capture_metadata,
 )
 from shadowtape.errors import InputError
+from shadowtape.governance.access import FileAccess
+from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import Key, Keyed
 from shadowtape.schema import Exchange, uuid7
 
@@ -54,6 +56,7 @@ class ImportSettings:
     session_gap: float = 1800.0
     redact_headers: tuple[str, ...] = ()
     roll_bytes: int = DEFAULT_ROLL_BYTES
+    access: FileAccess = field(default_factory=FileAccess)  # raw data: owner-only by default
 
 
 @dataclass(slots=True)
@@ -137,9 +140,13 @@ def import_files(
     writer_settings = WriterSettings(
         out_dir=settings.out_dir,
         capture_id=capture_id,
-        metadata=capture_metadata(capture_id, "import", key.fingerprint),
+        metadata={
+            **capture_metadata(capture_id, "import", key.fingerprint),
+            **lineage_metadata("import", files=files),
+        },
         roll_bytes=settings.roll_bytes,
         roll_seconds=None,
+        access=settings.access,
     )
     # The same files and key give the same capture id: importing them again into the same
     # directory would silently double every row.

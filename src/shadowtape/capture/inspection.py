@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shadowtape.capture.writer import META_CAPTURE_ID, CaptureCounters
+from shadowtape.governance.fingerprint import dataset_fingerprint
+from shadowtape.governance.lineage import lineage_lines, read_lineage
 from shadowtape.http.routes import infer_template, route_label
 from shadowtape.schema import (
     KIND_EXCHANGES,
@@ -65,6 +67,9 @@ class InspectReport:
     error_rows: int = 0
     truncated_bodies: int = 0
     capture_counters: dict[str, int] = field(default_factory=dict)
+    fingerprint: str | None = None
+    # Where the data came from, newest step first (shadowtape.governance.lineage).
+    lineage: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -107,6 +112,8 @@ def inspect_dataset(path: str | os.PathLike[str]) -> InspectReport:
     report.sanitized = all(m.get(META_SANITIZED) == "true" for m in metas)
     report.captures = sorted({m[META_CAPTURE_ID] for m in metas if META_CAPTURE_ID in m})
     report.capture_counters = capture_counters(metas)
+    report.fingerprint = dataset_fingerprint(path).fingerprint
+    report.lineage = read_lineage(metas[-1])
     sessions: set[str] = set()
     hosts: Counter[str] = Counter()
     routes: Counter[str] = Counter()
@@ -150,6 +157,10 @@ def format_report(report: InspectReport) -> str:
     lines.append(f"  time span   {report.first_at} .. {report.last_at}")
     lines.append(f"  sessions    {report.sessions}")
     lines.append(f"  sanitized   {'yes' if report.sanitized else 'no'}")
+    lines.append(f"  fingerprint {report.fingerprint}")
+    if report.lineage:
+        lines.append("  lineage")
+        lines.extend(lineage_lines(report.lineage, "    "))
     if report.captures:
         lines.append(f"  captures    {', '.join(report.captures)}")
     lines.append("  methods     " + ", ".join(f"{m} {n}" for m, n in report.methods.items()))

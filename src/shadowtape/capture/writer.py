@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shadowtape.errors import is_disk_full, os_errno
+from shadowtape.governance.access import FileAccess
 from shadowtape.schema import (
     KIND_EXCHANGES,
     META_SANITIZED,
@@ -143,6 +144,8 @@ class WriterSettings:
     roll_bytes: int = DEFAULT_ROLL_BYTES
     roll_seconds: float | None = DEFAULT_ROLL_SECONDS
     row_group_rows: int = ROW_GROUP_ROWS
+    # Raw exchanges hold personal data: owner-only unless a group is named (--group).
+    access: FileAccess = field(default_factory=FileAccess)
 
     @property
     def prefix(self) -> str:
@@ -172,6 +175,7 @@ class ExchangeSink:
             KIND_EXCHANGES,
             metadata=settings.metadata,
             prefix=settings.prefix,
+            access=settings.access,
             # Every roll is decided here, never inside DatasetWriter.write_batch, so the
             # counters written into a file's footer are exact for that file.
             roll=RollPolicy(

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from shadowtape import __version__
+from shadowtape.cli.audit_hook import ACTOR_ENV, AUDIT_LOG_ENV, AuditScope, StageContext
 from shadowtape.cli.failures import report as report_failure
 from shadowtape.cli.failures import sigterm_raises
 from shadowtape.config import CONFIG_ENV, Config, build_default_map, find_config, load_config
@@ -32,11 +33,14 @@ COMMANDS: dict[str, str] = {
     "diff": "shadowtape.cli.report_cmds:diff",
     "report": "shadowtape.cli.report_cmds:report",
     "config": "shadowtape.cli.demo_cmds:config",
+    "audit": "shadowtape.cli.audit_cmds:audit",
 }
 
 
 class StageGroup(click.Group):
     """Imports a command's module on first use and turns every failure into one line."""
+
+    context_class = StageContext  # the audit hook needs the exit code ctx.exit() was given
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -63,6 +67,7 @@ class StageGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        ctx.with_resource(AuditScope(ctx))  # one audit record when the command ends, any way
         # Every failure of every command becomes one line here (cli/failures.py decides
         # which); `--debug` lets the traceback through instead.
         with sigterm_raises():
@@ -72,7 +77,8 @@ class StageGroup(click.Group):
                 code = report_failure(exc, debug=bool(ctx.obj and ctx.obj.get("debug")))
                 if code is None:
                     raise
-        ctx.exit(code)
+                # Inside the except block: the audit record sees the failure being handled.
+                ctx.exit(code)
 
 
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,8 +97,28 @@ class StageGroup(click.Group):
     envvar="SHADOWTAPE_NO_CONFIG",
     help="Ignore shadowtape.toml; use only flags and built-in defaults.",
 )
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False),
+    envvar=AUDIT_LOG_ENV,
+    help="Append-only, hash-chained audit log of every command that touches data or traffic "
+    "[default: shadowtape-audit.jsonl beside shadowtape.toml, else here; [defaults] audit-log].",
+)
+@click.option(
+    "--actor",
+    envvar=ACTOR_ENV,
+    metavar="NAME",
+    help="Who runs this (a person or a CI job), recorded in the audit log beside the OS user.",
+)
 @click.pass_context
-def main(ctx: click.Context, debug: bool, config_path: str | None, no_config: bool) -> None:
+def main(
+    ctx: click.Context,
+    debug: bool,
+    config_path: str | None,
+    no_config: bool,
+    audit_log: str | None,
+    actor: str | None,
+) -> None:
     """Record production HTTP traffic, scrub it, replay it against staging, diff the answers.
 
     \b

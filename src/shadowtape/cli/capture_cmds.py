@@ -11,6 +11,7 @@ import click
 from shadowtape.capture.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.sessions import DEFAULT_GAP_SECONDS
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
+from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
 from shadowtape.errors import ShadowtapeError
 from shadowtape.keyed import DEFAULT_KEY_ENV
@@ -71,6 +72,12 @@ session_options = [
         metavar="NAME",
         help="Environment variable that holds the key; use the one sanitize uses, so a "
         "credential gets the same token in both.",
+    ),
+    click.option(
+        "--group",
+        metavar="NAME",
+        help="Share the raw dataset with this group (files 0640, directories 0750); "
+        "by default only you can read it (0600/0700): it is not yet sanitized.",
     ),
 ]
 
@@ -156,6 +163,7 @@ def capture(
     max_body: int,
     key_file: Path | None,
     key_env: str,
+    group: str | None,
 ) -> None:
     """Record the traffic to a service through a reverse proxy (mitmproxy, in-process).
 
@@ -172,9 +180,15 @@ def capture(
       mitmdump -s <shadowtape>/capture/addon.py --set shadowtape_out=raw/
     """
     from shadowtape.capture.proxy import ProxySettings, parse_listen, parse_upstream, run_capture
+    from shadowtape.keyed import Key
 
     host, port = parse_listen(listen)
     upstream_url = parse_upstream(upstream)
+    facts = run_facts()
+    facts.target = upstream_url
+    facts.wrote_dataset(out_dir)
+    key = Key.load(key_file, env=key_env)
+    facts.use_key(key.fingerprint, key.source)
     live = LiveLine()
 
     def on_listening(url: str) -> None:
@@ -204,12 +218,14 @@ def capture(
             "shadowtape_session_gap": repr(session_gap),
             "shadowtape_redact_headers": list(redact_headers),
             "shadowtape_queue_size": queue_size,
+            "shadowtape_group": group or "",
         },
         on_listening=on_listening,
         on_tick=on_tick,
     )
     live.clear()
     c = summary.counters
+    facts.count(recorded=c.recorded, dropped=c.dropped(), files=len(summary.files))
     click.echo(
         f"captured {c.written} exchanges into {len(summary.files)} files in {out_dir} "
         f"({_human_bytes(summary.bytes_written)})"
@@ -264,6 +280,7 @@ def import_files(
     max_body: int,
     key_file: Path | None,
     key_env: str,
+    group: str | None,
 ) -> None:
     """Turn HAR files and mitmproxy flow files into an exchanges dataset.
 
@@ -279,9 +296,15 @@ def import_files(
     from shadowtape.capture.importer import ImportSettings
     from shadowtape.capture.importer import import_files as run_import
     from shadowtape.capture.sessions import SessionKey
+    from shadowtape.governance.access import FileAccess
     from shadowtape.keyed import Key
 
+    facts = run_facts()
+    for f in files:
+        facts.read_file(f)
+    facts.wrote_dataset(out_dir)
     key = Key.load(key_file, env=key_env)
+    facts.use_key(key.fingerprint, key.source)
     live = LiveLine()
     settings = ImportSettings(
         out_dir=out_dir,
@@ -290,6 +313,7 @@ def import_files(
         session_key=SessionKey.parse(session_key),
         session_gap=session_gap,
         redact_headers=redact_headers,
+        access=FileAccess.private(group),
     )
     summary = run_import(
         files,
@@ -299,6 +323,7 @@ def import_files(
     )
     live.clear()
     c = summary.counters
+    facts.count(recorded=c.recorded, entries=summary.entries, files=len(summary.files))
     click.echo(
         f"imported {c.written} exchanges from {summary.inputs} files ({summary.entries} entries) "
         f"into {len(summary.files)} files in {out_dir}"
@@ -327,6 +352,7 @@ def inspect(dataset: Path, as_json: bool) -> None:
     """
     from shadowtape.capture.inspection import format_report, inspect_dataset
 
+    run_facts().read_dataset(dataset)
     report = inspect_dataset(dataset)
     if as_json:
         click.echo(json.dumps(report.to_json(), sort_keys=True))

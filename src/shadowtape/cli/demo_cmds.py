@@ -61,7 +61,20 @@ def demo(workdir: Path, requests: int, seed: int, keep: bool) -> None:
         else:
             line.update(text)
 
-    options = DemoOptions(workdir=workdir, requests=requests, seed=seed, keep=keep)
+    from shadowtape.cli.audit_hook import actor_of, audit_log_path
+
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    # An audit log the user named is used; else the demo keeps its own in the workdir.
+    named = root.params.get("audit_log") is not None
+    options = DemoOptions(
+        workdir=workdir,
+        requests=requests,
+        seed=seed,
+        keep=keep,
+        audit_log=audit_log_path(ctx).absolute() if named else None,
+        actor=actor_of(ctx),
+    )
     run_demo(options, click.echo, wait_forever, live)
 
 
@@ -96,6 +109,9 @@ def show(ctx: click.Context, commands: tuple[str, ...], as_json: bool) -> None:
         )
     broken: dict[str, str] = {}
     rows = effective_values(cfg, root.command, root, commands, broken=broken)
+    from shadowtape.cli.scenario_opts import current_registry
+
+    current_registry()  # [scenarios.*] and [governance] are checked too, FILE:LINE on error
     if as_json:
         payload = {
             "config_file": str(cfg.path) if cfg.path else None,

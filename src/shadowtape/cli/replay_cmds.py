@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import click
 
+from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
+from shadowtape.cli.scenario_opts import current_registry
 from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.replay import ReplayConfig, ReplayPlan, ReplaySummary, plan_replay, run_replay
 from shadowtape.replay.config import (
@@ -81,6 +84,7 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
             )
         )
     extras = {
+        "not sendable (failed rows; staging_error says why)": c.unsendable,
         "out of session order": c.out_of_order,
         "released early from the reorder buffer": c.reorder_forced,
         "staging bodies truncated at --max-body": c.staging_body_truncated,
@@ -95,9 +99,17 @@ def _print_summary(summary: ReplaySummary, out: str) -> None:
             f"  noise sample: {c.noise_sent} sent a second time, {c.noise_failed} failed, "
             f"{c.noise_not_sent} not sent (first send skipped or unanswered)"
         )
+    t = summary.telemetry
+    if t:
+        click.echo(
+            f"  telemetry: {t['spans']} spans to {t['endpoint']}: {t['exported']} exported, "
+            f"{t['failed']} failed, {t['dropped']} dropped"
+            + (f", {t['not_sampled']} not sampled" if t["not_sampled"] else "")
+            + (f" (first error: {t['first_error']})" if t["failed"] and t["first_error"] else "")
+        )
 
 
-def _print_plan(plan: ReplayPlan) -> None:
+def _print_plan(plan: ReplayPlan, scenario: bool = False) -> None:
     click.echo(
         f"plan: {plan.sessions} sessions, {plan.requests} requests, {plan.timing} "
         f"(shard {plan.shard}); nothing sent (--dry-run)"
@@ -106,6 +118,7 @@ def _print_plan(plan: ReplayPlan) -> None:
         f"  send {plan.to_send}, skip {plan.skipped_writes} writes"
         + (" (pass --allow-writes to send them)" if plan.skipped_writes else "")
         + f", {plan.skipped_limit} over --limit, {plan.not_sampled} not sampled"
+        + (" or outside the scenario" if scenario else "")
     )
     duration = "depends on the target" if plan.duration_s is None else f"{plan.duration_s:.1f} s"
     click.echo(f"  dispatch takes {duration}; {plan.correlation_rules} correlation rules")
@@ -297,6 +310,33 @@ Examples:
     "$RAY_ADDRESS, else a local Ray instance].",
 )
 @click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    metavar="NAME",
+    help="Replay only the sessions of this scenario ([scenarios.NAME] in shadowtape.toml; "
+    "repeatable): a session belongs when one of its exchanges matches a route of the "
+    "scenario. Its depends-on scenarios come along.",
+)
+@click.option(
+    "--risk",
+    metavar="[OP]LEVEL",
+    help="Replay the scenarios of this risk, e.g. '>=high' (levels low, medium, high, critical).",
+)
+@click.option(
+    "--confirm-risk",
+    metavar="LEVEL",
+    help="Confirm replaying scenarios up to this risk; needed at or above [governance] "
+    "confirm-risk, and recorded in the audit log with --actor.",
+)
+@click.option(
+    "--otlp-endpoint",
+    metavar="URL",
+    help="Export one span per request (trace id = the traceparent sent) and latency, error, "
+    "retry and breaker metrics over OTLP/HTTP to this base URL [default: "
+    "$OTEL_EXPORTER_OTLP_ENDPOINT; off when unset]. Needs shadowtape[otel].",
+)
+@click.option(
     "--roll-interval",
     type=float,
     default=_CFG["roll_interval"],
@@ -318,11 +358,16 @@ def replay(source: str, **opts: Any) -> None:
     each waits for the previous answer. Every recorded request gives one row in the results
     dataset: sent, skipped (with the reason) or failed.
     """
+    facts = run_facts()
+    facts.read_dataset(source)
+    facts.target = opts["target"]
     config = _build_config(source, opts)
     senders = _check_engine(opts)
+    config = _with_scenarios(config, opts, facts)
     if opts["dry_run"]:
-        _print_plan(plan_replay(config))
+        _print_plan(plan_replay(config), scenario=config.session_filter is not None)
         return
+    facts.wrote_dataset(config.out)
     line = LiveLine()
     try:
         if opts["engine"] == "ray":
@@ -335,6 +380,11 @@ def replay(source: str, **opts: Any) -> None:
             summary = run_replay(config, progress=_progress_printer(line))
     finally:
         line.clear()
+    c = summary.counts
+    facts.count(
+        status=summary.status, rows=c.rows, sent=c.sent, failed=c.failed, retries=c.retries,
+        skipped=sum(c.skipped.values()), sessions=c.sessions,
+    )  # fmt: skip
     _print_summary(summary, config.out)
     if summary.status == "circuit_open":
         raise ShadowtapeError(
@@ -348,6 +398,42 @@ def replay(source: str, **opts: Any) -> None:
             err=True,
         )
         raise click.exceptions.Exit(summary.exit_code)
+
+
+def _with_scenarios(config: ReplayConfig, o: dict[str, Any], facts: Any) -> ReplayConfig:
+    """Scenario selection and the risk confirmation, before anything is read or sent."""
+    from shadowtape.governance import scenarios as sc
+    from shadowtape.replay.scan import scenario_sessions
+
+    registry = current_registry()
+    selected = sc.select(registry, o["scenarios"], o["risk"])
+    sc.check_requirements(selected, o["allow_writes"])
+    at_risk = selected
+    if not selected and registry.confirm_risk is not None and not o["dry_run"]:
+        # A replay of everything sends the risky scenarios' sessions too, if it holds any.
+        risky = tuple(
+            s
+            for s in registry.scenarios.values()
+            if sc.risk_rank(s.risk) >= sc.risk_rank(registry.confirm_risk)
+        )
+        if risky:
+            members = scenario_sessions(config.source, sc.SessionFilter(risky))
+            at_risk = [s for s in risky if members[s.name]]
+    confirmed = (
+        sc.check_confirmed(registry, at_risk, o["confirm_risk"])
+        if not o["dry_run"]
+        else o["confirm_risk"]
+    )
+    facts.scenarios = [s.name for s in selected]
+    facts.risk = max((s.risk for s in at_risk), key=sc.risk_rank, default=None)
+    facts.risk_confirmed = confirmed
+    return dataclasses.replace(
+        config,
+        session_filter=sc.SessionFilter(tuple(selected)) if selected else None,
+        # Ray senders do not see this process's environment: the base endpoint travels.
+        otlp_endpoint=o["otlp_endpoint"]
+        or (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") if o["engine"] == "ray" else None),
+    )
 
 
 def _check_engine(o: dict[str, Any]) -> int:
@@ -428,7 +514,12 @@ def correlate(source: str, out: str | None, min_support: int) -> None:
     becomes a rule: during replay, staging's value from the same place is sent instead.
     The rules file is plain YAML: read it, edit it, pass it to `replay --correlate FILE`.
     """
+    facts = run_facts()
+    facts.read_dataset(source)
+    if out:
+        facts.wrote_file(out)
     rules = correlate_dataset(source, out, min_support=min_support)
+    facts.count(rules=len(rules))
     for r in rules:
         click.echo(f"{r.name}: {r.step} {r.source} -> {', '.join(r.targets)} (support {r.support})")
     where = f"; written to {out}" if out else ""

@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
+from shadowtape.cli.scenario_opts import current_registry
 from shadowtape.diff.pipeline import DiffOptions, DiffSummary, default_out, run_diff
 from shadowtape.diff.settings import build_options, diff_is_current
 from shadowtape.publish import write_file_atomic
@@ -122,7 +124,12 @@ def diff(results: Path, out: Path | None, **opts: Any) -> None:
     Example:
       shadowtape diff results/ --key-field id --ignore-file noise.yaml
     """
+    facts = run_facts()
+    facts.read_dataset(results)
+    facts.wrote_dataset(out or default_out(results))
     summary = _run_diff(results, out, build_options(**opts))
+    t = summary.payload["totals"]
+    facts.count(rows=t["rows"], compared=t["compared"], diff_rows=t["diff_rows"])
     click.echo(_diff_line(summary))
 
 
@@ -180,38 +187,55 @@ def report(
       shadowtape report results/ --html report.html --junit junit.xml \\
           --fail-on 'status_mismatch>0' --fail-on 'p99_latency_ratio>1.5'
     """
+    from shadowtape.report.scenarios import group_by_scenario
+
     gates = parse_gates(fail_on)
     options = build_options(**opts)  # a bad --ignore-file fails here, whatever the diff
     if notebook_out is not None:
         from shadowtape.report.notebook import check_notebook_ready
 
         check_notebook_ready(notebook_out)  # before anything is written
+    registry = current_registry()
+    facts = run_facts()
+    facts.read_dataset(results)
     target = diff_dir or default_out(results)
     if not diff_is_current(results, target, options):
         click.echo(
             f"report: no diff of these results with these options in {target}; running diff",
             err=True,
         )
+        facts.wrote_dataset(target)
         click.echo(_diff_line(_run_diff(results, target, options)), err=True)
+    facts.read_dataset(target)
     data = load_report(target)
     verdicts = evaluate(gates, data)
+    groups = group_by_scenario(data, registry.scenarios.values())
+    facts.scenarios = [g.name for g in groups]
     if as_json:
-        click.echo(json.dumps(report_json(data, verdicts), indent=2, sort_keys=True))
+        payload = report_json(data, verdicts, groups)
+        click.echo(json.dumps(payload, indent=2, sort_keys=True))
     else:
-        click.echo(terminal.render(data, verdicts), nl=False)
+        click.echo(terminal.render(data, verdicts, groups), nl=False)
     written = []
     if html_out is not None:
-        written.append(str(write_file_atomic(html_out, html.render(data, verdicts))))
+        written.append(str(write_file_atomic(html_out, html.render(data, verdicts, groups))))
     if junit_out is not None:
-        written.append(str(write_file_atomic(junit_out, junit.render(data, verdicts))))
+        written.append(str(write_file_atomic(junit_out, junit.render(data, verdicts, groups))))
     if notebook_out is not None:
         from shadowtape.report.notebook import execute_notebook  # Jupyter loads only if asked
 
         written.append(str(execute_notebook(results, notebook_out)))
+    for path in written:
+        facts.wrote_file(path)
     if written:
         click.echo(f"report: wrote {', '.join(written)}", err=True)
     tripped = [v for v in verdicts if v.tripped]
     for v in tripped:
         click.echo(f"shadowtape: gate tripped: {v.describe()}", err=True)
+    for g in groups:
+        for v in g.tripped:
+            click.echo(f"shadowtape: gate tripped in scenario {g.name}: {v.describe()}", err=True)
+            tripped.append(v)
+    facts.count(routes=len(data.routes), gates_tripped=len(tripped))
     if tripped:
         sys.exit(1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
 from shadowtape.errors import InputError, KeyMissingError
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key
@@ -197,11 +198,16 @@ def sanitize(
         results_fn = ray_results(address)
     elif address is not None:
         raise InputError("--address applies to --engine ray only; add --engine ray")
+    facts = run_facts()
+    facts.read_dataset(src)
+    facts.wrote_dataset(dst)
     config = SanitizeConfig(
         policy=load_policy(policy_path),
         key=_load_key(key_file, key_env, ephemeral_key),
         nlp_model=nlp_model,
     )
+    facts.policy = config.policy.fingerprint
+    facts.use_key(config.key.fingerprint, config.key.source)
     with _live_progress("sanitizing") as progress:
         result = sanitize_dataset(
             src,
@@ -214,6 +220,7 @@ def sanitize(
         )
     m = result.manifest
     counts = m.counts
+    facts.count(rows=m.rows, files=len(m.files))
     click.echo(
         f"sanitized {m.rows:,} exchanges in {len(m.files)} files -> {result.output} "
         f"(policy {m.policy_fingerprint}, key {m.key_fingerprint}"
@@ -271,7 +278,10 @@ def verify(
     Example:
       shadowtape verify clean/ --policy my-policy.yaml
     """
+    facts = run_facts()
+    facts.read_dataset(directory)
     policy_obj = load_policy(policy_path)
+    facts.policy = policy_obj.fingerprint
     with _live_progress("verifying") as progress:
         report = verify_dataset(
             directory,
@@ -300,5 +310,8 @@ def verify(
     if report.unscanned_bodies:
         summary += f"; {report.unscanned_bodies:,} bodies could not be decoded and were not scanned"
     click.echo(summary)
+    facts.count(
+        rows=report.rows, values_scanned=report.values_scanned, findings=report.total_findings
+    )
     if not report.clean:
         click.get_current_context().exit(1)

@@ -42,6 +42,8 @@ class DemoOptions:
     concurrency: int = 8
     keep: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
+    audit_log: Path | None = None  # default: WORKDIR/audit.jsonl
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,11 @@ class DemoPaths:
     @property
     def key(self) -> Path:
         return self.workdir / "demo.key"
+
+    @property
+    def audit_log(self) -> Path:
+        """Kept across re-runs (it is append-only): every step of every run is in it."""
+        return self.workdir / "audit.jsonl"
 
     @property
     def raw(self) -> Path:
@@ -285,6 +292,10 @@ class DemoRun:
         self.notebook = not notebook_missing()
         # The demo must not pick up a team's shadowtape.toml (a real staging target, say).
         self.env = {**os.environ, "SHADOWTAPE_NO_CONFIG": "1", "PYTHONUNBUFFERED": "1"}
+        # Every stage appends its audit record to one log, so the run reads as one trail.
+        self.env["SHADOWTAPE_AUDIT_LOG"] = str(self.options.audit_log or self.paths.audit_log)
+        if self.options.actor:
+            self.env["SHADOWTAPE_ACTOR"] = self.options.actor
 
     def step(self, key: str) -> Step:
         all_steps = steps(
@@ -413,6 +424,7 @@ def run_demo(
             ("HTML report", run.paths.html),
             ("JUnit XML", run.paths.junit),
             ("executed notebook", run.paths.notebook),
+            ("audit log (`shadowtape audit verify`)", Path(run.env["SHADOWTAPE_AUDIT_LOG"])),
         ):
             if path.exists():
                 echo(f"  {label:<40} {path}")

@@ -554,6 +554,11 @@ def compare_sides(rec: Side, stg: Side, options: CompareOptions) -> Comparison:
     if rec.truncated or stg.truncated:
         result.body_skipped = "body truncated"
         return result
+    if rec.status is not None and (rec.status in (204, 304) or 100 <= rec.status < 200):
+        # These answers have no body on the wire (RFC 9110 15.3.5, 15.4.5): what a browser's
+        # HAR shows for a 304 is its cached copy, not anything the server sent.
+        result.body_skipped = "status has no body"
+        return result
     body_diffs = compare_bodies(
         rec.body or b"", ha.get("content-type"), stg.body or b"", hb.get("content-type"), options
     )

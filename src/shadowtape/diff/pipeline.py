@@ -47,6 +47,7 @@ from shadowtape.diff.noise import (
 )
 from shadowtape.diff.routes import RouteTable
 from shadowtape.errors import DatasetError, InputError
+from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.publish import scratch_directory, staged_directory, write_json_atomic
 
 DIFF_DIRNAME = "_diff"
@@ -543,7 +544,13 @@ class DiffRun:
             with work:
                 self._find_sampled(files)
                 self._first_pass(files, work)
-            final = schema.DatasetWriter(new_dir, schema.KIND_DIFFS, roll=roll, prefix="diff")
+            final = schema.DatasetWriter(
+                new_dir,
+                schema.KIND_DIFFS,
+                roll=roll,
+                prefix="diff",
+                metadata=lineage_metadata("diff", datasets=[self.results]),
+            )
             with final:
                 written = self._second_pass(work_dir, final)
             decisions = self.model.decisions()

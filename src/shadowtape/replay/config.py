@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shadowtape.errors import InputError
+from shadowtape.governance.scenarios import SessionFilter
 
 # Loopback and names that say what they are; anything else must be allowed by name, so a typo in
 # --target cannot send production traffic back to production. `127.*` and `::1` are address
@@ -125,6 +126,10 @@ class ReplayConfig:
     overwrite: bool = False
     run_id: str | None = None
     handle_signals: bool = True
+    # Only the sessions of these scenarios are sent (the rest: skipped, not_in_scenario).
+    session_filter: SessionFilter | None = None
+    # OTLP base URL for traces and metrics; None: the OTEL_EXPORTER_OTLP_* variables, or off.
+    otlp_endpoint: str | None = None
     # Results files are finalized this often, so a kill -9 loses at most this much.
     roll_interval: float = 10.0
 
@@ -138,6 +143,8 @@ class ReplayConfig:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("handle_signals")
+        if self.session_filter is not None:  # compiled patterns: shown as written
+            data["session_filter"] = [s.summary() for s in self.session_filter.scenarios]
         return data
 
 

@@ -72,6 +72,8 @@ def parts_of(row: Mapping[str, Any]) -> RequestParts:
         headers=list(row.get("request_headers") or []),
         body=row.get("request_body"),
         target=target,
+        scheme=row.get("scheme"),
+        port=row.get("port"),
     )
 
 

@@ -1,83 +1,49 @@
 """A lean HTTP/1.1 transport for httpx: asyncio streams + h11, one pool of keep-alive
 connections per origin.
 
-`send` takes the replayer's own request (method, URL string, header pairs, body) and skips
-building an httpx.Request per request (URL parsing, header normalisation: about as much CPU
-as the HTTP exchange itself); URLs it cannot pass through unchanged fall back to httpx's
-parsing, so what goes on the wire is what httpx would send. httpx's client layers (auth flow,
-redirect loop, cookie jar adapter) are all switched off for replay and are skipped too.
+`send` takes the replayer's `OutgoingRequest` and writes its head itself: the request line
+and each header exactly as the given bytes, in the given order (h11's writer would move Host
+first, and h11 refuses a target or header with bytes outside ASCII VCHAR and obs-text that
+the recording holds). h11 still runs the connection: it is told the method and the framing
+(Content-Length) so it reads the answer right, frames the body and knows when a connection
+can be reused. What may be sent at all is decided once, in `sender.build_request`.
 
 httpcore's general-purpose pool (anyio wrappers, a readability probe of every connection on
 every request event, O(connections^2) bookkeeping) costs more CPU per request than parsing
 HTTP does; a replayer sends tens of thousands of small requests over a fixed set of
-connections, so it uses this transport for HTTP/1.1 and keeps httpcore for HTTP/2. Failures
-surface as httpx's own exceptions, so retry decisions do not depend on the transport.
+connections, so it uses this transport for HTTP/1.1 and keeps httpcore for HTTP/2. Skipping
+the httpx.Request per request (URL parsing, header normalisation) saves about as much CPU as
+the HTTP exchange itself costs. Failures surface as httpx's own exceptions, so retry decisions
+do not depend on the transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 import httpx
+
+if TYPE_CHECKING:
+    from shadowtape.replay.sender import OutgoingRequest
 
 READ_CHUNK = 64 * 1024
 Origin = tuple[str, str, int]
 RawHeaders = list[tuple[bytes, bytes]]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# URLs httpx would send unchanged: ASCII host, and a target of unreserved, sub-delim, ":@/?"
-# characters and valid %XX escapes with no dot segments (httpx would quote or normalise
-# those). Anything else goes through httpx.URL.
-_PLAIN_URL = re.compile(
-    r"(https?)://([a-z0-9.-]+)(?::(\d{1,5}))?"
-    r"(/(?:[A-Za-z0-9\-_~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2}|\.(?![./?]|\Z))*)?\Z"
-)
-_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|\?|\Z)")
 
 
-def request_head(
-    method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
-) -> tuple[Origin, bytes, RawHeaders]:
-    """Origin, request target and header bytes exactly as httpx.Request would make them,
-    including the headers httpx adds (Host when missing; Content-Length for a body, or 0 for
-    a bodiless POST/PUT/PATCH)."""
-    m = _PLAIN_URL.match(url)
-    if m is None or _DOT_SEGMENT.search(m.group(4) or ""):
-        parsed = httpx.URL(url)
-        scheme, host, port = parsed.scheme, parsed.host, parsed.port
-        target = parsed.raw_path
-        netloc = parsed.netloc
-    else:
-        scheme, host, port_text, path = m.groups()
-        port = int(port_text) if port_text else None
-        if port == _DEFAULT_PORTS[scheme]:
-            port = None
-        target = (path or "/").encode("ascii")
-        netloc = (host if port is None else f"{host}:{port}").encode("ascii")
-    raw: RawHeaders = []
-    has_host = has_length = False
+def encode_head(method: bytes, target: bytes, headers: RawHeaders) -> bytes:
+    """The request line and header block, byte for byte as given."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
-        lower = name.lower()
-        if lower == "host":
-            has_host = True
-        elif lower == "content-length" or lower == "transfer-encoding":
-            has_length = True
-        raw.append((name.encode("ascii"), value.encode("ascii")))
-    if body and not has_length:
-        raw.append((b"Content-Length", str(len(body)).encode("ascii")))
-        has_length = True
-    auto: RawHeaders = []
-    if not has_host and host:
-        auto.append((b"Host", netloc))
-    if not has_length and method in ("POST", "PUT", "PATCH"):
-        auto.append((b"Content-Length", b"0"))
-    origin = (scheme, host, port or _DEFAULT_PORTS.get(scheme, 80))
-    return origin, target, auto + raw if auto else raw
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class _Connection:
@@ -106,47 +72,65 @@ def _timeouts(request: httpx.Request) -> dict[str, float | None]:
     return request.extensions.get("timeout", {})
 
 
+class HTTP2Negotiated(Exception):
+    """TLS chose HTTP/2 for this origin: the request goes to the HTTP/2 transport instead
+    (nothing was sent; the origin is remembered in `H11Transport.h2_origins`)."""
+
+
 class H11Transport(httpx.AsyncBaseTransport):
-    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    """`offers_h2`: TLS connections offer h2 first (replay's `--http auto`); an origin that
+    picks it gets HTTP2Negotiated, so HTTP/1.1 over TLS still goes out byte for byte here
+    rather than through httpcore's h11 writer, and HTTP/2 where the server prefers it."""
+
+    def __init__(
+        self,
+        max_connections: int,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        offers_h2: bool = False,
+    ) -> None:
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: dict[Origin, list[_Connection]] = defaultdict(list)
         self._ssl = ssl_context
+        self._offers_h2 = offers_h2 and ssl_context is not None
+        if self._offers_h2:
+            ssl_context.set_alpn_protocols(["h2", "http/1.1"])
+        self.h2_origins: set[Origin] = set()
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        origin: Origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        origin: Origin = (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
         body = await request.aread()
+        target = request.extensions.get("target", url.raw_path)
         return await self._exchange(
             origin,
             request.method.encode("ascii"),
-            url.raw_path,
-            request.headers.raw,
+            encode_head(request.method.encode("ascii"), target, request.headers.raw),
             body,
             _timeouts(request),
             request,
         )
 
     async def send(
-        self,
-        method: str,
-        url: str,
-        headers: list[tuple[str, str]],
-        body: bytes | None,
-        timeouts: dict[str, float | None],
+        self, request: OutgoingRequest, timeouts: dict[str, float | None]
     ) -> httpx.Response:
         """One request without an httpx.Request: see the module docstring."""
-        origin, target, raw = request_head(method, url, headers, body)
+        method = request.method.encode("ascii")
         return await self._exchange(
-            origin, method.encode("ascii"), target, raw, body or b"", timeouts, None
+            (request.scheme, request.host, request.port),
+            method,
+            encode_head(method, request.target, request.headers),
+            request.body,
+            timeouts,
+            None,
         )
 
     async def _exchange(
         self,
         origin: Origin,
         method: bytes,
-        target: bytes,
-        headers: RawHeaders,
+        head: bytes,
         body: bytes,
         timeouts: dict[str, float | None],
         request: httpx.Request | None,
@@ -162,7 +146,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         try:
             conn = await self._connection(origin, request, timeouts.get("connect"))
             try:
-                self._send(conn, request, method, target, headers, body)
+                self._send(conn, request, method, head, body)
                 await self._drain(conn, request)
                 response = await self._read_head(conn, request, timeouts.get("read"))
             except BaseException:
@@ -205,6 +189,12 @@ class H11Transport(httpx.AsyncBaseTransport):
             ) from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from None
+        if self._offers_h2:
+            chosen = writer.get_extra_info("ssl_object")
+            if chosen is not None and chosen.selected_alpn_protocol() == "h2":
+                writer.close()
+                self.h2_origins.add(origin)
+                raise HTTP2Negotiated(origin)
         return _Connection(reader, writer)
 
     def _send(
@@ -212,16 +202,17 @@ class H11Transport(httpx.AsyncBaseTransport):
         conn: _Connection,
         request: httpx.Request | None,
         method: bytes,
-        target: bytes,
-        headers: RawHeaders,
+        head: bytes,
         body: bytes,
     ) -> None:
         h = conn.h11
+        # h11 is told only what it needs to run the connection (the method, for how the answer
+        # is framed; the body's length); the head on the wire is ours, byte for byte.
+        framing = [(b"host", b"replay"), (b"content-length", b"%d" % len(body))]
         try:
-            data = h.send(h11.Request(method=method, target=target, headers=headers))
-            if body:
-                data += h.send(h11.Data(data=body))
-            data += h.send(_END)
+            h.send(h11.Request(method=method, target=b"/", headers=framing))
+            data = head + h.send(h11.Data(data=body)) if body else head
+            h.send(_END)
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc), request=request) from None
         try:

@@ -30,6 +30,7 @@ from shadowtape.replay.results import prepare_out_dir, same_dataset
 from shadowtape.replay.runner import Progress, StopSwitch, check_config, run_replay
 from shadowtape.replay.stats import ReplayCounts, ReplaySummary
 from shadowtape.schema import uuid7
+from shadowtape.telemetry import merge_telemetry
 
 # Seconds between all senders being placed and the shared schedule origin: time for each to
 # read its first row group. A late start is not hidden: it shows as lateness in the results.
@@ -129,6 +130,7 @@ def merge_summaries(
         files=sorted(f for s in shards for f in s.files),
         config=data,
         correlation_rules=max(s.correlation_rules for s in shards),
+        telemetry=merge_telemetry([s.telemetry for s in shards if s.telemetry]),
     )
 
 

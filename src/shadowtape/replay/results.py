@@ -56,9 +56,11 @@ def skip_reasons(
     *,
     sampled: frozenset[str] | None,
     allow_writes: bool,
+    scenario: frozenset[str] | None = None,
 ) -> pa.Array:
-    """Per row, the reason the row-by-row path would give: outside the sample first, then a
-    write or a truncated body (checked before --limit), then `reason`."""
+    """Per row, the reason the row-by-row path would give: outside the scenario first, then
+    outside the sample, then a write or a truncated body (checked before --limit), then
+    `reason`."""
     n = batch.num_rows
     reasons = pa.array([reason] * n, pa.string())
     if reason == "limit":
@@ -70,6 +72,8 @@ def skip_reasons(
             reasons = pc.if_else(writes, "write_not_allowed", reasons)
     if sampled is not None:
         reasons = pc.if_else(in_sample(batch, sampled), reasons, "not_sampled")
+    if scenario is not None:
+        reasons = pc.if_else(in_sample(batch, scenario), reasons, "not_in_scenario")
     return reasons
 
 

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shadowtape.errors import InputError
+from shadowtape.governance.lineage import META_LINEAGE, lineage_metadata
+from shadowtape.governance.routes import route_label
 from shadowtape.replay.config import ReplayConfig, Timing, check_numbers, check_target_url
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
 from shadowtape.replay.guardrails import (
@@ -55,7 +57,9 @@ from shadowtape.replay.sender import (
     Sender,
     SendOutcome,
     TargetMap,
+    UnsendableRequest,
     build_request,
+    describe_error,
 )
 from shadowtape.replay.stats import Quantiles, ReplayCounts, ReplaySummary
 from shadowtape.replay.substitute import Correlator, SessionBindings, Substitution
@@ -72,6 +76,7 @@ from shadowtape.schema import (
     read_files,
     uuid7,
 )
+from shadowtape.telemetry import NO_TELEMETRY, RequestSpan, Telemetry, open_telemetry
 
 REPLAY_ID_HEADER = "X-Shadowtape-Replay-Id"
 
@@ -210,8 +215,14 @@ def run_replay(
     scan = scan_dataset(config)
     rules = load_correlation(config)
     out_dir = prepare_out_dir(config.out, config.prefix, config.overwrite)
+    meta = {**meta, **lineage_metadata("replay", datasets=[config.source])}
     run = _Replay(config, scan, rules, out_dir, meta, progress, clock or MonotonicClock())
-    return asyncio.run(run.run(stop))
+    # The run id is the same on every span: a resource attribute, encoded once per export.
+    run.telemetry = open_telemetry(config.otlp_endpoint, resource={"shadowtape.run_id": run.run_id})
+    try:
+        return asyncio.run(run.run(stop))
+    finally:
+        run.telemetry.shutdown()  # flushed on every exit: complete, Ctrl-C, breaker, error
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -259,6 +270,7 @@ class _Replay:
         self.timer: asyncio.Future[None] | None = None
         self.origin: float | None = None  # set once the first rows are read
         self.signal: int | None = None
+        self.telemetry: Telemetry = NO_TELEMETRY
 
     # time: one origin, monotonic for scheduling and wall clock for the results
     def _set_origin(self) -> None:
@@ -285,9 +297,10 @@ class _Replay:
         self.breaker = CircuitBreaker(cfg.breaker)
         self.sender = Sender(cfg, self.breaker, now=self.clock.now)
         metadata = {"shadowtape.run_id": self.run_id}
-        for key in (META_SANITIZED, META_POLICY):
+        for key in (META_SANITIZED, META_POLICY, META_LINEAGE):
             if key in self.input_meta:
                 metadata[key] = self.input_meta[key]
+        self.telemetry.observe_breaker(lambda: self.breaker.open)
         # Files roll on a timer (see _roll_files), not by size: each carries the figures of
         # the run so far, the last one the final figures. SIGINT and SIGTERM finalize the
         # open file; a hard kill loses at most one roll interval.
@@ -333,6 +346,8 @@ class _Replay:
         if self.abandon_tail:
             self.counts.rows_not_written = self.scan.shard_rows - self.pass1_rows
         summary = self._summary(time.monotonic() - started, [])
+        self.telemetry.shutdown()  # before the summary, so it holds the export counts
+        summary.telemetry = self.telemetry.summary()
         self.sink.set_summary(self._metadata(summary))
         files = await self.sink.close()
         summary.files = [str(f) for f in files]
@@ -495,6 +510,7 @@ class _Replay:
             default_reason,
             sampled=self.scan.sampled,
             allow_writes=self.config.allow_writes,
+            scenario=self.scan.scenario_sessions,
         )
         for reason, n in count_values(reasons).items():
             self.counts.skipped[reason] += n
@@ -629,14 +645,18 @@ class _Replay:
         if row["seq"] < state.last_seq:
             self.counts.out_of_order += 1
         state.last_seq = max(state.last_seq, row["seq"])
-        parts = parts_of(row)
-        subs: list[Substitution] = []
-        if self.correlator:
-            subs = self.correlator.apply(state.bindings, parts)
-            for s in subs:
-                (self.counts.misses if s.outcome == "miss" else self.counts.substitutions)[
-                    s.rule
-                ] += 1
+        try:
+            parts = parts_of(row)
+            subs: list[Substitution] = []
+            if self.correlator:
+                subs = self.correlator.apply(state.bindings, parts)
+        except Exception as exc:
+            # A row this replayer cannot make a request of: one failed row, the run goes on.
+            self._learn(lane, row, None)
+            await self._not_sent(row, state.trace_id, [], None, exc)
+            return
+        for s in subs:
+            (self.counts.misses if s.outcome == "miss" else self.counts.substitutions)[s.rule] += 1
         sub_rows = [s.as_row() for s in subs]
         if self.config.on_miss == "skip-session" and any(s.outcome == "miss" for s in subs):
             state.aborted = "session_aborted"  # the rest of the session, after the miss
@@ -653,6 +673,37 @@ class _Replay:
         self._learn(lane, row, outcome)
         if twin is not None:
             await self._send_twin(twin, parts, state.trace_id, sub_rows, outcome)
+
+    async def _not_sent(
+        self,
+        row: dict[str, Any],
+        trace: str,
+        sub_rows: list[dict[str, str]],
+        scheduled: float | None,
+        exc: Exception,
+        url: str | None = None,
+    ) -> SendOutcome:
+        """A request that cannot be sent: one failed row with the reason, counted."""
+        reason = str(exc) if isinstance(exc, UnsendableRequest) else describe_error(exc)
+        self.counts.failed += 1
+        self.counts.unsendable += 1
+        self._count_row(1)
+        await self.sink.add(
+            result_row(
+                row,
+                run_id=self.run_id,
+                replay_pass=1,
+                trace_id=trace,
+                outcome="failed",
+                target_url=url,
+                scheduled_at=self.wall_us(scheduled),
+                staging_error=f"not sent: {reason}",
+                attempts=0,
+                retries=0,
+                substitutions=sub_rows,
+            )
+        )
+        return SendOutcome(error=reason)
 
     async def _send(
         self,
@@ -671,7 +722,16 @@ class _Replay:
             ("traceparent", traceparent(trace, span)),
             (REPLAY_ID_HEADER, replay_id),
         )
-        request = build_request(parts, self.targets, keep_host=cfg.keep_host, extra_headers=extra)
+        try:
+            request = build_request(
+                parts, self.targets, keep_host=cfg.keep_host, extra_headers=extra
+            )
+        except Exception as exc:  # UnsendableRequest, or a recorded row the builder chokes on
+            if replay_pass == 2:
+                self.counts.noise_not_sent += 1
+                return SendOutcome(error=str(exc))
+            url = exc.url if isinstance(exc, UnsendableRequest) else None
+            return await self._not_sent(row, trace, sub_rows, scheduled, exc, url)
         common = {
             "run_id": self.run_id,
             "replay_id": replay_id,
@@ -702,9 +762,59 @@ class _Replay:
         if self.breaker.open:
             self._request_stop("circuit_open")
         fields = self._outcome_fields(outcome, scheduled, replay_pass)
+        if self.telemetry.enabled:
+            self._emit(row, common, fields, outcome)
         await self.sink.add(result_row(row, **common, **fields))
         self._count_row(replay_pass)
         return outcome
+
+    def _emit(
+        self,
+        row: dict[str, Any],
+        common: dict[str, Any],
+        fields: dict[str, Any],
+        outcome: SendOutcome,
+    ) -> None:
+        """One span and the metrics for one send. The span's ids are the traceparent's, so
+        staging's server span is its child; the diff verdict is not known yet and is joined
+        later by trace and span id (results columns trace_id, span_id)."""
+        tel = self.telemetry
+        method = row["method"]
+        route = route_label(method, row.get("path"), row.get("route"))
+        start_us = fields["sent_at"] or common["scheduled_at"] or time.time_ns() // 1000
+        end_us = fields["done_at"] or fields["first_byte_at"] or start_us
+        status = outcome.status
+        error = outcome.error if status is None else None
+        span = RequestSpan(
+            route,
+            trace_id=common["trace_id"],
+            span_id=common["span_id"],
+            start_ns=start_us * 1000,
+            end_ns=end_us * 1000,
+            error=error,
+            attributes={
+                "http.request.method": method,
+                "http.route": route,
+                "url.full": common["target_url"],
+                "http.response.status_code": status,
+                "error.type": ("send_failed" if status is None else None),
+                "shadowtape.outcome": fields["outcome"],
+                "shadowtape.retries": outcome.retries,
+                "shadowtape.replay_pass": common["replay_pass"],
+                "shadowtape.replay_id": common["replay_id"],
+                "shadowtape.exchange_id": row["id"],
+                "shadowtape.session_id": row["session_id"],
+                "shadowtape.recorded_status": row.get("status"),
+            },
+        )
+        tel.span_for_request(span)
+        if fields["sent_at"] is not None and fields["done_at"] is not None:
+            tel.record_latency(route, method, status, (end_us - start_us) / 1000)
+        if status is None:
+            tel.add_error(route, "send_failed")
+        elif status >= 500:
+            tel.add_error(route, f"{status // 100}xx")
+        tel.add_retries(route, outcome.retries)
 
     def _count_row(self, replay_pass: int) -> None:
         self.counts.rows += 1

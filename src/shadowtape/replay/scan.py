@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from shadowtape.errors import InputError
+from shadowtape.governance.scenarios import SessionFilter
 from shadowtape.replay.config import ReplayConfig
 from shadowtape.replay.plan import (
     NoiseSampler,
@@ -41,6 +42,7 @@ class DatasetScan:
     sampled: frozenset[str] | None
     send_times_us: tuple[int, ...] | None = None  # sorted; only when asked for (dry run)
     noise_ids: frozenset[str] = frozenset()  # exchange ids to send twice (--noise-sample)
+    scenario_sessions: frozenset[str] | None = None  # sessions of --scenario (None: all)
 
 
 def _column(batch: pa.RecordBatch, name: str) -> list:
@@ -50,6 +52,21 @@ def _column(batch: pa.RecordBatch, name: str) -> list:
     return col.to_pylist()
 
 
+def scenario_sessions(source: str, session_filter: SessionFilter) -> dict[str, set[str]]:
+    """Per scenario, the sessions in `source` that belong to it (one pass, three columns)."""
+    members: dict[str, set[str]] = {name: set() for name in session_filter.names}
+    for batch in iter_batches(source, KIND_EXCHANGES, columns=["session_id", "method", "path"]):
+        for sid, method, path in zip(
+            batch.column("session_id").to_pylist(),
+            batch.column("method").to_pylist(),
+            batch.column("path").to_pylist(),
+            strict=True,
+        ):
+            for name in session_filter.matching(sid, method, path):
+                members[name].add(sid)
+    return members
+
+
 def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
     columns = ["session_id", "started_at", "method"]
     noise = NoiseSampler(config.noise_sample, config.seed) if config.noise_sample > 0 else None
@@ -57,11 +74,17 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
         columns += ["id", "path", "route"]
     tracker = OrderTracker()
     sampler = SessionSampler(config.sessions, config.seed) if config.sessions else None
+    in_scenario = None
+    if config.session_filter is not None:
+        members = scenario_sessions(config.source, config.session_filter)
+        config.session_filter.check_counts({n: len(s) for n, s in members.items()}, config.source)
+        in_scenario = frozenset().union(*members.values())
     if sampler is not None:
         for batch in iter_batches(config.source, KIND_EXCHANGES, columns=columns):
             for sid in batch.column("session_id").to_pylist():
-                sampler.offer(sid)
-    sampled = sampler.selected() if sampler is not None else None
+                if in_scenario is None or sid in in_scenario:  # a sample of the scenario
+                    sampler.offer(sid)
+    sampled = sampler.selected() if sampler is not None else in_scenario
     shard_rows = selected = writes = 0
     sessions: set[str] = set()
     times: list[np.ndarray] = []
@@ -119,6 +142,7 @@ def scan_dataset(config: ReplayConfig, with_times: bool = False) -> DatasetScan:
         sampled=sampled,
         send_times_us=send_times,
         noise_ids=noise.selected() if noise is not None else frozenset(),
+        scenario_sessions=in_scenario,
     )
 
 

@@ -3,16 +3,24 @@
 `build_request` is pure (recorded parts in, the exact request out); `Sender` owns the one
 shared `httpx.AsyncClient`, the in-flight bound and the tenacity retry policy.
 
-The request target is the recorded raw target, verbatim, when the dataset has one: a
-parameter that correlation changed is re-encoded alone (`http.target.update_target`), every
-other keeps its recorded spelling. Datasets without one (schema v1) get the target spelled
-from path and query as before (`http.target.build_target`).
+Fidelity is bytes. The request target is the recorded raw target, verbatim, when the dataset
+has one: a parameter that correlation changed is re-encoded alone (`http.target.update_target`),
+every other keeps its recorded spelling. Datasets without one (schema v1) get the target spelled
+from path and query as before (`http.target.build_target`). Header names and values go out as
+the bytes that were recorded, whatever their encoding. `build_request` makes every rewrite
+replay makes (the list is `REWRITES`, and the README's); a transport adds nothing.
+
+A request whose bytes HTTP cannot frame (a space or line break in the target, a line break in
+a header, a method that is not a token) raises `UnsendableRequest`: the runner records it as
+one failed row with the reason, and the run goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,25 +35,27 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from shadowtape.http.headers import pairs_from_fields, set_headers
+from shadowtape.http.headers import display, encode, fields_from_pairs, pairs_from_fields
+from shadowtape.http.headers import set_headers as override_headers
 from shadowtape.http.target import (
     base_prefix,
     build_target,
     host_header,
     join_target,
-    join_url,
     split_target,
     update_target,
 )
 from shadowtape.replay.config import ReplayConfig, RewriteRule
 from shadowtape.replay.guardrails import CircuitBreaker
-from shadowtape.replay.h11transport import H11Transport
+from shadowtape.replay.h11transport import H11Transport, HTTP2Negotiated
 from shadowtape.replay.plan import stable_hash
-from shadowtape.replay.transport import ShardedPoolTransport, tls_context
+from shadowtape.replay.transport import ShardedPoolTransport, httpx_request, tls_context
 
 Pairs = list[tuple[str, str]]
+RawHeaders = list[tuple[bytes, bytes]]
 
-# Connection-level headers describe the recorded hop, not the request; httpx sets its own.
+# Connection-level headers describe the recorded hop, not the request: the transport runs its
+# own connections (and HTTP/2 forbids them).
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -62,6 +72,74 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 # Failures where the request never reached the server, so a retry cannot repeat a side effect.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Every change replay makes to a recorded request, and why; nothing else differs on the wire.
+# The README's list is generated from this one (scripts/gen_cli_reference.py).
+REWRITES: tuple[tuple[str, str], ...] = (
+    (
+        "Host",
+        "set to the target's host and port (kept as recorded with --keep-host) where the "
+        "recording had it; added first when it had none (HTTP/2 and HTTP/3 carry it as "
+        ":authority, which the record keeps as `host`)",
+    ),
+    (
+        "traceparent, X-Shadowtape-Replay-Id",
+        "set on every request, so staging's traces and logs join the results: a recorded one "
+        "is replaced where it stood, else they are appended",
+    ),
+    ("--header NAME:VALUE", "set the same way, as given"),
+    (
+        "Content-Length",
+        "the length of the body sent (sanitize and correlation change bodies); added after the "
+        "recorded headers when a recorded body had none",
+    ),
+    (
+        "Transfer-Encoding",
+        "a chunked upload is sent whole, with Content-Length in Transfer-Encoding's place: the "
+        "chunk framing belonged to the recorded hop",
+    ),
+    (
+        "hop-by-hop headers",
+        "Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade and HTTP2-Settings are "
+        "dropped: they describe the recorded connection, and replay runs its own",
+    ),
+    (
+        "header lines",
+        "written `name: value`, one space after the colon: whitespace around a value is not "
+        "part of it (RFC 9110 5.5), and capture keeps the value only",
+    ),
+    (
+        "request body with a Content-Encoding",
+        "stored decoded (so sanitize can read it) and sent decoded, without that header; a body "
+        "that did not decode was kept with its header and is sent as recorded",
+    ),
+    (
+        "request target",
+        "verbatim, unless correlation or --rewrite PATH changed part of it: then only that "
+        "query parameter or path segment is re-encoded; a target URL's base path is prefixed; "
+        "a dataset without raw targets (schema 1) is spelled from its path and query pairs",
+    ),
+    (
+        "HTTP version",
+        "the request line says HTTP/1.1, or the request goes as HTTP/2 (--http 2, or where TLS "
+        "negotiates it), whatever version was recorded; recorded pseudo-headers (`:path`...) "
+        "are request-line data, not headers",
+    ),
+    (
+        "over HTTP/2",
+        "header names lower-cased and Host sent as :authority, among the pseudo-headers that "
+        "come first (HTTP/2 requires both); the h2 library strips whitespace around a value",
+    ),
+)
+
+
+class UnsendableRequest(ValueError):
+    """A recorded request whose bytes HTTP cannot carry: recorded as a failed row."""
+
+    def __init__(self, reason: str, url: str | None = None) -> None:
+        super().__init__(reason)
+        self.url = url
 
 
 @dataclass(slots=True)
@@ -70,7 +148,7 @@ class RequestParts:
 
     `path` and `query` are the parsed view that correlation edits; `target` is the recorded
     raw request target (None when the dataset has none), which is what is sent unless the
-    view was changed."""
+    view was changed. `host`, `port`, `scheme`: what the recording was addressed to."""
 
     method: str
     host: str | None
@@ -79,6 +157,8 @@ class RequestParts:
     headers: Pairs
     body: bytes | None
     target: str | None = None
+    scheme: str | None = None
+    port: int | None = None
 
     def request_target(self) -> str:
         """The target to send: the recorded one, re-encoded only where path or query changed."""
@@ -86,25 +166,70 @@ class RequestParts:
             return build_target(self.path, self.query)
         return update_target(self.target, self.path, self.query)
 
+    def recorded_authority(self) -> str:
+        """Host[:port] as the recording was addressed (for --keep-host when no Host header
+        was recorded: HTTP/2's :authority is kept as the `host` column)."""
+        host = self.host or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if self.port is None or self.port == _DEFAULT_PORTS.get(self.scheme or "http"):
+            return host
+        return f"{host}:{self.port}"
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingRequest:
-    method: str
+    """Exactly what a transport puts on the wire: the contract every transport honours.
+
+    A transport connects to (`scheme`, `host`, `port`) and sends `method`, `target` and
+    `headers` as these bytes, in this order, repeats kept, adding and changing nothing:
+    `build_request` has made every documented rewrite (`REWRITES`) already. Framing is by
+    Content-Length, which `headers` carry whenever `body` is not empty (and as recorded
+    otherwise). An HTTP/1.1 transport writes `METHOD SP target SP HTTP/1.1` and each header as
+    `name: value`; an HTTP/2 transport sends `target` as `:path` and must change only what
+    HTTP/2 requires (see `REWRITES`, "over HTTP/2"). `url` is for people: the target base
+    and the target as display text (results' `target_url`), never parsed.
+
+    Every OutgoingRequest can be framed: one that cannot (`framing_problem`) is never made,
+    so no transport can put a line break or a smuggled header on the wire.
+    """
+
+    method: str  # an HTTP token
+    scheme: str
+    host: str
+    port: int
+    target: bytes
+    headers: RawHeaders
+    body: bytes
     url: str
-    headers: Pairs
-    body: bytes | None
+
+    def __post_init__(self) -> None:
+        problem = framing_problem(self.method, self.target, self.headers)
+        if problem is not None:
+            raise UnsendableRequest(problem, self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A base URL taken apart once: where to connect, what to prefix, the Host value."""
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # put before every target ("" or "/api")
+    netloc: str  # the Host value: host, and the port unless it is the scheme's default
+    prefix: str  # "scheme://authority", before the target in `OutgoingRequest.url`
 
 
 class TargetMap:
-    """Recorded host and path -> the URL to send to, by --target and --rewrite rules."""
+    """Recorded host and path -> the base URL to send to, by --target and --rewrite rules."""
 
     def __init__(self, target: str, rewrites: tuple[RewriteRule, ...] = ()) -> None:
         self.default = target.rstrip("/")
         self.hosts = {r.match: r.replace for r in rewrites if r.kind == "host"}
         # Longest prefix first, so /api/v1/ wins over /api/.
         self.paths = sorted((r for r in rewrites if r.kind == "path"), key=lambda r: -len(r.match))
-        # Per base URL: the prefix a request path is appended to, and the Host value.
-        self._bases: dict[str, tuple[str, str]] = {}
+        self._sites: dict[str, Site] = {}
 
     def bases(self) -> list[str]:
         return [self.default, *self.hosts.values()]
@@ -117,12 +242,45 @@ class TargetMap:
                 break
         return base, path
 
-    def base_parts(self, base: str) -> tuple[str, str]:
-        """(URL prefix without a trailing slash, Host header value) of a base URL."""
-        parts = self._bases.get(base)
-        if parts is None:
-            parts = self._bases[base] = (base_prefix(base), host_header(base))
-        return parts
+    def site(self, base: str) -> Site:
+        site = self._sites.get(base)
+        if site is None:
+            parts = urlsplit(base)
+            scheme = parts.scheme.lower()
+            prefix = base_prefix(base)
+            site = self._sites[base] = Site(
+                scheme=scheme,
+                host=parts.hostname or "",
+                port=parts.port or _DEFAULT_PORTS.get(scheme, 80),
+                base_path=parts.path.rstrip("/"),
+                netloc=host_header(base),
+                prefix=prefix[: len(prefix) - len(parts.path.rstrip("/"))],
+            )
+        return site
+
+
+# What HTTP/1.1 framing cannot carry (RFC 9112): a method is a token; the target has no
+# whitespace or NUL (the request line is split on spaces); a header name has no whitespace,
+# colon or NUL; a value has no CR, LF or NUL. Everything else (obs-text, latin-1, broken
+# UTF-8, raw non-ASCII in the target) goes out as recorded.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_TARGET = re.compile(rb"[\x00\t\n\x0b\x0c\r ]")
+_BAD_NAME = re.compile(rb"[\x00\t\n\x0b\x0c\r :]")
+_BAD_VALUE = re.compile(rb"[\x00\n\r]")
+
+
+def framing_problem(method: str, target: bytes, headers: RawHeaders) -> str | None:
+    """Why these bytes cannot be sent as an HTTP request, or None."""
+    if not method.isascii() or not _TOKEN.match(method.encode("ascii")):
+        return f"method {method!r} is not an HTTP token"
+    if not target or _BAD_TARGET.search(target):
+        return f"request target {target!r} holds whitespace or NUL (or is empty)"
+    for name, value in headers:
+        if not name or _BAD_NAME.search(name):
+            return f"header name {name!r} holds whitespace, a colon or NUL (or is empty)"
+        if _BAD_VALUE.search(value):
+            return f"header {name!r} has a line break or NUL in its value"
+    return None
 
 
 def build_request(
@@ -132,27 +290,49 @@ def build_request(
     keep_host: bool = False,
     extra_headers: tuple[tuple[str, str], ...] = (),
 ) -> OutgoingRequest:
-    """The request as staging will see it: recorded target, header order and repeats kept."""
+    """The request as staging will see it: recorded target and header bytes, order and
+    repeats kept, the documented rewrites (`REWRITES`) made. Raises UnsendableRequest."""
     path, query = split_target(parts.request_target())
     if not path.startswith("/"):
         path = "/" + path
     base, path = targets.resolve(parts.host, path)
-    prefix, netloc = targets.base_parts(base)
-    url = join_url(prefix, join_target(path, query))
-    body = parts.body
+    site = targets.site(base)
+    target = site.base_path + join_target(path, query)
+    body = parts.body or b""
     headers: Pairs = []
+    has_host = has_length = False
+    recorded_length = any(name.lower() == "content-length" for name, _ in parts.headers)
     for name, value in parts.headers:
         lower = name.lower()
+        if lower == "transfer-encoding":
+            if not (recorded_length or has_length):
+                # A chunked upload goes whole: its length where its framing was.
+                headers.append(("Content-Length", str(len(body))))
+                has_length = True
+            continue
         if lower in HOP_BY_HOP or name.startswith(":"):
             continue
-        if lower == "host" and not keep_host:
-            value = netloc
+        if lower == "host":
+            has_host = True
+            if not keep_host:
+                value = site.netloc
         elif lower == "content-length":
             # Bodies change (sanitize, correlation): the length must describe what is sent.
-            value = str(len(body or b""))
+            value = str(len(body))
+            has_length = True
         headers.append((name, value))
-    set_headers(headers, extra_headers)
-    return OutgoingRequest(parts.method.upper(), url, headers, body)
+    if not has_host:
+        headers.insert(0, ("Host", parts.recorded_authority() if keep_host else site.netloc))
+    if body and not has_length:
+        headers.append(("Content-Length", str(len(body))))
+    override_headers(headers, extra_headers)
+    method = parts.method  # methods are case-sensitive (RFC 9110 9.1): sent as recorded
+    raw_target = encode(target)
+    raw_headers = fields_from_pairs(headers)
+    url = site.prefix + display(target)
+    return OutgoingRequest(
+        method, site.scheme, site.host, site.port, raw_target, raw_headers, body, url
+    )
 
 
 @dataclass(slots=True)
@@ -180,13 +360,14 @@ class SendOutcome:
 class _AttemptFailed(Exception):
     """Carries a transport failure out of one attempt so tenacity can decide on a retry."""
 
-    def __init__(self, exc: BaseException, not_sent: bool) -> None:
+    def __init__(self, exc: BaseException, not_sent: bool, final: bool = False) -> None:
         super().__init__(str(exc))
         self.exc = exc
         self.not_sent = not_sent
+        self.final = final
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
@@ -210,13 +391,16 @@ class Sender:
         bases = TargetMap(config.target, config.rewrites).bases()
         needs_tls = any(urlsplit(b).scheme == "https" for b in bases)
         tls = tls_context(config.tls_verify and needs_tls)
-        lean = H11Transport(config.concurrency, ssl_context=tls)
+        auto = config.http == "auto"
+        lean = H11Transport(config.concurrency, ssl_context=tls, offers_h2=auto and needs_tls)
         if config.http == "2":
             # Prior knowledge on cleartext, ALPN on TLS: httpcore speaks HTTP/2.
             h2 = ShardedPoolTransport(config.concurrency, http1=False, http2=True, verify=tls)
             mounts = {"http://": h2, "https://": h2}
-        elif config.http == "auto":
-            # Cleartext is HTTP/1.1 without an upgrade; TLS may negotiate HTTP/2.
+        elif auto:
+            # Cleartext is HTTP/1.1 without an upgrade; TLS may negotiate HTTP/2. The lean
+            # transport asks first (h2 offered) and hands an origin that picks h2 to httpcore,
+            # so HTTP/1.1 over TLS keeps its bytes too.
             h2 = ShardedPoolTransport(config.concurrency, http1=True, http2=True, verify=tls)
             mounts = {"http://": lean, "https://": h2}
         else:
@@ -224,7 +408,7 @@ class Sender:
         # Schemes sent straight through the lean transport (see h11transport): the client's
         # auth, redirect and cookie layers are all off for replay and cost more than HTTP.
         self.direct = {
-            scheme: lean for scheme in ("http", "https") if mounts[f"{scheme}://"] is lean
+            scheme: lean for scheme in ("http", "https") if auto or mounts[f"{scheme}://"] is lean
         }
         self.timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.total}
         self.client = httpx.AsyncClient(
@@ -243,12 +427,12 @@ class Sender:
 
     async def send(self, request: OutgoingRequest, retry_key: str) -> SendOutcome:
         outcome = SendOutcome()
-        idempotent = request.method in IDEMPOTENT
+        idempotent = request.method.upper() in IDEMPOTENT
         policy = self.config.retry
         attempts = max(1, policy.attempts)
 
         def should_retry_exc(exc: BaseException) -> bool:
-            if self.breaker.open or not isinstance(exc, _AttemptFailed):
+            if self.breaker.open or not isinstance(exc, _AttemptFailed) or exc.final:
                 return False
             if isinstance(exc.exc, httpx.LocalProtocolError):
                 return False  # the request itself cannot be sent; trying again will not help
@@ -298,7 +482,7 @@ class Sender:
             except _AttemptFailed as exc:
                 failed = exc
         if failed is not None:
-            outcome.error = _describe(failed.exc)
+            outcome.error = describe_error(failed.exc)
             outcome.status = outcome.reason = outcome.http_version = outcome.body = None
             outcome.first_byte_at = None
             outcome.headers = []
@@ -315,27 +499,18 @@ class Sender:
             self.in_flight += 1
             try:
                 async with asyncio.timeout(cfg.timeouts.total):
-                    lean = self.direct.get(request.url.partition(":")[0].lower())
-                    if lean is not None:
-                        response = await lean.send(
-                            request.method,
-                            request.url,
-                            request.headers,
-                            request.body,
-                            self.timeouts,
-                        )
-                    else:
-                        # A bare Request, not client.build_request: the client's default
+                    lean = self.direct.get(request.scheme)
+                    response = None
+                    origin = (request.scheme, request.host, request.port)
+                    if lean is not None and origin not in lean.h2_origins:
+                        with contextlib.suppress(HTTP2Negotiated):
+                            response = await lean.send(request, self.timeouts)
+                    if response is None:
+                        # A bare request, not client.build_request: the client's default
                         # headers (User-Agent, Accept...) would be merged in and change what
                         # was recorded.
                         response = await self.client.send(
-                            httpx.Request(
-                                request.method,
-                                request.url,
-                                headers=request.headers,
-                                content=request.body,
-                            ),
-                            stream=True,
+                            httpx_request(request, self.timeouts), stream=True
                         )
                     try:
                         outcome.first_byte_at = self.now()
@@ -348,6 +523,10 @@ class Sender:
                 if isinstance(exc, TimeoutError):
                     exc = TimeoutError(f"no complete answer within {cfg.timeouts.total:g} s")
                 raise _AttemptFailed(exc, not_sent) from None
+            except Exception as exc:
+                # Anything else (the HTTP/2 library refusing a header, say) is about this
+                # request, not the target: one failed row, no retry, the run goes on.
+                raise _AttemptFailed(exc, not_sent=False, final=True) from None
             finally:
                 self.in_flight -= 1
         outcome.done_at = self.now()

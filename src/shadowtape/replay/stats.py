@@ -49,6 +49,7 @@ class ReplayCounts:
     rows: int = 0  # results rows written, noise pass included
     sent: int = 0
     failed: int = 0
+    unsendable: int = 0  # failed before sending: bytes HTTP cannot frame (each a failed row)
     skipped: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     status_classes: Counter[str] = field(default_factory=Counter)
@@ -90,6 +91,7 @@ class ReplaySummary:
     files: list[str]
     config: dict[str, Any]
     correlation_rules: int = 0
+    telemetry: dict[str, Any] | None = None  # OTLP export counts when telemetry was on
     signal: int | None = None  # the signal that interrupted the run, if one did
 
     @property

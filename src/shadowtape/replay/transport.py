@@ -1,4 +1,5 @@
-"""An httpx transport made of several small connection pools, least busy first.
+"""The httpx (httpcore) side of replay, used for HTTP/2: an `OutgoingRequest` as an
+httpx.Request that keeps its bytes, and a transport made of several small connection pools.
 
 httpcore's pool does O(connections^2) bookkeeping on every request event (it rescans every
 connection for each idle one), so one pool of 64 connections spends more CPU on bookkeeping
@@ -10,9 +11,33 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import certifi
 import httpx
+
+if TYPE_CHECKING:
+    from shadowtape.replay.sender import OutgoingRequest
+
+
+def httpx_request(request: OutgoingRequest, timeouts: dict[str, float | None]) -> httpx.Request:
+    """The request for httpcore with the contract kept (`sender.OutgoingRequest`).
+
+    The target rides in httpcore's `target` extension, which becomes `:path` (and the
+    HTTP/1.1 request line) as given: `httpx.URL` would re-quote `|`, `"`, raw non-ASCII and a
+    bad `%`. Headers go as raw bytes; the body as a stream, because `content=` makes httpx add
+    headers of its own (Content-Length: 0 on a bodiless POST). The URL carries only where to
+    connect. What httpcore still changes for HTTP/2 is documented in `sender.REWRITES`:
+    names lower-cased, Host as `:authority`.
+    """
+    return httpx.Request(
+        request.method,
+        httpx.URL(scheme=request.scheme, host=request.host, port=request.port),
+        headers=request.headers,
+        stream=httpx.ByteStream(request.body),
+        extensions={"target": request.target, "timeout": timeouts},
+    )
+
 
 CONNECTIONS_PER_POOL = 4
 

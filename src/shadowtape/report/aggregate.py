@@ -236,19 +236,29 @@ def _figures(route: str, data: dict[str, Any]) -> RouteFigures:
     return fig
 
 
-def load_report(diff_dir: str | Path) -> ReportData:
-    diff_dir = Path(diff_dir)
-    summary = read_summary(diff_dir)
-    routes = [_figures(str(r.get("route")), r) for r in summary["routes"]]
-    overall = RouteFigures(
-        route=ALL_ROUTES, **{k: sum(getattr(r, k) for r in routes) for k in _COUNT_FIELDS}
+def combine(routes: list[RouteFigures], label: str) -> RouteFigures:
+    """The figures of several routes as one (the run, or a scenario's routes)."""
+    fig = RouteFigures(
+        route=label,
+        **{k: sum(getattr(r, k) for r in routes) for k in _COUNT_FIELDS},
+        drift_paths=sum(r.drift_paths for r in routes),
+        noise_paths=sum(r.noise_paths for r in routes),
     )
     for side in ("recorded", "staging"):
         merged: dict[int, int] = {}
         for r in routes:
             for i, n in r.latency.get(side, {}).items():
                 merged[i] = merged.get(i, 0) + n
-        overall.latency[side] = merged
+        fig.latency[side] = merged
+    return fig
+
+
+def load_report(diff_dir: str | Path) -> ReportData:
+    diff_dir = Path(diff_dir)
+    summary = read_summary(diff_dir)
+    routes = [_figures(str(r.get("route")), r) for r in summary["routes"]]
+    overall = combine(routes, ALL_ROUTES)
+    overall.drift_paths = overall.noise_paths = 0  # counted below, from the paths
     examples = _examples(diff_dir)
     paths = []
     for d in summary.get("paths", []):

@@ -15,6 +15,7 @@ from html import escape
 
 from shadowtape.report.aggregate import LATENCY_GROWTH, PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
+from shadowtape.report.scenarios import ScenarioGroup
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1d2330}
@@ -240,7 +241,31 @@ def _route_section(data: ReportData, fig: RouteFigures) -> str:
     return "\n".join(out)
 
 
-def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
+def _scenario_html(groups: Sequence[ScenarioGroup]) -> str:
+    if not groups:
+        return ""
+    items = []
+    for g in groups:
+        routes = (
+            ", ".join(f'<a href="#{anchor(r.route)}">{_e(r.route)}</a>' for r in g.routes)
+            or "no routes in this run"
+        )
+        gates = "".join(
+            f'<li class="gate {"drift" if v.tripped else "ok"}">{_e(v.describe())}</li>'
+            for v in g.gates
+        )
+        o = g.overall
+        items.append(
+            f"<li><strong>{_e(g.name)}</strong> ({_e(g.scenario.risk)} risk): {o.compared} "
+            f"compared, {o.drift_requests} with drift, {o.status_mismatch} status mismatches; "
+            f"{routes}{f'<ul>{gates}</ul>' if gates else ''}</li>"
+        )
+    return f"<h2>Scenarios</h2><ul>{''.join(items)}</ul>"
+
+
+def render(
+    data: ReportData, gates: Sequence[GateResult] = (), scenarios: Sequence[ScenarioGroup] = ()
+) -> str:
     t = data.totals
     drift_paths = [p for p in data.paths if p.classification == "drift"]
     verdict = (
@@ -274,6 +299,7 @@ truncated bodies; {t.get("not_compared", 0)} without a recorded response;
 {t.get("ignored_diffs", 0)} differences ignored by pinned rules.</p>
 <div id="verdict">{verdict}</div>
 {gate_html}
+{_scenario_html(scenarios)}
 <h2>Routes</h2>
 <table class="sortable" id="routes"><thead><tr>{heads}</tr></thead>
 <tbody>

@@ -6,8 +6,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from shadowtape.report.aggregate import PathFinding, ReportData
+from shadowtape.report.aggregate import PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
+from shadowtape.report.scenarios import ScenarioGroup
 
 
 def _path_text(p: PathFinding) -> str:
@@ -18,49 +19,87 @@ def _path_text(p: PathFinding) -> str:
     return text
 
 
-def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
-    suites = ET.Element("testsuites", name="shadowtape")
-    routes = ET.SubElement(suites, "testsuite", name="shadowtape.routes")
-    failures = skipped = 0
-    for fig in data.routes:
-        case = ET.SubElement(routes, "testcase", classname="shadowtape.routes", name=fig.route)
-        drift = data.findings(fig.route, "drift")
-        if drift:
-            failures += 1
-            failure = ET.SubElement(
-                case,
-                "failure",
-                type="drift",
-                message=f"{len(drift)} drift paths: " + ", ".join(p.where for p in drift),
-            )
-            failure.text = "\n".join(_path_text(p) for p in drift) + "\n"
-        elif not fig.compared:
-            skipped += 1
-            ET.SubElement(
-                case, "skipped",
-                message=f"nothing compared ({fig.skipped} skipped, {fig.failed} failed)",
-            )  # fmt: skip
-        noise = data.findings(fig.route, "noise")
-        out = ET.SubElement(case, "system-out")
-        out.text = (
-            f"{fig.compared} compared, {fig.drift_requests} with drift, "
-            f"{fig.noise_only_requests} differing only by noise on {len(noise)} paths"
-            + "".join(f"\nnoise {p.location}: {p.reason}" for p in noise)
+def _route_case(suite: ET.Element, classname: str, fig: RouteFigures, data: ReportData) -> str:
+    """One route's test case; returns 'failure', 'skipped' or ''."""
+    case = ET.SubElement(suite, "testcase", classname=classname, name=fig.route)
+    drift = data.findings(fig.route, "drift")
+    state = ""
+    if drift:
+        state = "failure"
+        failure = ET.SubElement(
+            case,
+            "failure",
+            type="drift",
+            message=f"{len(drift)} drift paths: " + ", ".join(p.where for p in drift),
         )
-    routes.set("tests", str(len(data.routes)))
-    routes.set("failures", str(failures))
-    routes.set("skipped", str(skipped))
-    routes.set("errors", "0")
+        failure.text = "\n".join(_path_text(p) for p in drift) + "\n"
+    elif not fig.compared:
+        state = "skipped"
+        ET.SubElement(
+            case, "skipped",
+            message=f"nothing compared ({fig.skipped} skipped, {fig.failed} failed)",
+        )  # fmt: skip
+    noise = data.findings(fig.route, "noise")
+    out = ET.SubElement(case, "system-out")
+    out.text = (
+        f"{fig.compared} compared, {fig.drift_requests} with drift, "
+        f"{fig.noise_only_requests} differing only by noise on {len(noise)} paths"
+        + "".join(f"\nnoise {p.location}: {p.reason}" for p in noise)
+    )
+    return state
+
+
+def _gate_cases(suite: ET.Element, classname: str, gates: Sequence[GateResult]) -> int:
+    tripped = 0
+    for g in gates:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=g.gate.text)
+        if g.tripped:
+            tripped += 1
+            ET.SubElement(case, "failure", type="gate", message=g.describe())
+    return tripped
+
+
+def _close(suite: ET.Element, tests: int, failures: int, skipped: int = 0) -> None:
+    suite.set("tests", str(tests))
+    suite.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
+    suite.set("errors", "0")
+
+
+def render(
+    data: ReportData,
+    gates: Sequence[GateResult] = (),
+    scenarios: Sequence[ScenarioGroup] = (),
+) -> str:
+    """Routes in a scenario go to that scenario's suite (`shadowtape.scenario.NAME`, with its
+    gates); the others to `shadowtape.routes`."""
+    suites = ET.Element("testsuites", name="shadowtape")
+    grouped = {r.route for g in scenarios for r in g.routes}
+    loose = [fig for fig in data.routes if fig.route not in grouped]
+    if loose or not scenarios:
+        routes = ET.SubElement(suites, "testsuite", name="shadowtape.routes")
+        states = [_route_case(routes, "shadowtape.routes", fig, data) for fig in loose]
+        _close(routes, len(loose), states.count("failure"), states.count("skipped"))
+    for group in scenarios:
+        name = f"shadowtape.scenario.{group.name}"
+        suite = ET.SubElement(suites, "testsuite", name=name)
+        ET.SubElement(
+            ET.SubElement(suite, "properties"),
+            "property",
+            name="risk",
+            value=group.scenario.risk,
+        )
+        states = [_route_case(suite, name, fig, data) for fig in group.routes]
+        tripped = _gate_cases(suite, name, group.gates)
+        _close(
+            suite,
+            len(group.routes) + len(group.gates),
+            states.count("failure") + tripped,
+            states.count("skipped"),
+        )
     if gates:
         suite = ET.SubElement(suites, "testsuite", name="shadowtape.gates")
-        tripped = 0
-        for g in gates:
-            case = ET.SubElement(suite, "testcase", classname="shadowtape.gates", name=g.gate.text)
-            if g.tripped:
-                tripped += 1
-                ET.SubElement(case, "failure", type="gate", message=g.describe())
-        suite.set("tests", str(len(gates)))
-        suite.set("failures", str(tripped))
-        suite.set("errors", "0")
+        tripped = _gate_cases(suite, "shadowtape.gates", gates)
+        _close(suite, len(gates), tripped)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"

@@ -25,8 +25,23 @@ def _route_json(fig: RouteFigures) -> dict[str, Any]:
     return out
 
 
-def report_json(data: ReportData, gates: Sequence[GateResult] = ()) -> dict[str, Any]:
+def report_json(
+    data: ReportData, gates: Sequence[GateResult] = (), scenarios: Sequence[Any] = ()
+) -> dict[str, Any]:
     return {
+        "scenarios": [
+            {
+                "name": g.name,
+                "risk": g.scenario.risk,
+                "routes": [r.route for r in g.routes],
+                "overall": _route_json(g.overall),
+                "gates": [
+                    {"rule": v.gate.text, "tripped": v.tripped, "where": [list(w) for w in v.where]}
+                    for v in g.gates
+                ],
+            }
+            for g in scenarios
+        ],
         "results": data.results,
         "totals": data.totals,
         "overall": _route_json(data.overall),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from shadowtape.report.aggregate import PathFinding, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
+from shadowtape.report.scenarios import ScenarioGroup, group_line
 
 MAX_DRIFT_LINES = 40
 
@@ -70,7 +71,9 @@ def _finding_line(p: PathFinding) -> str:
     return line
 
 
-def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
+def render(
+    data: ReportData, gates: Sequence[GateResult] = (), scenarios: Sequence[ScenarioGroup] = ()
+) -> str:
     t = data.totals
     lines = [
         f"shadowtape report: {data.results}",
@@ -141,4 +144,8 @@ def render(data: ReportData, gates: Sequence[GateResult] = ()) -> str:
         lines.append("")
         for g in gates:
             lines.append(("FAIL " if g.tripped else "ok   ") + g.describe())
+    if scenarios:
+        lines.append("")
+        lines.append("Scenarios (routes matched by each scenario's templates):")
+        lines.extend(group_line(g) for g in scenarios)
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import signal
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from shadowtape import schema
 from shadowtape.errors import DatasetError, InputError
+from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import Key, Keyed
 from shadowtape.publish import check_replaceable, staged_directory, write_json_atomic
 from shadowtape.sanitize.detectors import Detector, check_nlp_model, unavailable_entities
@@ -180,10 +181,16 @@ def earlier_output(dst: Path) -> str | None:
     )
 
 
-def _output_metadata(pf: pq.ParquetFile, info: schema.DatasetFile, config: SanitizeConfig) -> dict:
+def _output_metadata(
+    pf: pq.ParquetFile,
+    info: schema.DatasetFile,
+    config: SanitizeConfig,
+    lineage: Mapping[str, str] | None = None,
+) -> dict:
     meta: dict[bytes, bytes] = dict(pf.schema_arrow.metadata or {})
     # Capture keeps running counters in the footer; they describe the data and are kept.
-    for k, v in info.metadata.items():
+    # The input's lineage is replaced by this output's, which nests it.
+    for k, v in {**info.metadata, **(lineage or {})}.items():
         meta[k.encode()] = v.encode()
     meta[schema.META_VERSION.encode()] = str(schema.SCHEMA_VERSION).encode()
     meta[schema.META_SANITIZED.encode()] = b"true"
@@ -276,6 +283,7 @@ def sanitize_dataset(
         ]
         pf.close()
     total = sum(u.rows for u in units)
+    lineage = lineage_metadata("sanitize", datasets=[src_p])
 
     manifest = ManifestData(
         policy_fingerprint=config.policy.fingerprint,
@@ -299,7 +307,7 @@ def sanitize_dataset(
                     in_schema = schema.upgrade(
                         in_schema.empty_table(), schema.KIND_EXCHANGES
                     ).schema
-                out_schema = in_schema.with_metadata(_output_metadata(pf, info, config))
+                out_schema = in_schema.with_metadata(_output_metadata(pf, info, config, lineage))
                 pf.close()
                 with pq.ParquetWriter(
                     out_path, out_schema, compression="zstd", write_statistics=True
