@@ -225,7 +225,7 @@ def capture(
     )
     live.clear()
     c = summary.counters
-    facts.count(recorded=c.recorded, dropped=c.dropped(), files=len(summary.files))
+    facts.count(seen=c.seen, written=c.written, dropped=c.dropped(), files=len(summary.files))
     click.echo(
         f"captured {c.written} exchanges into {len(summary.files)} files in {out_dir} "
         f"({_human_bytes(summary.bytes_written)})"
@@ -323,7 +323,7 @@ def import_files(
     )
     live.clear()
     c = summary.counters
-    facts.count(recorded=c.recorded, entries=summary.entries, files=len(summary.files))
+    facts.count(written=c.written, entries=summary.entries, files=len(summary.files))
     click.echo(
         f"imported {c.written} exchanges from {summary.inputs} files ({summary.entries} entries) "
         f"into {len(summary.files)} files in {out_dir}"
