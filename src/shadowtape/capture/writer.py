@@ -4,9 +4,12 @@ The proxy's hook converts a flow and offers it to a bounded queue; a background 
 the queue into a `DatasetWriter`. When the queue is full the exchange is dropped and counted:
 a recorder that slowed production down would not be allowed to run in front of it.
 
-Files roll by size and by time and are finalized atomically, so after a hard kill every visible
-file is whole and at most one roll interval of traffic is lost. Each finalized file carries the
-running counters in its metadata, so `inspect` can show what was dropped and why.
+Files roll by size and by time (a timer, also when no traffic comes) and are finalized
+atomically, so after a hard kill every visible file is whole and at most one roll interval of
+traffic (plus the time one finalize takes) is lost. A write that fails (a full disk) loses the
+open file's rows, which are counted as dropped with their cause; the next rows begin a new file.
+Each finalized file carries the counters in its metadata (written + dropped + pending = seen),
+so `inspect` can show what was dropped and why.
 """
 
 from __future__ import annotations
