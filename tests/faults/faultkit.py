@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import resource
@@ -188,6 +189,7 @@ def sanitized_dataset(
                 "name": i.path.relative_to(directory).as_posix(),
                 "rows": i.num_rows,
                 "row_groups": i.num_row_groups,
+                "sha256": hashlib.sha256(i.path.read_bytes()).hexdigest(),
             }
             for i in schema.read_files(directory)
         ]

@@ -62,3 +62,14 @@ def test_a_replaced_file_is_refused(clean, staging, tmp_path):
     assert result.exit_code == 2
     faultkit.assert_one_line(result.stderr, f"{target.name} has 4 rows", "says 10")
     assert staging.received == []
+
+
+def test_a_file_swapped_for_one_of_the_same_size_is_refused(clean, staging, tmp_path):
+    twin = faultkit.sanitized_dataset(tmp_path / "twin", rows=20, file_rows=10)
+    target = sorted(clean.glob("*.parquet"))[0]
+    other = sorted(twin.glob("*.parquet"))[1]  # same rows and row groups, other rows
+    shutil.copy(other, target)
+    result = _replay(clean, staging, tmp_path)
+    assert result.exit_code == 2
+    faultkit.assert_one_line(result.stderr, f"{target.name} is not the file sanitize wrote")
+    assert staging.received == []

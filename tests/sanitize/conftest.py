@@ -8,9 +8,9 @@ of them survives sanitize anywhere.
 
 from __future__ import annotations
 
-import base64
 import gzip
 import json
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,10 @@ from faker import Faker
 
 from shadowtape import schema
 from shadowtape.keyed import Key, Keyed
+
+# Test folders are not packages; canary.py (the canary corpus) is imported through sys.path.
+sys.path.insert(0, str(Path(__file__).parent))
+from canary import jwt as make_jwt  # noqa: E402
 
 # The key of tests/conftest.py's test_key fixture (that module cannot be imported by name).
 TEST_KEY = "shadowtape-test-key-0123456789abcdef"
@@ -79,16 +83,6 @@ class Corpus:
             out[f"user{i}.card_spaced"] = " ".join(u.card[j : j + 4] for j in range(0, 16, 4))
             out[f"user{i}.email_local"] = u.email.split("@")[0]
         return out
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def make_jwt(claims: dict) -> str:
-    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = _b64url(json.dumps(claims).encode())
-    return f"{header}.{payload}.{_b64url(b'signature-bytes-' + payload.encode()[:16])}"
 
 
 def _phone(fake: Faker) -> str:

@@ -152,3 +152,46 @@ def test_default_policy_is_complete():
 def test_unknown_top_level_type_is_refused():
     with pytest.raises(InputError, match="a policy is a mapping"):
         parse_policy("- a\n- b\n", "p.yaml")
+
+
+def test_the_default_policy_detects_all_that_verify_checks() -> None:
+    """Sanitize draws its pseudonyms clean of every recognizer verify runs, so verify finds
+    nothing on sanitize's output; the default policy must list all of them."""
+    from shadowtape.sanitize.detectors import strict_entities
+
+    assert set(strict_entities()) <= set(default_policy().entities)
+    assert {"UK_NHS", "UK_NINO", "ABA_ROUTING_NUMBER", "CRYPTO", "MAC_ADDRESS"} <= set(
+        strict_entities()
+    )
+
+
+def test_key_words_are_validated_with_file_and_line(tmp_path) -> None:
+    bad = tmp_path / "p.yaml"
+    bad.write_text("key_words:\n  names:\n    action: detect\n    words: [holder]\n")
+    with pytest.raises(InputError, match=r"p.yaml:3: a key_words action cannot be detect"):
+        load_policy(bad)
+    bad.write_text("key_words:\n  names:\n    action: redact\n    wordz: [holder]\n")
+    with pytest.raises(InputError, match=r"p.yaml:4: unknown key 'wordz'"):
+        load_policy(bad)
+    bad.write_text("propagation:\n  max_literals: 0\n")
+    with pytest.raises(InputError, match=r"max_literals must be an integer >= 1"):
+        load_policy(bad)
+
+
+def test_key_words_of_a_policy_extend_what_keys_mean() -> None:
+    policy = parse_policy(
+        "key_words:\n  pet:\n    action: redact\n    words: [pet, [animal, name]]\n", "p.yaml"
+    )
+    rules = PolicyRules(policy)
+    assert rules.name_rule("query", "petName", "Rex").action == "redact"
+    assert rules.name_rule("query", "animal_name", "Rex").action == "redact"
+    assert rules.name_rule("query", "animal", "Rex").action == "detect"
+    # Leaving key_words out keeps the built-in vocabularies; `key_words: {}` switches off.
+    assert (
+        PolicyRules(parse_policy("version: 1\n", "p"))
+        .name_rule("query", "cardholder", "Jane Roe")
+        .rule_id
+        == "key_words:person_name"
+    )
+    off = PolicyRules(parse_policy("key_words: {}\n", "p"))
+    assert off.name_rule("query", "cardholder", "Jane Roe").action == "detect"

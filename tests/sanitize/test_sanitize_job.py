@@ -80,8 +80,11 @@ def test_manifest_counts_what_was_done_and_no_values(raw_corpus, clean_corpus):
     sessions = len(raw_corpus.users) * 2
     assert manifest["rows"] == sessions * 6
     counts = manifest["counts"]
-    for entity in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"):
+    for entity in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS"):
         assert sum(counts["detected"][entity].values()) > 0, entity
+    # Under keys that say what they hold (iban, name, email, address), the key words decide.
+    for category in ("national_id", "person_name", "email", "address"):
+        assert counts["rules"][f"key_words:{category}"] > 0, category
     # The PNG and the broken JSON body of every session: dropped, fail-closed, and counted.
     assert counts["bodies"]["undecodable"] == {"request_body": sessions, "response_body": sessions}
     assert counts["bodies"]["dropped"] == {"request_body": sessions, "response_body": sessions}

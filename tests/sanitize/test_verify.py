@@ -52,7 +52,9 @@ def test_verify_catches_planted_leaks(raw_corpus, clean_corpus, tmp_path, cli):
     assert f"{row_id}\tresponse_body:$.contact\tEMAIL_ADDRESS" in lines
     assert f"{row_id}\tresponse_body:$.password\tCREDENTIAL" in lines
     assert f"{row_id}\tquery:ref\tPHONE_NUMBER" in lines
-    assert "3 findings" in lines[-1]
+    # The file no longer has the bytes the manifest lists: that is a finding too.
+    assert any(line.endswith("\tMANIFEST_ALTERED_FILE") for line in lines)
+    assert "4 findings" in lines[-1]
     # Locations and entity types only: the values themselves are never printed.
     assert user.email not in result.output and user.password not in result.output
 

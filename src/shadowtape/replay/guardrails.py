@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import ipaddress
 import json
 import re
@@ -91,7 +92,8 @@ SANITIZE_MANIFEST_FORMAT = "shadowtape.sanitize-manifest"
 
 def check_manifest(source: str, files: Iterable[tuple[Path, int, int]]) -> None:
     """A dataset flagged sanitized must be what sanitize wrote: its manifest there, listing
-    exactly these files with these row and row-group counts. Files added, removed or
+    exactly these files with these row and row-group counts (and, where the manifest has
+    them, these SHA-256 digests). Files added, removed or
     replaced since (a copy in part, a raw file dropped in) are refused: the sanitized flag in
     their metadata alone vouches for nothing."""
     src = Path(source)
@@ -110,10 +112,13 @@ def check_manifest(source: str, files: Iterable[tuple[Path, int, int]]) -> None:
     if not isinstance(doc, dict) or doc.get("format") != SANITIZE_MANIFEST_FORMAT:
         raise InputError(f"{path}: not a sanitize manifest; {fix}")
     listed: dict[str, tuple[int, int]] = {}
+    digests: dict[str, str] = {}
     for entry in doc.get("files") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InputError(f"{path}: a files entry without a name; {fix}")
         listed[entry["name"]] = (entry.get("rows"), entry.get("row_groups"))
+        if entry.get("sha256"):
+            digests[entry["name"]] = str(entry["sha256"])
     present = {}
     for f, rows, groups in files:
         present[f.relative_to(base).as_posix()] = (rows, groups)
@@ -125,6 +130,11 @@ def check_manifest(source: str, files: Iterable[tuple[Path, int, int]]) -> None:
                 f"{source}: {name} has {counts[0]} rows in {counts[1]} row groups, "
                 f"{SANITIZE_MANIFEST} says {listed[name][0]} in {listed[name][1]}; {fix}"
             )
+        if name in digests and _sha256(base / name) != digests[name]:
+            raise InputError(
+                f"{source}: {name} is not the file sanitize wrote (its SHA-256 differs from "
+                f"{SANITIZE_MANIFEST}'s); {fix}"
+            )
     if src.is_dir():
         absent = sorted(set(listed) - set(present))
         if absent:
@@ -133,6 +143,14 @@ def check_manifest(source: str, files: Iterable[tuple[Path, int, int]]) -> None:
                 + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
                 + f"; {fix}"
             )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

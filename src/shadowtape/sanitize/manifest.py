@@ -6,8 +6,10 @@ clock or path, so the same input, policy and key give a byte-identical manifest.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "_manifest.json"
@@ -20,6 +22,16 @@ class FileEntry:
     name: str
     rows: int
     row_groups: int
+    # The file's bytes as sanitize wrote them: verify reports any file changed afterwards.
+    sha256: str = ""
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(slots=True)
@@ -29,6 +41,8 @@ class ManifestData:
     nlp_model: str | None
     entities: tuple[str, ...]
     unavailable_entities: tuple[str, ...]
+    # The marker redacted values became: verify accepts it wherever a value was removed.
+    redact_marker: str = "[REDACTED]"
     files: list[FileEntry] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -45,9 +59,11 @@ class ManifestData:
             "nlp_model": self.nlp_model,
             "entities": list(self.entities),
             "unavailable_entities": list(self.unavailable_entities),
+            "redact_marker": self.redact_marker,
             "rows": self.rows,
             "files": [
-                {"name": f.name, "rows": f.rows, "row_groups": f.row_groups} for f in self.files
+                {"name": f.name, "rows": f.rows, "row_groups": f.row_groups, "sha256": f.sha256}
+                for f in self.files
             ],
             "counts": nest_counts(self.counts),
         }

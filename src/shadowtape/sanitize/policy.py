@@ -25,6 +25,7 @@ import yaml
 
 from shadowtape.errors import InputError
 from shadowtape.http import jsonpath, routes
+from shadowtape.sanitize.keywords import Category, KeyVocabulary, value_fits
 
 POLICY_VERSION = 1
 ACTIONS = ("keep", "drop", "redact", "pseudonymize", "hash", "secret", "detect")
@@ -36,6 +37,8 @@ TOP_KEYS = (
     "undecodable_bodies",
     "redact_marker",
     "detect",
+    "key_words",
+    "propagation",
     "headers",
     "cookies",
     "query",
@@ -44,6 +47,9 @@ TOP_KEYS = (
     "paths",
 )
 DETECT_KEYS = ("entities", "score_threshold")
+CATEGORY_KEYS = ("action", "words", "parts", "unless", "needs")
+CATEGORY_NEEDS = ("any", "letter", "digit")
+PROPAGATION_KEYS = ("enabled", "min_length", "name_part_min_length", "max_literals")
 PATH_RULE_KEYS = ("template", "regex", "method", "params")
 DEFAULT_POLICY_NAME = "default_policy.yaml"
 
@@ -81,6 +87,16 @@ class PathRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Propagation:
+    """Value propagation (see the default policy's comments and README)."""
+
+    enabled: bool = True
+    min_length: int = 4
+    name_part_min_length: int = 3
+    max_literals: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     default: Rule
     undecodable_bodies: str
@@ -93,6 +109,8 @@ class Policy:
     form: tuple[tuple[str, Rule], ...] = ()
     json: tuple[tuple[JsonPath, Rule], ...] = ()
     paths: tuple[PathRule, ...] = ()
+    key_words: tuple[Category, ...] = ()
+    propagation: Propagation = field(default_factory=Propagation)
     source: str = field(default="<default>", compare=False)
 
     @property
@@ -111,8 +129,12 @@ def default_policy_text() -> str:
     return resources.files("shadowtape.sanitize").joinpath(DEFAULT_POLICY_NAME).read_text()
 
 
+def _default_section(name: str) -> Any:
+    return yaml.safe_load(default_policy_text())[name]
+
+
 def default_entities() -> list[str]:
-    return list(yaml.safe_load(default_policy_text())["detect"]["entities"])
+    return list(_default_section("detect")["entities"])
 
 
 def default_policy() -> Policy:
@@ -250,6 +272,8 @@ class _PolicyBuilder:
             form=self._names("form", data),
             json=self._json(data.get("json", {})),
             paths=self._paths(data.get("paths", [])),
+            key_words=self._key_words(data),
+            propagation=self._propagation(data.get("propagation", {})),
             source=self.doc.source,
         )
 
@@ -266,7 +290,9 @@ class _PolicyBuilder:
         return Rule(value, rule_id)
 
     def _detect(self, section: Any) -> tuple[tuple[str, ...], float]:
-        from shadowtape.sanitize.detectors import KNOWN_ENTITIES
+        from shadowtape.sanitize.detectors import known_entities
+
+        known = known_entities()
 
         if not isinstance(section, dict):
             raise self.fail(("detect",), "detect must be a mapping with entities, score_threshold")
@@ -281,10 +307,10 @@ class _PolicyBuilder:
         if not isinstance(entities, list):
             raise self.fail(("detect", "entities"), "detect.entities must be a list")
         for i, entity in enumerate(entities):
-            if entity not in KNOWN_ENTITIES:
+            if entity not in known:
                 raise self.fail(
                     ("detect", "entities", i),
-                    f"unknown entity {entity!r}; allowed: {', '.join(KNOWN_ENTITIES)}",
+                    f"unknown entity {entity!r}; allowed: {', '.join(known)}",
                 )
         threshold = section.get("score_threshold", 0.4)
         if (
@@ -296,6 +322,82 @@ class _PolicyBuilder:
                 ("detect", "score_threshold"), "score_threshold must be a number from 0 to 1"
             )
         return tuple(entities), float(threshold)
+
+    def _key_words(self, data: dict[str, Any]) -> tuple[Category, ...]:
+        # Leaving the section out keeps the built-in vocabularies: a policy written before
+        # they existed must not silently lose them. `key_words: {}` switches them off.
+        section = data["key_words"] if "key_words" in data else _default_section("key_words")
+        if "key_words" not in data:
+            # Positions of errors in the built-in section mean nothing to the user's file.
+            return _PolicyBuilder(_YamlDoc(default_policy_text(), "<built-in>"))._key_words(
+                {"key_words": section}
+            )
+        if not isinstance(section, dict):
+            raise self.fail(("key_words",), "key_words must map category names to {action, words}")
+        out = []
+        for name, spec in section.items():
+            where = ("key_words", name)
+            if not isinstance(spec, dict):
+                raise self.fail(where, f"key_words.{name} must be a mapping with action, words")
+            for key in spec:
+                if key not in CATEGORY_KEYS:
+                    raise self.fail(
+                        (*where, key), f"unknown key {key!r}; allowed: {', '.join(CATEGORY_KEYS)}"
+                    )
+            rule = self._rule((*where, "action"), spec.get("action"), f"key_words:{name}")
+            if rule.action == "detect":
+                raise self.fail((*where, "action"), "a key_words action cannot be detect")
+            words = []
+            for i, entry in enumerate(spec.get("words") or []):
+                parts = entry if isinstance(entry, list) else [entry]
+                if not parts or not all(isinstance(w, str) and w.strip() for w in parts):
+                    raise self.fail(
+                        (*where, "words", i), "each word is a string or a list of strings"
+                    )
+                words.append(tuple(_word(w) for w in parts))
+            if not words:
+                raise self.fail((*where, "words"), f"key_words.{name} needs a list of words")
+            lists = {}
+            for key in ("parts", "unless"):
+                value = spec.get(key) or []
+                if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+                    raise self.fail((*where, key), f"key_words.{name}.{key} is a list of words")
+                lists[key] = tuple(_word(w) for w in value)
+            needs = spec.get("needs", "any")
+            if needs not in CATEGORY_NEEDS:
+                raise self.fail(
+                    (*where, "needs"),
+                    f"needs is {needs!r}; allowed: {', '.join(CATEGORY_NEEDS)}",
+                )
+            out.append(
+                Category(
+                    str(name), rule.action, tuple(words), lists["parts"], lists["unless"], needs
+                )
+            )
+        return tuple(out)
+
+    def _propagation(self, section: Any) -> Propagation:
+        if not isinstance(section, dict):
+            raise self.fail(("propagation",), "propagation must be a mapping")
+        for key in section:
+            if key not in PROPAGATION_KEYS:
+                raise self.fail(
+                    ("propagation", key),
+                    f"unknown key {key!r}; allowed: {', '.join(PROPAGATION_KEYS)}",
+                )
+        defaults = Propagation()
+        enabled = section.get("enabled", defaults.enabled)
+        if not isinstance(enabled, bool):
+            raise self.fail(("propagation", "enabled"), "propagation.enabled is true or false")
+        values = {}
+        for key, low in (("min_length", 1), ("name_part_min_length", 2), ("max_literals", 1)):
+            value = section.get(key, getattr(defaults, key))
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise self.fail(
+                    ("propagation", key), f"propagation.{key} must be an integer >= {low}"
+                )
+            values[key] = value
+        return Propagation(enabled=enabled, **values)
 
     def _names(self, section: str, data: dict[str, Any]) -> tuple[tuple[str, Rule], ...]:
         rules = data.get(section, {})
@@ -382,6 +484,10 @@ class _PolicyBuilder:
         return tuple(out)
 
 
+def _word(text: str) -> str:
+    return text.strip().lower()
+
+
 # --- JSON paths -----------------------------------------------------------------------------
 
 
@@ -419,6 +525,8 @@ class PolicyRules:
         # Without index rules ($.items[0]) all array positions resolve alike, so they share
         # one cache entry instead of one per element.
         self._by_index = any(s[0] == "index" for p, _ in policy.json for s in p.steps)
+        self.vocabulary = KeyVocabulary(policy.key_words)
+        self._category_rules = {c.name: Rule(c.action, c.rule_id) for c in policy.key_words}
 
     @staticmethod
     def _name_table(
@@ -429,22 +537,48 @@ class PolicyRules:
         star = next((r for n, r in rules if n == "*"), None)
         return exact, globs, star
 
-    def name_rule(self, section: str, name: str) -> Rule:
-        """The rule for a header, cookie, query parameter or form field name."""
+    def name_rule(self, section: str, name: str, value: str | None = None) -> Rule:
+        """The rule for a header, cookie, query parameter or form field name: an exact or
+        glob rule, else the key-word category the name's words fall in (when `value` could
+        hold what it names), else the section's "*" rule or the default."""
         key = (section, name)
-        rule = self._name_cache.get(key)
-        if rule is None:
+        hit = self._name_cache.get(key)
+        if hit is None:
             exact, globs, star = self._names[section]
             low = name.lower()
             rule = exact.get(low)
             if rule is None:
                 rule = next((r for n, r in globs if fnmatch.fnmatchcase(low, n)), None)
-            if rule is None:
-                rule = star or self.policy.default
+            category = self.vocabulary.category(name) if rule is None else None
+            hit = (rule, category, star or self.policy.default)
             if len(self._name_cache) > 100_000:
                 self._name_cache.clear()
-            self._name_cache[key] = rule
-        return rule
+            self._name_cache[key] = hit
+        rule, category, fallback = hit
+        if rule is not None:
+            return rule
+        if category is not None and (value is None or value_fits(category, value)):
+            return self._category_rules[category.name]
+        return fallback
+
+    def category_rule(self, path: tuple[str | int, ...], value: str) -> Rule | None:
+        """The key-word rule for a JSON leaf: its nearest key's category, or the category of
+        the key above it when the leaf's key is one of that category's parts; none when
+        the key above vetoes it (`product: {name: ...}`)."""
+        keys = [seg for seg in path if isinstance(seg, str)]
+        if not keys:
+            return None
+        vocab = self.vocabulary
+        category = vocab.category(keys[-1])
+        parent = keys[-2] if len(keys) > 1 else None
+        if category is not None and parent is not None:
+            if set(vocab.words(parent)).intersection(category.unless):
+                category = None
+        elif category is None and parent is not None:
+            category = vocab.part_category(parent, keys[-1])
+        if category is None or not value_fits(category, value):
+            return None
+        return self._category_rules[category.name]
 
     def json_rule(self, path: tuple[str | int, ...]) -> Rule | None:
         """The rule for one JSON location, or None when no JSON rule names it."""

@@ -5,12 +5,17 @@ user id in a path, a query, a header and a JSON body gets the same pseudonym eve
 recorded sessions stay consistent. Credentials go through `Keyed.secret` (the function capture
 uses), so a token minted in a response body matches the one later sent in a header.
 
-Pseudonyms are built so that verify can tell them from real data without the key:
-emails end in `.invalid`, IPs come from reserved ranges, UUIDs are version 8, cards start
-with 9 (a major-industry digit no card network issues), SSNs use area 666 (never issued),
-IBANs carry the impossible check digits 00, and phone numbers are redrawn until the phone
-recognizer no longer accepts them. A value the detectors would still flag is redrawn with the
-next attempt number; the result is still a pure function of key and value.
+Pseudonyms are built so that verify can tell them from real data without the key (see
+markers.py): emails end in `.example.invalid`, IPs come from reserved ranges, UUIDs are
+version 8, cards start with 9 (a major-industry digit no card network issues), SSNs use area
+666 (never issued), IBANs carry the impossible check digits 00, phone numbers are redrawn
+until the phone recognizer no longer accepts them, and words (names, streets, any other text)
+become pronounceable consonant-vowel words with a checksum (`Zebulon` -> `Bokelus`).
+
+Text is replaced word by word, each word keyed on its own (case-folded) letters: "Jane Doe",
+"Jane" and "JANE DOE" give "Vokeb Tal", "Vokeb" and "VOKEB TAL", so a name found in full in
+one place and in part in another still matches. A value the detectors would still flag is
+redrawn with the next attempt number; the result is still a pure function of key and value.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import string
 from collections.abc import Callable
 
 from shadowtape.keyed import Keyed, is_token, looks_like_jwt
+from shadowtape.sanitize import markers
 
 _LOWER = string.ascii_lowercase
 _UPPER = string.ascii_uppercase
@@ -47,6 +53,8 @@ class PseudonymExhausted(Exception):
 
 # Whether a candidate pseudonym is invisible to the detectors; None accepts everything.
 CleanCheck = Callable[[str], bool]
+_RUN_RE = re.compile(r"[^\W\d_]+|\d+")
+_WORD_CACHE_LIMIT = 200_000
 
 
 def luhn_valid(digits: str) -> bool:
@@ -69,9 +77,17 @@ def _luhn_check_digit(partial: str) -> str:
 class Pseudonymizer:
     """Format-preserving pseudonyms under one key."""
 
-    def __init__(self, keyed: Keyed, is_clean: CleanCheck | None = None) -> None:
+    def __init__(
+        self,
+        keyed: Keyed,
+        is_clean: CleanCheck | None = None,
+        is_clean_word: CleanCheck | None = None,
+    ) -> None:
         self.keyed = keyed
         self._is_clean = is_clean
+        # Words are checked on their own (is the pseudonym a real name?), cheaply.
+        self._is_clean_word = is_clean_word
+        self._words: dict[str, str] = {}
 
     # --- keyed randomness -----------------------------------------------------------------
 
@@ -96,29 +112,35 @@ class Pseudonymizer:
 
     def auto(self, value: str) -> str:
         """The pseudonym of a whole value, its format read from the value itself."""
-        if not value or is_token(value):
+        if not value or markers.is_opaque_token(value):
             return value
-        if looks_like_jwt(value):
-            return self.keyed.secret(value)
+        maker = self.format_of(value)
+        return maker(value) if maker is not None else self.text(value)
+
+    def format_of(self, value: str) -> Callable[[str], str] | None:
+        """The pseudonymizer of a value with a format of its own (email, UUID, card, ...);
+        None for anything else, which is text."""
+        if looks_like_jwt(value) or is_token(value):
+            return self.secret
         if _EMAIL_RE.match(value):
-            return self.email(value)
+            return self.email
         if _UUID_RE.match(value):
-            return self.uuid(value)
+            return self.uuid
         # Cards before integers: a detector finds a bare card number as CREDIT_CARD, and both
         # paths must give the same pseudonym.
         if _CARD_RE.match(value) and luhn_valid(_digits(value)):
-            return self.card(value)
+            return self.card
         if _INT_RE.match(value):
-            return self.integer(value)
+            return self.integer
         if _is_ip(value):
-            return self.ip(value)
+            return self.ip
         if _SSN_RE.match(value):
-            return self.ssn(value)
+            return self.ssn
         if _IBAN_RE.match(value):
-            return self.iban(value)
+            return self.iban
         if _PHONE_RE.match(value) and len(_digits(value)) >= 7:
-            return self.phone(value)
-        return self.text(value)
+            return self.phone
+        return None
 
     def for_entity(self, entity: str, value: str) -> str:
         """The pseudonym of a detector finding. Entities with a format of their own use it;
@@ -131,11 +153,19 @@ class Pseudonymizer:
             "US_SSN": self.ssn,
             "UUID": self.uuid,
             "PHONE_NUMBER": self.phone,
-            "JWT": self.keyed.secret,
-            "BEARER_TOKEN": self.keyed.secret,
-            "API_KEY": self.keyed.secret,
+            "JWT": self.secret,
+            "BEARER_TOKEN": self.secret,
+            "API_KEY": self.secret,
         }.get(entity, self.auto)
         return maker(value)
+
+    def secret(self, value: str) -> str:
+        """The credential token of a value. A JWT that only *claims* to be ours (our `kid` in
+        its header, but claims that are not all tokens) is raw data and gets a token of its
+        own: keyed.secret would pass it through as already scrubbed."""
+        if is_token(value) and not markers.is_opaque_token(value):
+            return self.keyed.token(value)
+        return self.keyed.secret(value)
 
     def email(self, value: str) -> str:
         local, _, domain = value.rpartition("@")
@@ -226,13 +256,77 @@ class Pseudonymizer:
         return self._redraw("phone", digits, make, len(digits) + 1)
 
     def text(self, value: str) -> str:
-        """Letters stay letters (same case), digits stay digits, everything else stays: the
-        shape a validator sees is unchanged."""
+        """Word by word: letters become a marked word of the same length and case pattern,
+        digits digits of the same width, everything else stays (see the module docstring)."""
+        runs = [(m.start(), m.end()) for m in _RUN_RE.finditer(value)]
+        if not runs:
+            return value
 
         def make(raw: bytes) -> str:
-            return "".join(_same_class(ch, b) for ch, b in zip(value, raw, strict=False))
+            attempt = raw[0]
+            out, pos = [], 0
+            for start, end in runs:
+                out.append(value[pos:start])
+                run = value[start:end]
+                out.append(self._digit_run(run, attempt) if run[0].isdigit() else self.word(run))
+                pos = end
+            out.append(value[pos:])
+            return "".join(out)
 
-        return self._redraw("text", value, make, len(value))
+        # The attempt number is the only randomness `make` needs from the stream: digit runs
+        # are redrawn with it when their composition still looks sensitive.
+        for attempt in range(MAX_ATTEMPTS):
+            candidate = make(bytes([attempt]))
+            if self._is_clean is None or self._is_clean(candidate):
+                return candidate
+        raise PseudonymExhausted("text")
+
+    def word(self, word: str) -> str:
+        """The pseudonym of one run of letters: consonant-vowel alternation, the original's
+        upper-case positions kept, letters summing to 0 mod 5 (markers.is_marked_word)."""
+        low = word.lower()
+        out = self._words.get(low)
+        if out is None:
+            out = self._marked_word(low)
+            if len(self._words) >= _WORD_CACHE_LIMIT:
+                self._words.clear()
+            self._words[low] = out
+        if word.islower():
+            return out
+        if word.isupper() and len(word) > 1:
+            return out.upper()
+        return "".join(o.upper() if ch.isupper() else o for ch, o in zip(word, out, strict=True))
+
+    def _marked_word(self, low: str) -> str:
+        n = len(low)
+        for attempt in range(MAX_ATTEMPTS):
+            raw = self._stream(f"word:{attempt}", low, n + 1)
+            letters = [
+                (markers.CONSONANTS if i % 2 == 0 else markers.VOWELS)[
+                    b % len(markers.CONSONANTS if i % 2 == 0 else markers.VOWELS)
+                ]
+                for i, b in enumerate(raw[: n - 1])
+            ]
+            total = sum(_LETTER_WEIGHT[ch] for ch in letters)
+            cls = markers.CONSONANTS if (n - 1) % 2 == 0 else markers.VOWELS
+            fits = [ch for ch in cls if (total + _LETTER_WEIGHT[ch]) % markers.CHECKSUM_MOD == 0]
+            letters.append(fits[raw[n] % len(fits)])
+            candidate = "".join(letters)
+            if self._is_clean_word is None or self._is_clean_word(candidate):
+                return candidate
+        raise PseudonymExhausted("word")
+
+    def _digit_run(self, run: str, attempt: int) -> str:
+        raw = self._stream(f"digits:{attempt}", run, len(run) + 1)
+        out = [str(b % 10) for b in raw[: len(run)]]
+        if len(run) > 1 and run[0] != "0" and out[0] == "0":
+            out[0] = str(1 + raw[-1] % 9)
+        return "".join(out)
+
+
+_LETTER_WEIGHT = {ch: i for i, ch in enumerate(markers.CONSONANTS)} | {
+    ch: i for i, ch in enumerate(markers.VOWELS)
+}
 
 
 def _same_class(ch: str, b: int) -> str:

@@ -7,9 +7,15 @@ row and returns them scrubbed, adding to a counter what it found and did. Counte
 dict of ints; the manifest nests them. Counts name entity types, actions, locations and policy
 rules, never values.
 
-Speed: Presidio costs about half a millisecond a call, so values a rule decides never reach
-it, values that cannot match skip it (`could_contain_sensitive`), and every distinct value is
-analysed once (bounded caches; a cache changes speed, never output).
+Two passes use the same walk over an exchange (path segments, query, headers, cookies,
+bodies under their encodings, JSON at any depth) and differ only in what happens to a value:
+the first (`ExchangeScrubber`) applies the policy and the detectors and learns what it
+replaced (literals.py); the second (`LiteralApplier`) replaces the learned values wherever
+they still occur. Locations the policy keeps are left alone by both.
+
+Speed: a detector call costs up to a millisecond, so values a rule decides never reach it,
+values that cannot match skip it, and every distinct value is analysed once (bounded caches;
+a cache changes speed, never output).
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from typing import Any
 from shadowtape.http import cookies as cookie_codec
 from shadowtape.http import headers as header_codec
 from shadowtape.http.target import decode_segment, respell_segment, target_path, update_target
-from shadowtape.keyed import Keyed, is_token
-from shadowtape.sanitize import bodies
+from shadowtape.keyed import Keyed
+from shadowtape.sanitize import bodies, encoded, markers
 from shadowtape.sanitize.detectors import Detector
+from shadowtape.sanitize.lexicon import lexicon
+from shadowtape.sanitize.literals import LiteralCollector, LiteralMatcher
 from shadowtape.sanitize.policy import PolicyRules, Rule
 from shadowtape.sanitize.pseudonyms import PseudonymExhausted, Pseudonymizer
 
@@ -44,127 +52,42 @@ REWRITTEN_COLUMNS = (
 READ_COLUMNS = ("method", *REWRITTEN_COLUMNS)
 _CACHE_LIMIT = 100_000
 _CACHEABLE_LEN = 1024
+_MAX_NESTING = 3  # base64 inside base64 inside ...: deeper is undecodable (fail-closed)
 # Authorization schemes: the scheme is structure, only the credential after it is secret.
 _AUTH_SCHEME_RE = re.compile(
     r"^(Bearer|Basic|Token|Digest|Negotiate|Bot|JWT|ApiKey|OAuth)(\s+)(\S.*)$", re.IGNORECASE
 )
-# Characters that end a token for every recognizer (see _clean_edge).
-_SEPARATORS = ",;()[]{}<>\"'`|"
+# A full name: two to four capitalised words (initials allowed).
+_NAME_SHAPE_RE = re.compile(r"^[A-ZÀ-Þ][\w'’.-]*(?:\s+[A-ZÀ-Þ][\w'’.-]*){1,3}$")
+_NO_KEY = ""
+_Detected = tuple[str, tuple[tuple[str, str | None], ...]]
 
 
-class ExchangeScrubber:
-    def __init__(self, rules: PolicyRules, keyed: Keyed, detector: Detector) -> None:
+class _Walker:
+    """The walk over an exchange; subclasses say what happens to each string value."""
+
+    def __init__(self, rules: PolicyRules) -> None:
         self.rules = rules
         self.policy = rules.policy
-        self.keyed = keyed
-        self.detector = detector
-        self.pseudo = Pseudonymizer(keyed, is_clean=self._is_clean)
         self.marker = self.policy.redact_marker
-        self._detected: dict[str, tuple[str, tuple[str, ...]]] = {}
-        self._pseudonyms: dict[str, str] = {}
-        self._clean: dict[str, bool] = {}
 
-    # --- values ------------------------------------------------------------------------------
+    # What subclasses implement ------------------------------------------------------------
 
-    def _is_clean(self, text: str) -> bool:
-        clean = self._clean.get(text)
-        if clean is None:
-            clean = not self.detector.find(text)
-            _bounded_put(self._clean, text, clean)
-        return clean
+    def apply(self, rule: Rule, value: str, location: str, counts: Counter[str], key: str) -> Any:
+        raise NotImplementedError
 
-    def pseudonymize(self, value: str) -> str:
-        out = self._pseudonyms.get(value)
-        if out is None:
-            out = self._format_pseudonym(self.pseudo.auto, value)
-            _bounded_put(self._pseudonyms, value, out)
-        return out
+    def scan_key(self, key: str, location: str, counts: Counter[str]) -> str:
+        """A JSON member name that may itself be a value (`{"jane@x.com": {...}}`)."""
+        raise NotImplementedError
 
-    def _format_pseudonym(self, make: Callable[[str], str], value: str) -> str:
-        try:
-            return make(value)
-        except PseudonymExhausted:
-            return self.marker
+    def text_body(self, text: str, location: str, counts: Counter[str]) -> str | None:
+        return self.text(text, location, counts)
 
-    def secret(self, value: str) -> str:
-        if not value or is_token(value):
-            return value
-        # "Bearer <token>": the scheme is structure, only the credential is secret. Capture
-        # keeps any scheme word of Authorization headers, so "<word> <our token>" stays too.
-        m = _AUTH_SCHEME_RE.match(value)
-        if m:
-            return m.group(1) + m.group(2) + self.keyed.secret(m.group(3))
-        scheme, sep, rest = value.partition(" ")
-        if sep and scheme.isalpha() and is_token(rest.strip()):
-            return value
-        return self.keyed.secret(value)
+    def wants_body(self, text: str) -> bool:
+        """Whether a decoded body needs the full walk (a cheap test for the second pass)."""
+        return True
 
-    def detect(self, value: str, location: str, counts: Counter[str]) -> str:
-        if len(value) <= _CACHEABLE_LEN:
-            hit = self._detected.get(value)
-            if hit is None:
-                hit = self._detect_uncached(value)
-                _bounded_put(self._detected, value, hit)
-        else:
-            hit = self._detect_uncached(value)
-        out, entities = hit
-        for entity in entities:
-            counts[f"detected|{entity}|{location}"] += 1
-        return out
-
-    def _detect_uncached(self, value: str) -> tuple[str, tuple[str, ...]]:
-        findings = self.detector.find(value)
-        if not findings:
-            return value, ()
-        parts = []
-        pos = 0
-        for f in findings:
-            parts.append(value[pos : f.start])
-            span = value[f.start : f.end]
-            parts.append(
-                self._format_pseudonym(lambda v, e=f.entity: self.pseudo.for_entity(e, v), span)
-            )
-            pos = f.end
-        parts.append(value[pos:])
-        out = "".join(parts)
-        entities = tuple(f.entity for f in findings)
-        # A replacement glued to other text can form a new match (digits joining digits):
-        # then look again, and redact whatever the detectors still see (fail-closed).
-        glued = any(not _clean_edge(value, f.start, f.end) for f in findings)
-        residual = self.detector.find(out) if glued else []
-        if residual:
-            parts, pos = [], 0
-            for f in residual:
-                parts += [out[pos : f.start], self.marker]
-                pos = f.end
-            parts.append(out[pos:])
-            out = "".join(parts)
-            entities += tuple(f"RESIDUAL_{f.entity}" for f in residual)
-        return out, entities
-
-    def apply(self, rule: Rule, value: str, location: str, counts: Counter[str]) -> Any:
-        """A rule's action on one string value; DROP when the value is to be removed."""
-        action = rule.action
-        if action == "keep":
-            return value
-        if action == "detect":
-            return self.detect(value, location, counts)
-        if action == "drop":
-            out: Any = DROP
-        elif action == "redact":
-            out = self.marker
-        elif action == "pseudonymize":
-            out = self.pseudonymize(value)
-        elif action == "hash":
-            out = self.keyed.hash_hex(value)
-        else:  # secret
-            out = self.secret(value)
-        if out is not value and out != value:
-            counts[f"actions|{action}|{location}"] += 1
-            counts[f"rules|{rule.rule_id}"] += 1
-        return out
-
-    # --- parts of an exchange -----------------------------------------------------------------
+    # Parts of an exchange -----------------------------------------------------------------
 
     def path(self, method: str, path: str, counts: Counter[str]) -> str:
         named = self.rules.path_params(method, path)
@@ -185,7 +108,7 @@ class ExchangeScrubber:
         # A path segment cannot be removed without changing the route: drop means redact.
         if rule.action == "drop":
             rule = Rule("redact", rule.rule_id)
-        out = self.apply(rule, decoded, "path", counts)
+        out = self.apply(rule, decoded, "path", counts, _NO_KEY)
         return respell_segment(segment, out)
 
     def pairs(
@@ -196,11 +119,11 @@ class ExchangeScrubber:
             return pairs
         out = []
         for pair in pairs:
-            value = pair["value"]
-            rule = self.rules.name_rule(section, pair["name"])
-            new = self.apply(rule, value, location, counts) if value else value
+            name, value = pair["name"], pair["value"]
+            rule = self.rules.name_rule(section, name, value)
+            new = self.apply(rule, value, location, counts, name) if value else value
             if new is not DROP:
-                out.append(pair if new == value else {"name": pair["name"], "value": new})
+                out.append(pair if new == value else {"name": name, "value": new})
         return out
 
     def headers(
@@ -212,44 +135,44 @@ class ExchangeScrubber:
         out = []
         for pair in headers:
             name, value = pair["name"], pair["value"]
-            rule = self.rules.name_rule("headers", name)
+            rule = self.rules.name_rule("headers", name, value)
             low = name.lower()
             if low in ("cookie", "set-cookie") and rule.action not in ("keep", "drop", "redact"):
                 new: Any = self.cookies(value, low == "set-cookie", counts)
             else:
-                new = self.apply(rule, value, location, counts) if value else value
+                new = self.apply(rule, value, location, counts, name) if value else value
             if new is not DROP:
                 out.append(pair if new == value else {"name": name, "value": new})
         return out
 
     def cookies(self, header: str, is_set_cookie: bool, counts: Counter[str]) -> str:
         # Capture may already have replaced the whole header with one token.
-        if is_token(header):
+        if markers.is_opaque_token(header):
             return header
         # In Set-Cookie only the first item is a cookie; the attributes (Path, ...) stay as
         # they are. A bare word is a nameless cookie's value (http.cookies; capture agrees).
         if is_set_cookie:
             parsed = cookie_codec.parse_set_cookie(header)
-            rule = self.rules.name_rule("cookies", parsed.name)
-            new = self._cookie_value(rule, parsed.value, counts)
+            rule = self.rules.name_rule("cookies", parsed.name, parsed.value)
+            new = self._cookie_value(rule, parsed.value, parsed.name, counts)
             if new is DROP:
                 return parsed.attributes.removeprefix(";")
             return parsed.with_value(new).format()
         out = []
         for item in cookie_codec.parse_cookie_header(header):
-            rule = self.rules.name_rule("cookies", item.name)
-            new = self._cookie_value(rule, item.value, counts)
+            rule = self.rules.name_rule("cookies", item.name, item.value)
+            new = self._cookie_value(rule, item.value, item.name, counts)
             if new is not DROP:
                 out.append(item.with_value(new))
         return cookie_codec.format_cookie_header(out)
 
-    def _cookie_value(self, rule: Rule, value: str, counts: Counter[str]) -> Any:
+    def _cookie_value(self, rule: Rule, value: str, name: str, counts: Counter[str]) -> Any:
         if not value:
             return value
         # A quoted value keeps its quotes (capture does the same), so the token inside is
         # still recognised as ours on a second pass.
         inner, quoted = cookie_codec.unquote(value)
-        new = self.apply(rule, inner, "cookie", counts)
+        new = self.apply(rule, inner, "cookie", counts, name)
         if new is DROP or new == inner:
             return new if new is DROP else value
         return cookie_codec.requote(new, quoted)
@@ -258,10 +181,10 @@ class ExchangeScrubber:
         """A free-text column (the error message): what no rule names."""
         if not value:
             return value
-        new = self.apply(self.policy.default, value, location, counts)
+        new = self.apply(self.policy.default, value, location, counts, _NO_KEY)
         return None if new is DROP else new
 
-    # --- bodies -------------------------------------------------------------------------------
+    # Bodies -------------------------------------------------------------------------------
 
     def body(
         self,
@@ -279,21 +202,18 @@ class ExchangeScrubber:
         try:
             data = bodies.decode_content(raw, encodings)
             kind = bodies.classify(_header(headers, "content-type"), data)
-            if kind.kind == bodies.BINARY:
-                raise bodies.Undecodable("binary content")
-            text = bodies.decode_text(data, kind.charset)
-            if kind.kind == bodies.JSON:
-                new = self._json_body(text, location, counts)
-            elif kind.kind == bodies.FORM:
-                pairs = [{"name": n, "value": v} for n, v in bodies.parse_form(text)]
-                new_pairs = self.pairs("form", pairs, location, counts) or []
-                new = (
-                    text
-                    if new_pairs == pairs
-                    else bodies.dump_form(text, [(p["name"], p["value"]) for p in new_pairs])
-                )
+            b64 = _base64_body(data) if kind.kind in (bodies.TEXT, bodies.BINARY) else None
+            if b64 is not None:
+                # A body that is base64 text: its content is scrubbed, then encoded back.
+                text = data.decode("ascii")
+                inner = self._content(b64.text, _sniff(b64.text), location, counts)
+                unchanged = inner is None or inner == b64.text
+                new = inner if inner is None else (text if unchanged else b64.encode(inner))
             else:
-                new = self.text(text, location, counts)
+                if kind.kind == bodies.BINARY:
+                    raise bodies.Undecodable("binary content")
+                text = bodies.decode_text(data, kind.charset)
+                new = self._content(text, kind.kind, location, counts)
         except bodies.Undecodable:
             counts[f"bodies|undecodable|{location}"] += 1
             return self._undecodable(raw, location, counts)
@@ -304,10 +224,23 @@ class ExchangeScrubber:
             return raw, "unchanged"
         counts[f"bodies|rewritten|{location}"] += 1
         try:
-            encoded = new.encode(kind.charset)
+            out = new.encode(kind.charset)
         except (UnicodeEncodeError, LookupError):
-            encoded = new.encode("utf-8")
-        return bodies.encode_content(encoded, encodings), "rewritten"
+            out = new.encode("utf-8")
+        return bodies.encode_content(out, encodings), "rewritten"
+
+    def _content(self, text: str, kind: str, location: str, counts: Counter[str]) -> str | None:
+        if not self.wants_body(text):
+            return text
+        if kind == bodies.JSON:
+            return self.json_text(text, location, counts)
+        if kind == bodies.FORM:
+            pairs = [{"name": n, "value": v} for n, v in bodies.parse_form(text)]
+            new_pairs = self.pairs("form", pairs, location, counts) or []
+            if new_pairs == pairs:
+                return text
+            return bodies.dump_form(text, [(p["name"], p["value"]) for p in new_pairs])
+        return self.text_body(text, location, counts)
 
     def _undecodable(
         self, raw: bytes, location: str, counts: Counter[str]
@@ -322,7 +255,7 @@ class ExchangeScrubber:
         counts[f"bodies|dropped|{location}"] += 1
         return None, "dropped"
 
-    def _json_body(self, text: str, location: str, counts: Counter[str]) -> str:
+    def json_text(self, text: str, location: str, counts: Counter[str]) -> str:
         doc = bodies.parse_json(text)
         new = self._json(doc, (), None, location, counts)
         if new is DROP:
@@ -347,9 +280,8 @@ class ExchangeScrubber:
                 if new is DROP:
                     continue
                 # Maps keyed by personal values ({"jane@x.com": {...}}) are scanned too.
-                scan_key = rule is None or rule.action == "detect"
-                new_key = self.detect(key, location, counts) if scan_key else key
-                out[new_key] = new
+                scan = rule is None or rule.action == "detect"
+                out[self.scan_key(key, location, counts) if scan else key] = new
             return out
         if isinstance(node, list):
             if rule is not None and rule.action in ("keep", "drop"):
@@ -360,30 +292,35 @@ class ExchangeScrubber:
                 if new is not DROP:
                     out_list.append(new)
             return out_list
-        return self._json_leaf(node, rule or self.policy.default, location, counts)
+        key = next((s for s in reversed(path) if isinstance(s, str)), _NO_KEY)
+        if rule is None and isinstance(node, str | int) and not isinstance(node, bool):
+            rule = self.rules.category_rule(path, str(node))
+        return self._json_leaf(node, rule or self.policy.default, location, counts, key)
 
-    def _json_leaf(self, node: Any, rule: Rule, location: str, counts: Counter[str]) -> Any:
+    def _json_leaf(
+        self, node: Any, rule: Rule, location: str, counts: Counter[str], key: str
+    ) -> Any:
         if isinstance(node, str):
-            return self.apply(rule, node, location, counts)
+            return self.apply(rule, node, location, counts, key)
         if node is None or isinstance(node, bool | float):
             # No format to preserve and nothing a detector finds in them: only removal applies.
             if rule.action in ("drop", "redact"):
-                return self.apply(rule, str(node), location, counts)
+                return self.apply(rule, str(node), location, counts, key)
             return node
         # An integer: ids, phone numbers and card numbers stored as JSON numbers.
-        out = self.apply(rule, str(node), location, counts)
+        out = self.apply(rule, str(node), location, counts, key)
         if isinstance(out, str) and re.fullmatch(r"-?\d+", out):
             return int(out)
         return out
 
-    # --- a whole exchange ------------------------------------------------------------------------
+    # A whole exchange ---------------------------------------------------------------------
 
     def exchange(self, row: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
-        """The scrubbed columns of one exchange (only those that change are returned)."""
+        """The scrubbed columns of one exchange."""
         out: dict[str, Any] = {}
         # The raw target is what replay sends; its path is the exact one (the `path` column
         # shows bytes that are not UTF-8 as display text), and it is rewritten to agree with
-        # the scrubbed path and query, re-encoding only what changed.
+        # the scrubbed path and query, re-encoding only what changed (http.target).
         target = row.get("request_target")
         path = target_path(target) if target is not None else row["path"]
         if path:
@@ -402,20 +339,307 @@ class ExchangeScrubber:
         return out
 
 
-def _clean_edge(text: str, start: int, end: int) -> bool:
-    """Whether a span is set apart from its neighbours, so a replacement cannot merge with
-    them into a new match: whitespace or bracketing punctuation, or sentence punctuation
-    followed by whitespace, on both sides."""
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
-    after2 = text[end + 1] if end + 1 < len(text) else " "
-    ok_before = before.isspace() or before in _SEPARATORS
-    ok_after = (
-        after.isspace()
-        or after in _SEPARATORS
-        or (after in ".!?" and (after2.isspace() or after2 in _SEPARATORS))
-    )
-    return ok_before and ok_after
+class ExchangeScrubber(_Walker):
+    """The first pass: the policy's actions, the detectors, and the literals they learn."""
+
+    def __init__(
+        self,
+        rules: PolicyRules,
+        keyed: Keyed,
+        detector: Detector,
+        collector: LiteralCollector | None = None,
+    ) -> None:
+        super().__init__(rules)
+        self.keyed = keyed
+        self.detector = detector
+        self.collector = collector
+        lex = lexicon()
+        self.pseudo = Pseudonymizer(
+            keyed,
+            is_clean=self._is_clean,
+            is_clean_word=lambda w: not lex.is_name(w) and w not in lex.street_suffixes,
+        )
+        self._detected: dict[tuple[str, tuple[str, ...]], _Detected] = {}
+        self._pseudonyms: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._clean: dict[tuple[str, tuple[str, ...]], bool] = {}
+        # The context words of the key being worked on: a replacement must be clean where it
+        # goes (a 9-digit pseudonym under "passport" is checked as a passport number would be).
+        self.context: tuple[str, ...] = ()
+        self._contexts: dict[str, tuple[str, ...]] = {}
+
+    # Values -------------------------------------------------------------------------------
+
+    def _is_clean(self, text: str) -> bool:
+        """Whether one of our own replacements is invisible to the detectors."""
+        key = (text, self.context)
+        clean = self._clean.get(key)
+        if clean is None:
+            clean = not self.detector.find(text, self.context, trust=True)
+            _bounded_put(self._clean, key, clean)
+        return clean
+
+    def pseudonymize(self, value: str) -> str:
+        """The pseudonym of a whole value: by its format when it has one; otherwise what the
+        detectors find in it gets its entity's pseudonym and the rest is text, word by word
+        (so `jane@corp.internal or Jane Doe` keeps a well-formed email pseudonym)."""
+        key = (value, self.context)
+        out = self._pseudonyms.get(key)
+        if out is None:
+            out = self._pseudonymize_uncached(value)
+            _bounded_put(self._pseudonyms, key, out)
+        return out
+
+    def _pseudonymize_uncached(self, value: str) -> str:
+        if not value or markers.is_opaque_token(value):
+            return value
+        if self.detector.trust_markers and markers.is_whole_pseudonym(value):
+            return value  # sanitized input under our key: already a pseudonym
+        maker = self.pseudo.format_of(value)
+        if maker is not None:
+            return self._format_pseudonym(maker, value)
+        findings = self.detector.find(value, trust=False)
+        parts, pos = [], 0
+        try:
+            for f in findings:
+                if f.start > pos:
+                    parts.append(self.pseudo.text(value[pos : f.start]))
+                parts.append(self.pseudo.for_entity(f.entity, value[f.start : f.end]))
+                pos = f.end
+            if pos < len(value):
+                parts.append(self.pseudo.text(value[pos:]))
+        except PseudonymExhausted:
+            return self.marker
+        out = "".join(parts)
+        return out if self._is_clean(out) else self.marker
+
+    def _format_pseudonym(self, make: Callable[[str], str], value: str) -> str:
+        try:
+            return make(value)
+        except PseudonymExhausted:
+            return self.marker
+
+    def secret(self, value: str) -> str:
+        if not value or markers.is_opaque_token(value):
+            return value
+        # "Bearer <token>": the scheme is structure, only the credential is secret. Capture
+        # keeps any scheme word of Authorization headers, so "<word> <our token>" stays too.
+        m = _AUTH_SCHEME_RE.match(value)
+        if m:
+            return m.group(1) + m.group(2) + self.pseudo.secret(m.group(3))
+        scheme, sep, rest = value.partition(" ")
+        if sep and scheme.isalpha() and markers.is_opaque_token(rest.strip()):
+            return value
+        return self.pseudo.secret(value)
+
+    def replacement(self, found: str, kind: str) -> str:
+        """What a learned literal's occurrence becomes: the replacement its kind gives."""
+        if kind in ("redact", "drop"):
+            return self.marker
+        if kind == "hash":
+            return self.keyed.hash_hex(found)
+        if kind == "secret":
+            return self.secret(found)
+        if kind.startswith("entity:"):
+            entity = kind.partition(":")[2]
+            return self._format_pseudonym(lambda v: self.pseudo.for_entity(entity, v), found)
+        return self.pseudonymize(found)
+
+    def detect(self, value: str, location: str, counts: Counter[str], key: str = _NO_KEY) -> str:
+        context = self.context = self.context_of(key)
+        if len(value) <= _CACHEABLE_LEN:
+            cache_key = (value, context)
+            hit = self._detected.get(cache_key)
+            if hit is None:
+                hit = self._detect_uncached(value, context, 0)
+                _bounded_put(self._detected, cache_key, hit)
+        else:
+            hit = self._detect_uncached(value, context, 0)
+        out, found = hit
+        for entity, span in found:
+            counts[f"detected|{entity}|{location}"] += 1
+            if self.collector is not None and span is not None:
+                self.collector.learn(span, f"entity:{entity}", is_name=entity == "PERSON")
+        return out
+
+    def context_of(self, key: str) -> tuple[str, ...]:
+        """The words of a key that some recognizer takes as context (usually none)."""
+        if not key:
+            return ()
+        hit = self._contexts.get(key)
+        if hit is None:
+            words = self.rules.vocabulary.words(key)
+            hit = tuple(sorted(set(words) & self.detector.context_words))
+            _bounded_put(self._contexts, key, hit)
+        return hit
+
+    def _detect_uncached(self, value: str, context: tuple[str, ...], depth: int) -> _Detected:
+        """The value with what the detectors find replaced, and (entity, text found) of each
+        finding (text None for what is redacted as a residual)."""
+        # A whole value in base64 is scrubbed inside and put back in base64.
+        b64 = encoded.base64_view(value) if depth < _MAX_NESTING else None
+        if b64 is not None:
+            inner, found = self._inner(b64.text, context, depth + 1)
+            if inner != b64.text:
+                return b64.encode(inner), found
+        view = encoded.percent_view(value)
+        text = view.text if view is not None else value
+        findings = self.detector.find(text, context)
+        if not findings:
+            return value, ()
+        parts, pos = [], 0
+        found: tuple[tuple[str, str | None], ...] = ()
+        for f in findings:
+            span = text[f.start : f.end]
+            new = self._entity_pseudonym(f.entity, span)
+            start, end = (f.start, f.end) if view is None else view.original_span(f.start, f.end)
+            parts += [value[pos:start], new if view is None else view.encode(new)]
+            pos = end
+            found += ((f.entity, span),)
+        parts.append(value[pos:])
+        out = "".join(parts)
+        # A replacement glued to other text can form a new match (digits joining digits), and
+        # one drawn clean on its own can read as sensitive next to a word ("my passport is
+        # 482913075"): look again, and redact whatever the detectors still see (fail-closed).
+        residual = self.detector.find(out, context, trust=True) if view is None else []
+        if residual:
+            parts, pos = [], 0
+            for f in residual:
+                parts += [out[pos : f.start], self.marker]
+                pos = f.end
+            parts.append(out[pos:])
+            out = "".join(parts)
+            found += tuple((f"RESIDUAL_{f.entity}", None) for f in residual)
+        return out, found
+
+    def _inner(self, text: str, context: tuple[str, ...], depth: int) -> _Detected:
+        """The scrubbed content of a base64 value: JSON walked by the policy, else text."""
+        if _sniff(text) == bodies.JSON:
+            try:
+                counts: Counter[str] = Counter()
+                new = self.json_text(text, "base64", counts)
+            except bodies.Undecodable:
+                pass
+            else:
+                # What the walk found was counted and learned inside it; the outer value only
+                # needs to know whether anything changed.
+                return new, (("BASE64_CONTENT", None),) if new != text else ()
+        return self._detect_uncached(text, context, depth)
+
+    def _entity_pseudonym(self, entity: str, span: str) -> str:
+        return self._format_pseudonym(lambda v: self.pseudo.for_entity(entity, v), span)
+
+    def apply(
+        self, rule: Rule, value: str, location: str, counts: Counter[str], key: str = _NO_KEY
+    ) -> Any:
+        """A rule's action on one string value; DROP when the value is to be removed."""
+        action = rule.action
+        if action == "keep":
+            return value
+        if action == "detect":
+            return self.detect(value, location, counts, key)
+        self.context = self.context_of(key)
+        if action == "drop":
+            out: Any = DROP
+        elif action == "redact":
+            out = self.marker
+        elif action == "pseudonymize":
+            out = self.pseudonymize(value)
+        elif action == "hash":
+            out = self.keyed.hash_hex(value)
+        else:  # secret
+            out = self.secret(value)
+        if out is not value and out != value:
+            counts[f"actions|{action}|{location}"] += 1
+            counts[f"rules|{rule.rule_id}"] += 1
+            if self.collector is not None:
+                self.collector.learn(value, action, is_name=bool(_NAME_SHAPE_RE.match(value)))
+        return out
+
+    def scan_key(self, key: str, location: str, counts: Counter[str]) -> str:
+        return self.detect(key, location, counts)
+
+
+class LiteralApplier(_Walker):
+    """The second pass: every learned literal still in the data gets its replacement."""
+
+    def __init__(self, rules: PolicyRules, scrubber: ExchangeScrubber, matcher: LiteralMatcher):
+        super().__init__(rules)
+        self.scrubber = scrubber
+        self.matcher = matcher
+        self._cache: dict[tuple[str, tuple[str, ...]], tuple[str, int]] = {}
+
+    def wants_body(self, text: str) -> bool:
+        # JSON escapes (\u00e9) and base64 hide literals from a plain look; those are walked.
+        return (
+            self.matcher.could_match(text)
+            or "\\" in text
+            or encoded.base64_view(text.strip()) is not None
+        )
+
+    def replace(self, value: str, depth: int = 0) -> tuple[str, int]:
+        key = (value, self.scrubber.context)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._replace_uncached(value, depth)
+            if len(value) <= _CACHEABLE_LEN:
+                _bounded_put(self._cache, key, hit)
+        return hit
+
+    def _replace_uncached(self, value: str, depth: int) -> tuple[str, int]:
+        b64 = encoded.base64_view(value) if depth < _MAX_NESTING else None
+        if b64 is not None:
+            if _sniff(b64.text) == bodies.JSON:
+                try:
+                    counts: Counter[str] = Counter()
+                    new = self.json_text(b64.text, "base64", counts)
+                except bodies.Undecodable:
+                    pass
+                else:
+                    n = sum(v for k, v in counts.items() if k.startswith("propagated|"))
+                    return (b64.encode(new), n) if n else (value, 0)
+            inner, n = self._replace_uncached(b64.text, depth + 1)
+            return (b64.encode(inner), n) if n else (value, 0)
+        view = encoded.percent_view(value)
+        if view is None:
+            return self.matcher.replace(value, self.scrubber.replacement)
+        spans = self.matcher.find(view.text)
+        if not spans:
+            return value, 0
+        out, pos = [], 0
+        for start, end, kind in spans:
+            o_start, o_end = view.original_span(start, end)
+            new = self.scrubber.replacement(view.text[start:end], kind)
+            out += [value[pos:o_start], view.encode(new)]
+            pos = o_end
+        out.append(value[pos:])
+        return "".join(out), len(spans)
+
+    def apply(
+        self, rule: Rule, value: str, location: str, counts: Counter[str], key: str = _NO_KEY
+    ) -> Any:
+        if rule.action == "keep" or not value:
+            return value
+        self.scrubber.context = self.scrubber.context_of(key)
+        out, n = self.replace(value)
+        if n:
+            counts[f"propagated|{location}"] += n
+        return out
+
+    def scan_key(self, key: str, location: str, counts: Counter[str]) -> str:
+        return self.apply(self.policy.default, key, location, counts)
+
+
+def _base64_body(data: bytes) -> encoded.Base64View | None:
+    try:
+        text = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    return encoded.base64_view(text) if text == data.decode("ascii") else None
+
+
+def _sniff(text: str) -> str:
+    head = text.lstrip()[:1]
+    return bodies.JSON if head in ("{", "[") else bodies.TEXT
 
 
 def _header(headers: list[dict[str, str]] | None, name: str) -> str | None:
@@ -440,7 +664,7 @@ def _fix_framing(
     return out
 
 
-def _bounded_put(cache: dict[str, Any], key: str, value: Any) -> None:
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
     cache[key] = value
