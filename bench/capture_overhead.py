@@ -281,7 +281,7 @@ def addon_counters(out: Path) -> dict:
     c = report.capture_counters
     return {
         "rows_on_disk": report.rows,
-        "recorded": c.get("recorded", 0),
+        "recorded": c.get("written", 0),
         "dropped": sum(v for k, v in c.items() if k.startswith("dropped_")),
     }
 

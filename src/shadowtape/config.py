@@ -86,6 +86,10 @@ def find_config(explicit: str | os.PathLike[str] | None, cwd: Path | None = None
     return candidate if candidate.is_file() else None
 
 
+def text_line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
 def _line_numbers(text: str) -> dict[tuple[str, str], int]:
     """(section, key) -> line, from a plain scan; tomllib keeps no positions."""
     lines: dict[tuple[str, str], int] = {}
@@ -109,6 +113,12 @@ def load_config(path: Path, command_names: Iterable[str]) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = text_line_of(path.read_bytes(), exc.start)
+        raise InputError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); TOML files are "
+            "UTF-8: save it as UTF-8"
+        ) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -205,16 +215,31 @@ def iter_commands(
             yield from iter_commands(command, ctx, path, broken=broken)
 
 
+def flag_of(option: click.Option) -> str:
+    """The one spelling of an option in messages: its longest `--flag` (never a set's
+    arbitrary pick, which changed from run to run)."""
+    flags = sorted(
+        (o for o in [*option.opts, *option.secondary_opts] if o.startswith("--")),
+        key=lambda o: (-len(o), o),
+    )
+    return flags[0] if flags else f"--{(option.name or '').replace('_', '-')}"
+
+
 def _checked_value(setting: Setting, option: click.Option, command: click.Command) -> Any:
     value = setting.value
     if option.multiple and not isinstance(value, list):
         value = [value]  # `allow-host = "x"` means a list of one, as a single flag would
+    where = f"{setting.source}: {setting.key} = {setting.value!r} ({flag_of(option)})"
+    if isinstance(value, list) and not option.multiple and option.nargs == 1:
+        raise InputError(f"{where}: takes one value, not a list")
     try:
         option.type_cast_value(click.Context(command), value)
     except click.BadParameter as exc:
-        raise InputError(
-            f"{setting.source}: {setting.key} = {setting.value!r}: {exc.message}"
-        ) from None
+        raise InputError(f"{where}: {exc.message}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        # A TOML value of the wrong kind (a boolean for a path) fails inside click's type.
+        kind = type(setting.value).__name__
+        raise InputError(f"{where}: a {kind} is not a value for this option ({exc})") from None
     return value
 
 
@@ -235,7 +260,7 @@ def _section_defaults(
     for setting in config.section(name).values():
         option = find_option(command, setting.key)
         if option is None or not option.name:
-            allowed = sorted(min(_option_keys(o), key=len) for o in configurable_options(command))
+            allowed = sorted(flag_of(o) for o in configurable_options(command))
             raise InputError(
                 f"{setting.source}: `shadowtape {' '.join(path)}` has no option "
                 f"--{setting.key}; options it takes: {', '.join(allowed) or 'none'}"
@@ -316,7 +341,7 @@ def effective_values(
         from_file = _section_defaults(config, path, command, all_keys)
         tables = [config.section(".".join(path)), config.section(SHARED)]
         for option in configurable_options(command):
-            flag = max(option.opts, key=len)
+            flag = flag_of(option)
             envvars = option.envvar if isinstance(option.envvar, list | tuple) else [option.envvar]
             env_hit = next((e for e in envvars if e and environ.get(e)), None)
             if env_hit:

@@ -37,7 +37,6 @@ null raw fields. Nothing is rewritten on disk; a stage that writes a v1 input ba
 from __future__ import annotations
 
 import contextlib
-import json
 import operator
 import os
 import secrets
@@ -55,6 +54,7 @@ import pyarrow.parquet as pq
 from shadowtape.errors import DatasetError, InputError
 from shadowtape.governance.access import FileAccess
 from shadowtape.http.headers import decode, display, encode, is_utf8
+from shadowtape.publish import fsync_dir, remove_stale, temp_name
 
 SCHEMA_VERSION = 2
 
@@ -851,17 +851,6 @@ def check_sanitized(source: str, sanitized: bool, allow_unsanitized: bool) -> No
 # --- writing ------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True, slots=True)
 class RollPolicy:
     """When a file is finalized and a new one begun."""
@@ -872,8 +861,18 @@ class RollPolicy:
     row_group_rows: int = 10_000
 
 
+# What DatasetWriter names its open files: `.NAME.parquet.tmp-HOST-PID-RANDOM` (see publish).
+_TEMP_ROLE = "tmp"
+
+
 class DatasetWriter:
     """Appends record batches to a dataset directory as rolling, atomically finalized files.
+
+    Nothing is lost silently: every row given is, at any moment, in a finalized file
+    (`rows_written`), still open (`unfinalized_rows`) or counted as lost (`rows_lost`) after a
+    write failed. A failure (a full disk, an I/O error) aborts the open file, counts its rows
+    as lost and re-raises; the next row opens a new file, so writing resumes once the cause
+    is gone. Temporary files left by a killed writer on this host are removed on start.
 
     Not thread-safe: one writer per thread (capture gives it its own thread).
     """
@@ -910,7 +909,8 @@ class DatasetWriter:
         self._pending_bytes = 0
         self._extra_meta: dict[str, str] = {}
         self.files: list[Path] = []
-        self.rows_written = 0
+        self.rows_written = 0  # rows in finalized files
+        self.rows_lost = 0  # rows of files that failed to write (counted, never silent)
         self.bytes_written = 0
         # Raw data (capture, import) is written owner-only; None leaves modes to the umask.
         self.access = access
@@ -918,6 +918,12 @@ class DatasetWriter:
             access.make_dirs(self.directory)
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
+        remove_stale(self.directory, _TEMP_ROLE)
+
+    @property
+    def unfinalized_rows(self) -> int:
+        """Rows given but not yet in a finalized file (lost if the process dies now)."""
+        return self._pending_rows + self._file_rows
 
     # Metadata given here lands in every file finalized from now on (capture puts its running
     # drop counters here, so the last file always holds the final figures).
@@ -933,26 +939,31 @@ class DatasetWriter:
             )
         # Slice at row-group and file boundaries so both limits hold whatever the batch size.
         offset = 0
-        while offset < batch.num_rows:
-            room_group = self.roll.row_group_rows - self._pending_rows
-            room_file = self.roll.max_rows - self._file_rows - self._pending_rows
-            take = max(1, min(room_group, room_file, batch.num_rows - offset))
-            part = batch.slice(offset, take)
-            offset += take
-            if self._first_row_at is None:
-                # The roll interval bounds how long a row waits unfinalized, so it runs from
-                # the first row of a file, not from when the writer was made.
-                self._first_row_at = self._clock()
-            self._pending.append(part)
-            self._pending_rows += take
-            self._pending_bytes += part.nbytes
-            if self._pending_rows >= self.roll.row_group_rows:
-                self._flush_row_group()
-            if (
-                self._file_rows + self._pending_rows >= self.roll.max_rows
-                or self._file_bytes >= self.roll.max_bytes
-            ):
-                self.finalize_file()
+        try:
+            while offset < batch.num_rows:
+                room_group = self.roll.row_group_rows - self._pending_rows
+                room_file = self.roll.max_rows - self._file_rows - self._pending_rows
+                take = max(1, min(room_group, room_file, batch.num_rows - offset))
+                part = batch.slice(offset, take)
+                if self._first_row_at is None:
+                    # The roll interval bounds how long a row waits unfinalized, so it runs
+                    # from the first row of a file, not from when the writer was made.
+                    self._first_row_at = self._clock()
+                self._pending.append(part)
+                self._pending_rows += take
+                self._pending_bytes += part.nbytes
+                offset += take
+                if self._pending_rows >= self.roll.row_group_rows:
+                    self._flush_row_group()
+                if (
+                    self._file_rows + self._pending_rows >= self.roll.max_rows
+                    or self._file_bytes >= self.roll.max_bytes
+                ):
+                    self.finalize_file()
+        except BaseException:
+            self.abort()
+            self.rows_lost += batch.num_rows - offset
+            raise
 
     def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.write_batch(rows_to_batch(rows, self.schema))
@@ -960,14 +971,17 @@ class DatasetWriter:
     def write_exchanges(self, records: Sequence[Exchange]) -> None:
         self.write_batch(exchanges_to_batch(records))
 
+    def seconds_until_due(self) -> float | None:
+        """Time left before the open file's roll interval ends (None: no interval, or no
+        open rows); a caller's timer sleeps this long rather than waiting for a next row."""
+        if self.roll.max_seconds is None or self._first_row_at is None:
+            return None
+        return self.roll.max_seconds - (self._clock() - self._first_row_at)
+
     def due(self) -> bool:
         """Whether the roll interval has passed for the open file."""
-        if self.roll.max_seconds is None:
-            return False
-        return (
-            self._first_row_at is not None
-            and self._clock() - self._first_row_at >= self.roll.max_seconds
-        )
+        left = self.seconds_until_due()
+        return left is not None and left <= 0
 
     def _open(self) -> None:
         self._index += 1
@@ -977,7 +991,7 @@ class DatasetWriter:
             self._index += 1
             name = f"{self.prefix}-{self._index:06d}.parquet"
             self._final = self.directory / name
-        self._tmp = self.directory / f".{name}.tmp"
+        self._tmp = temp_name(self._final, _TEMP_ROLE)
         if self.access is not None:
             self.access.create_file(self._tmp)  # the mode is set before the first byte
         self._writer = pq.ParquetWriter(
@@ -986,7 +1000,6 @@ class DatasetWriter:
             compression=self.compression,
             write_statistics=True,
         )
-        self._file_rows = 0
         self._file_bytes = 0
 
     def _flush_row_group(self) -> None:
@@ -999,27 +1012,32 @@ class DatasetWriter:
         self._writer.write_table(table, row_group_size=max(len(table), 1))
         self._file_rows += self._pending_rows
         self._file_bytes += self._pending_bytes
-        self.rows_written += self._pending_rows
         self._pending = []
         self._pending_rows = 0
         self._pending_bytes = 0
 
     def finalize_file(self) -> Path | None:
         """Close the open file and make it visible; a no-op with nothing written."""
-        self._flush_row_group()
-        if self._writer is None:
-            return None
-        assert self._tmp is not None and self._final is not None
-        if self._extra_meta:
-            self._writer.add_key_value_metadata(dict(self._extra_meta))
-        self._writer.close()
-        self._writer = None
-        with open(self._tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self._tmp, self._final)
-        _fsync_dir(self.directory)
-        self.bytes_written += self._final.stat().st_size
+        try:
+            self._flush_row_group()
+            if self._writer is None:
+                return None
+            assert self._tmp is not None and self._final is not None
+            if self._extra_meta:
+                self._writer.add_key_value_metadata(dict(self._extra_meta))
+            self._writer.close()
+            self._writer = None
+            with open(self._tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self._tmp, self._final)
+        except BaseException:
+            self.abort()
+            raise
+        fsync_dir(self.directory)
+        with contextlib.suppress(OSError):
+            self.bytes_written += self._final.stat().st_size
         self.files.append(self._final)
+        self.rows_written += self._file_rows
         final = self._final
         self._tmp = self._final = None
         self._file_rows = 0
@@ -1031,17 +1049,27 @@ class DatasetWriter:
         self.finalize_file()
         return list(self.files)
 
-    def abort(self) -> None:
-        """Drop what is not finalized; finalized files stay."""
+    def abort(self) -> int:
+        """Drop what is not finalized (finalized files stay); returns the rows dropped, which
+        are added to `rows_lost`."""
+        lost = self.unfinalized_rows
+        self.rows_lost += lost
         self._pending = []
         self._pending_rows = 0
+        self._pending_bytes = 0
+        self._file_rows = 0
+        self._file_bytes = 0
+        self._first_row_at = None
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
             self._writer = None
         if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
             self._tmp = None
+        self._final = None
+        return lost
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -1053,13 +1081,54 @@ class DatasetWriter:
             self.abort()
 
 
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
-    """Manifests and summaries beside datasets get the same temp-fsync-rename treatment."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    data = json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
+def foreign_content(
+    directory: str | os.PathLike[str],
+    kinds: Sequence[str],
+    *,
+    sanitized: bool | None = None,
+    extra_names: Sequence[str] = (),
+    ignore_hidden: bool = False,
+) -> str | None:
+    """Why `directory` is not purely a shadowtape dataset of one of `kinds` (None if it is).
+
+    It is what a command may replace or add to: Parquet files whose metadata says they are
+    of that kind (and, when `sanitized` is given, flagged so or not), the top-level names in
+    `extra_names` (a manifest, a summary), and this layer's own temporaries; with
+    `ignore_hidden`, any hidden entry (for a caller that adds files and replaces nothing
+    else). The answer is a phrase naming the first thing that is not, for an error line.
+    """
+    root = Path(directory)
+    wanted = " or ".join(kinds)
+
+    def walk(d: Path) -> str | None:
+        for entry in sorted(d.iterdir()):
+            rel = entry.relative_to(root)
+            if (d == root and entry.name in extra_names) or (
+                ignore_hidden and is_hidden(entry.name)
+            ):
+                continue
+            if entry.is_symlink():
+                return f"holds {rel}, a symbolic link shadowtape did not write"
+            if entry.is_dir():
+                reason = walk(entry)
+                if reason is not None:
+                    return reason
+                continue
+            if is_hidden(entry.name) and ".parquet." in entry.name:
+                continue  # a writer's temporary (or one left by a killed writer)
+            if is_hidden(entry.name) or entry.suffix != ".parquet":
+                return f"holds {rel}, which is not part of a shadowtape {wanted} dataset"
+            try:
+                pf, info = open_file(entry)
+                pf.close()
+            except DatasetError:
+                return f"holds {rel}, which is not a shadowtape dataset file"
+            if info.kind not in kinds:
+                return f"holds {rel}, which belongs to a dataset of {info.kind} (not {wanted})"
+            flagged = info.metadata.get(META_SANITIZED) == "true"
+            if sanitized is not None and flagged != sanitized:
+                state = "a sanitized" if flagged else "an unsanitized"
+                return f"holds {rel}, a file of {state} {info.kind} dataset"
+        return None
+
+    return walk(root)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from shadowtape.errors import InputError
 
 # Loopback and names that say what they are; anything else must be allowed by name, so a typo in
-# --target cannot send production traffic back to production.
+# --target cannot send production traffic back to production. `127.*` and `::1` are address
+# patterns: they match IP addresses only, never a DNS name such as 127.0.0.1.example.com.
 DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = (
     "localhost",
     "127.*",
@@ -44,7 +46,13 @@ HOP_BY_HOP = frozenset(
 
 
 def check_target_url(url: str, option: str = "--target") -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: http://[::1
+        raise InputError(
+            f"{option} {url!r}: not a URL ({exc}); give a base URL such as "
+            "http://127.0.0.1:8000 (IPv6: http://[::1]:8000)"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"{option} {url!r}: give a base URL such as http://127.0.0.1:8000")
     if parts.query or parts.fragment:
@@ -55,10 +63,57 @@ def check_target_url(url: str, option: str = "--target") -> None:
         raise InputError(f"{option} {url!r}: bad port") from None
 
 
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _is_address_pattern(pattern: str) -> bool:
+    """`127.*`, `10.0.0.0/8`, `::1`: patterns over IP addresses, never over names."""
+    return ":" in pattern or re.fullmatch(r"[0-9.*?\[\]/]+", pattern) is not None
+
+
+def host_allowed(host: str, patterns: Iterable[str]) -> bool:
+    """Whether `host` (a name or an IP address, as in a URL) matches one of `patterns`.
+
+    An address is matched only by address patterns (a glob over its canonical text, or a
+    CIDR network); a DNS name only by name patterns, so `127.*` never lets through
+    127.0.0.1.example.com. `*` alone matches everything.
+    """
+    host = host.lower().rstrip(".") if _address(host) is None else host.lower()
+    address = _address(host)
+    for raw in patterns:
+        pattern = raw.strip().lower()
+        if pattern == "*":
+            return True
+        if address is None:
+            if not _is_address_pattern(pattern) and fnmatch.fnmatchcase(host, pattern):
+                return True
+            continue
+        if not _is_address_pattern(pattern):
+            continue
+        if "/" in pattern:
+            try:
+                if address in ipaddress.ip_network(pattern, strict=False):
+                    return True
+            except ValueError:
+                continue
+        else:
+            literal = _address(pattern)
+            if literal is not None:
+                if literal == address:
+                    return True
+            elif fnmatch.fnmatchcase(str(address), pattern):
+                return True
+    return False
+
+
 def check_target_allowed(url: str, patterns: Iterable[str], option: str = "--target") -> None:
-    host = (urlsplit(url).hostname or "").lower()
+    host = urlsplit(url).hostname or ""
     pats = list(patterns)
-    if any(fnmatch.fnmatchcase(host, p.lower()) for p in pats):
+    if host_allowed(host, pats):
         return
     raise InputError(
         f"{option} {url}: host {host!r} is not in the allowlist ({', '.join(pats)}); "

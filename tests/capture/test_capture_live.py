@@ -142,7 +142,7 @@ def test_every_request_lands_with_its_details_and_no_secret_reaches_disk(
     assert meta["shadowtape.sanitized"] == "false"
     assert meta["shadowtape.capture_id"]
     last = read_files(cap.out_dir)[-1].metadata
-    assert last["shadowtape.capture.recorded"] == str(sent)
+    assert last["shadowtape.capture.written"] == str(sent)
     assert last["shadowtape.capture.truncated_bodies"] == "1"
     assert all(
         f.name.startswith(f"capture-{meta['shadowtape.capture_id']}")
@@ -295,7 +295,7 @@ def test_inspect_reports_a_capture(start_capture, shadowtape_cmd):
     assert report["rows"] == 5
     assert report["status_mix"] == {"2xx": 5}
     assert {"route": "GET /users/{id}", "count": 4} in report["top_routes"]
-    assert report["capture_counters"]["recorded"] == 5
+    assert report["capture_counters"]["written"] == 5
     assert report["sessions"] == 1
 
 

@@ -66,7 +66,7 @@ def test_queue_full_drops_are_counted_and_the_proxy_keeps_serving(
     assert statuses == [200] * REQUESTS
     assert len(upstream.seen) == REQUESTS
     c = summary.counters
-    assert c.recorded == QUEUE
+    assert c.written == QUEUE
     assert c.dropped_queue_full == REQUESTS - QUEUE
     report = inspect_dataset(out)
     assert report.rows == QUEUE
@@ -84,7 +84,7 @@ def test_writer_offer_never_blocks_and_counts(tmp_path):
     assert accepted == [True] * 3 + [False] * 7
     assert sink.counters.dropped_queue_full == 7
     files = writer.close()  # what was queued still lands
-    assert sink.counters.recorded == 3 and len(files) == 1
+    assert sink.counters.written == 3 and len(files) == 1
     # The byte bound: big bodies fill the buffer before the count does.
     sink = ExchangeSink(WriterSettings(tmp_path / "b", "cid", {}), CaptureCounters())
     writer = CaptureWriter(sink, queue_size=100, buffer_bytes=2500)
@@ -93,6 +93,6 @@ def test_writer_offer_never_blocks_and_counts(tmp_path):
     )
     assert [writer.offer(big) for _ in range(4)] == [True, True, False, False]
     writer.close()
-    assert sink.counters.recorded == 2 and sink.counters.dropped_queue_full == 2
+    assert sink.counters.written == 2 and sink.counters.dropped_queue_full == 2
     with pytest.raises(ValueError):
         CaptureWriter(sink, queue_size=0)

@@ -160,7 +160,7 @@ def test_a_bad_file_is_one_line_and_exit_2_from_the_real_cli(tmp_path: Path) -> 
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         f"shadowtape: error: {path}:2 [demo]: `shadowtape demo` has no option --requets; "
-        "options it takes: keep, requests, seed, workdir"
+        "options it takes: --keep, --requests, --seed, --workdir"
     ]
     assert not (tmp_path / "demo-work").exists()
 

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from shadowtape.keyed import Key, Keyed
-from shadowtape.schema import META_SANITIZED, DatasetWriter, Exchange, RollPolicy, uuid7
+from shadowtape.schema import (
+    META_SANITIZED,
+    DatasetWriter,
+    Exchange,
+    RollPolicy,
+    read_files,
+    uuid7,
+)
 
 T0 = 1_700_000_000_000_000  # recorded origin, µs
 
@@ -219,6 +226,8 @@ def write_dataset(
         directory, metadata=meta, roll=RollPolicy(row_group_rows=row_group_rows)
     ) as w:
         w.write_exchanges(records)
+    if sanitized:
+        write_manifest(directory)
     return directory
 
 
@@ -277,6 +286,17 @@ def shop_sessions(n: int = 3) -> list:
             ),
         ]
     return records
+
+
+def write_manifest(directory: Path) -> None:
+    """The manifest `shadowtape sanitize` writes beside its files, which replay checks."""
+    files = [
+        {"name": i.path.relative_to(directory).as_posix(), "rows": i.num_rows,
+         "row_groups": i.num_row_groups}
+        for i in read_files(directory)
+    ]  # fmt: skip
+    doc = {"format": "shadowtape.sanitize-manifest", "version": 1, "files": files}
+    (directory / "_manifest.json").write_text(json.dumps(doc))
 
 
 # --- a server that keeps the exact bytes it was sent --------------------------------------

@@ -170,9 +170,17 @@ def test_out_exists_is_refused_unless_overwrite(raw_corpus, tmp_path, cli, test_
     assert result.stderr.strip().count("\n") == 0
     assert "already exists" in result.stderr and "--overwrite" in result.stderr
     assert (out / "keep.txt").exists()
+    # --overwrite replaces only an earlier sanitize output, never a file sanitize did not write.
+    result = cli("sanitize", str(raw_corpus.path), str(out), "--overwrite")
+    assert result.exit_code == 2 and "holds keep.txt" in result.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert cli("sanitize", str(raw_corpus.path), str(out)).exit_code == 2  # empty, still exists
     result = cli("sanitize", str(raw_corpus.path), str(out), "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and schema.is_sanitized(out)
+    assert schema.is_sanitized(out)
+    result = cli("sanitize", str(raw_corpus.path), str(out), "--overwrite")
+    assert result.exit_code == 0, result.output  # its own earlier output is replaced
 
 
 def test_missing_key_is_a_clear_error(raw_corpus, tmp_path, cli, monkeypatch):

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "governance"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "replay"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from otlp_receiver import otlp  # noqa: E402, F401

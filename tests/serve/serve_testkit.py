@@ -18,6 +18,9 @@ import pytest
 
 from shadowtape.schema import META_SANITIZED, DatasetWriter, Exchange, RollPolicy, uuid7
 
+sys.path.insert(0, str(Path(__file__).parent.parent / "replay"))
+from replay_testkit import write_manifest  # noqa: E402
+
 T0 = 1_700_000_000_000_000
 
 
@@ -79,6 +82,8 @@ def write_recording(directory: Path, records: list[Exchange], *, sanitized: bool
     meta = {META_SANITIZED: "true" if sanitized else "false"}
     with DatasetWriter(directory, metadata=meta, roll=RollPolicy(row_group_rows=50)) as w:
         w.write_exchanges(records)
+    if sanitized:
+        write_manifest(directory)  # as sanitize would: replay checks it
     return directory
 
 

@@ -39,7 +39,7 @@ from shadowtape.capture.writer import (
     WriterSettings,
 )
 from shadowtape.credentials import CredentialScrubber
-from shadowtape.errors import InputError, ShadowtapeError
+from shadowtape.errors import ShadowtapeError
 from shadowtape.governance.access import FileAccess
 from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key, Keyed
@@ -94,6 +94,7 @@ class ShadowtapeCapture:
         self._sessions: SessionTracker | None = None
         self._warned_inactive = False
         self._done = False
+        self.config_error: ShadowtapeError | None = None
         # Exchange ids need unique bits, not secret ones: os.urandom per flow measured ~0.5 ms
         # on a VM, more than all the rest of the hook.
         self._id_bits = random.Random(int.from_bytes(os.urandom(16), "big"))
@@ -212,6 +213,9 @@ class ShadowtapeCapture:
             key = Key.load(config.key_file, env=opts.shadowtape_key_env or DEFAULT_KEY_ENV)
             ensure_writable(config.out_dir, config.access)
         except ShadowtapeError as exc:
+            # Kept, so `shadowtape capture` reports it with its own exit code (bad input 2,
+            # an unwritable output directory 1); mitmproxy itself sees an OptionsError.
+            self.config_error = exc
             raise exceptions.OptionsError(f"shadowtape: {exc}") from None
         # New settings begin a new capture: the old one's files are finalized as they were.
         self._stop_writer()
@@ -278,8 +282,9 @@ class ShadowtapeCapture:
             self.finished.append(writer)
             c = writer.counters
             logger.info(
-                "shadowtape: recorded %d exchanges, dropped %d, in %d files",
-                c.recorded,
+                "shadowtape: wrote %d of %d exchanges, dropped %d, in %d files",
+                c.written,
+                c.seen,
                 c.dropped(),
                 len(writer.sink.files),
             )
@@ -339,6 +344,7 @@ class ShadowtapeCapture:
                 max_body=self.config.max_body if self.config else DEFAULT_MAX_BODY,
             )
         except Exception:  # a flow we cannot convert is a counted loss, never a proxy error
+            writer.counters.seen += 1
             writer.counters.dropped_conversion_error += 1
             logger.exception("shadowtape: could not record %s", flow.request.pretty_url)
             return
@@ -347,7 +353,7 @@ class ShadowtapeCapture:
 
     def snapshot(self) -> dict[str, int]:
         if self.writer is None:
-            return {"recorded": 0, "queued": 0, "dropped": 0, "bytes": 0, "files": 0}
+            return {"seen": 0, "written": 0, "queued": 0, "dropped": 0, "bytes": 0, "files": 0}
         return self.writer.snapshot()
 
 
@@ -367,11 +373,14 @@ def ensure_writable(directory: Path, access: FileAccess | None = None) -> None:
         else:
             directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(
-            f"{directory}: cannot create the output directory ({exc.strerror})"
+        raise ShadowtapeError(
+            f"{directory}: cannot create the output directory ({exc.strerror}); "
+            "choose another --out"
         ) from None
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise InputError(f"{directory}: the output directory is not writable")
+        raise ShadowtapeError(
+            f"{directory}: the output directory is not writable; choose another --out"
+        )
 
 
 def _host_matches(config: CaptureConfig, req: http.Request) -> bool:

@@ -72,12 +72,24 @@ class ImportSummary:
 
 def detect_format(path: Path) -> str:
     """`har`, `zhar` or `flows`, by content: HAR is JSON, `.zhar` is zlib-compressed HAR (as
-    mitmproxy's save.har writes it), a flow file is tnetstrings."""
+    mitmproxy's save.har writes it), a flow file is tnetstrings. A file named `.har` or
+    `.zhar` must be what its name says, so the error names the format the user meant."""
     with open(path, "rb") as fh:
         head = fh.read(64)
-    if path.suffix == ".zhar" and head[:1] == b"\x78":
+    if not head:
+        raise InputError(f"{path}: the file is empty; nothing to import")
+    is_json = head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
+    suffix = path.suffix.lower()
+    if suffix == ".zhar":
+        if head[:1] != b"\x78":
+            raise InputError(f"{path}: not a .zhar file (no zlib stream); give a HAR or .zhar file")
         return "zhar"
-    return "har" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "flows"
+    if suffix == ".har" and not is_json:
+        raise InputError(
+            f"{path}: not a HAR file (HAR is a JSON object starting with '{{'); "
+            "export it again from the browser or mitmproxy"
+        )
+    return "har" if is_json else "flows"
 
 
 class ZlibReader(io.RawIOBase):

@@ -87,20 +87,21 @@ def _iso(us: int | None) -> str | None:
 
 
 def capture_counters(metas: list[dict[str, str]]) -> dict[str, int]:
-    """Counters only grow within a capture process, so its latest figures are the largest
-    ones; captures sharing a directory, and the workers of one capture, add up."""
-    per_capture: dict[tuple[str, str], dict[str, int]] = {}
+    """Each capture process's figures as its latest file has them (the one with the most
+    rows written: counts only grow, except `pending`, which is why no per-field maximum is
+    taken); captures sharing a directory, and the workers of one capture, add up."""
+    latest: dict[tuple[str, str], CaptureCounters] = {}
     for meta in metas:
         counters = CaptureCounters.from_metadata(meta)
         if counters is None:
             continue
         who = (meta.get(META_CAPTURE_ID, ""), meta.get(META_CAPTURE_WORKER, ""))
-        latest = per_capture.setdefault(who, {})
-        for name, value in asdict(counters).items():
-            latest[name] = max(latest.get(name, 0), value)
+        held = latest.get(who)
+        if held is None or (counters.written, counters.seen) > (held.written, held.seen):
+            latest[who] = counters
     totals: Counter[str] = Counter()
-    for latest in per_capture.values():
-        totals.update(latest)
+    for counters in latest.values():
+        totals.update(asdict(counters))
     return dict(totals)
 
 
@@ -173,22 +174,30 @@ def format_report(report: InspectReport) -> str:
     lines.append("  top routes")
     lines.extend(f"    {n:>8}  {r}" for r, n in report.top_routes)
     if report.capture_counters:
-        c = report.capture_counters
-        lines.append(
-            "  capture     "
-            f"recorded {c.get('recorded', 0)}, "
-            f"dropped (queue full) {c.get('dropped_queue_full', 0)}, "
-            f"dropped (write error) {c.get('dropped_write_error', 0)}, "
-            f"dropped (unconvertible) {c.get('dropped_conversion_error', 0)}, "
-            f"skipped by filter {c.get('skipped_filter', 0)}, "
-            f"skipped by sampling {c.get('skipped_sample', 0)}, "
-            f"invalid {c.get('skipped_invalid', 0)}, "
-            f"streamed bodies not kept {c.get('streamed_bodies', 0)}"
-        )
-        lost = c.get("recorded", 0) - report.rows
-        if lost > 0:
-            lines.append(
-                f"  note        {lost} recorded exchanges are not in finalized files "
-                "(capture still running, or stopped without finalizing)"
-            )
+        lines.extend(_capture_lines(report))
     return "\n".join(lines)
+
+
+def _capture_lines(report: InspectReport) -> list[str]:
+    """written + dropped (by cause) + pending = seen, as the capture's last file says."""
+    c = CaptureCounters(**report.capture_counters)
+    causes = ", ".join(f"{cause} {n}" for cause, n in c.drop_causes().items())
+    lines = [
+        f"  capture     seen {c.seen} = written {c.written} + dropped {c.dropped()} "
+        f"+ pending {c.pending}",
+        f"  dropped     {causes}",
+        f"  skipped     filter {c.skipped_filter}, sampling {c.skipped_sample}, "
+        f"invalid {c.skipped_invalid}, non-HTTP {c.skipped_non_http}; "
+        f"streamed bodies not kept {c.streamed_bodies}",
+    ]
+    if c.pending:
+        lines.append(
+            f"  note        {c.pending} exchanges were not yet in a file when the last one was "
+            "finalized (the capture is still running, or was killed and lost them)"
+        )
+    if c.written > report.rows:
+        lines.append(
+            f"  note        {c.written - report.rows} written exchanges are not in this "
+            "directory (files removed or moved?)"
+        )
+    return lines

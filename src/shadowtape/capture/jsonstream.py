@@ -101,6 +101,8 @@ class JsonScanner:
                 if exc.pos >= len(self.buf) - 1 or "Unterminated" in exc.msg:
                     raise self.truncated() from None
                 raise self.malformed(exc.msg, exc.pos) from None
+            except RecursionError:
+                raise self.malformed("arrays or objects nested too deeply to read") from None
             # A number at the buffer's end may continue in the next chunk.
             if end == len(self.buf) and not self.eof and self._fill(need):
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,8 @@ class CaptureSummary:
     counters: CaptureCounters = field(default_factory=CaptureCounters)
     files: list[Path] = field(default_factory=list)
     bytes_written: int = 0
-    failures: list[str] = field(default_factory=list)
+    # Why writes failed, each cause once with how often it happened.
+    failures: Counter[str] = field(default_factory=Counter)
     workers: int = 1
     lost_workers: list[str] = field(default_factory=list)  # workers that died, and what they lost
 
@@ -71,7 +73,7 @@ class CaptureSummary:
         self.counters.add(other.counters)
         self.files.extend(other.files)
         self.bytes_written += other.bytes_written
-        self.failures.extend(other.failures)
+        self.failures.update(other.failures)
 
 
 class _StartupErrors(logging.Handler):
@@ -145,6 +147,8 @@ async def _run(
             **capture_options,
         )
     except exceptions.OptionsError as exc:
+        if capture.config_error is not None:
+            raise capture.config_error from None
         raise InputError(str(exc).removeprefix("shadowtape: ")) from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,6 +185,5 @@ def summarize(capture: ShadowtapeCapture, listen_url: str) -> CaptureSummary:
         summary.counters.add(writer.counters)
         summary.files.extend(writer.sink.files)
         summary.bytes_written += writer.sink.bytes_written
-        if writer.failure:
-            summary.failures.append(writer.failure)
+        summary.failures.update(writer.failures)
     return summary

@@ -44,7 +44,7 @@ from shadowtape.supervision import SignalCounter, how_it_ended, messages
 
 POLL_S = 0.2
 STARTUP_TIMEOUT_S = 120.0
-SNAPSHOT_KEYS = ("recorded", "queued", "dropped", "bytes", "files")
+SNAPSHOT_KEYS = ("seen", "written", "queued", "dropped", "bytes", "files")
 
 
 def reuse_port_available() -> bool:
@@ -285,7 +285,9 @@ class _Supervisor:
             how = f"failed: {w.error[0].strip().splitlines()[-1]}"
         else:
             how = how_it_ended(w.exitcode)
-        seen = (w.snapshot or {}).get("recorded", 0) + (w.snapshot or {}).get("queued", 0)
+        # Taken = seen and not already counted as dropped (those are in its counters).
+        snapshot = w.snapshot or {}
+        seen = snapshot.get("seen", 0) - snapshot.get("dropped", 0)
         kept = sum(
             pq.ParquetFile(f).metadata.num_rows
             for f in out_dir.glob(f"capture-{capture_id}-w{w.index}-*.parquet")

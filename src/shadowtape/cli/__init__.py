@@ -15,8 +15,9 @@ import click
 
 from shadowtape import __version__
 from shadowtape.cli.audit_hook import ACTOR_ENV, AUDIT_LOG_ENV, AuditScope, StageContext
+from shadowtape.cli.failures import report as report_failure
+from shadowtape.cli.failures import sigterm_raises
 from shadowtape.config import CONFIG_ENV, Config, build_default_map, find_config, load_config
-from shadowtape.errors import ShadowtapeError
 
 # name -> "module:attribute"; the order is the order of `--help`, which follows the flow.
 COMMANDS: dict[str, str] = {
@@ -38,7 +39,7 @@ COMMANDS: dict[str, str] = {
 
 
 class StageGroup(click.Group):
-    """Imports a command's module on first use and turns expected errors into one line."""
+    """Imports a command's module on first use and turns every failure into one line."""
 
     context_class = StageContext  # the audit hook needs the exit code ctx.exit() was given
 
@@ -68,13 +69,17 @@ class StageGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         ctx.with_resource(AuditScope(ctx))  # one audit record when the command ends, any way
-        try:
-            return super().invoke(ctx)
-        except ShadowtapeError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"shadowtape: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+        # Every failure of every command becomes one line here (cli/failures.py decides
+        # which); `--debug` lets the traceback through instead.
+        with sigterm_raises():
+            try:
+                return super().invoke(ctx)
+            except BaseException as exc:
+                code = report_failure(exc, debug=bool(ctx.obj and ctx.obj.get("debug")))
+                if code is None:
+                    raise
+                # Inside the except block: the audit record sees the failure being handled.
+                ctx.exit(code)
 
 
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"]})

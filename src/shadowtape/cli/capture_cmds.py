@@ -216,7 +216,7 @@ def capture(
 
     def on_tick(s: dict[str, int]) -> None:
         live.update(
-            f"recorded {s['recorded']}  dropped {s['dropped']}  "
+            f"written {s['written']} of {s['seen']}  dropped {s['dropped']}  "
             f"bytes {_human_bytes(s['bytes'])}  files {s['files']}"
         )
 
@@ -246,27 +246,39 @@ def capture(
     )
     live.clear()
     c = summary.counters
-    facts.count(recorded=c.recorded, dropped=c.dropped(), files=len(summary.files))
+    facts.count(seen=c.seen, written=c.written, dropped=c.dropped(), files=len(summary.files))
     click.echo(
-        f"captured {c.recorded} exchanges into {len(summary.files)} files in {out_dir} "
+        f"captured {c.written} exchanges into {len(summary.files)} files in {out_dir} "
         f"({_human_bytes(summary.bytes_written)})"
     )
+    causes = ", ".join(f"{n} ({cause})" for cause, n in c.drop_causes().items())
     click.echo(
-        f"  dropped: {c.dropped_queue_full} (queue full), {c.dropped_write_error} (write errors), "
-        f"{c.dropped_conversion_error} (unconvertible)"
-        f"; skipped: {c.skipped_filter} (filter), {c.skipped_sample} (sampling)"
+        f"  seen {c.seen} = written {c.written} + dropped {c.dropped()} + pending {c.pending}; "
+        f"dropped: {causes}"
     )
+    click.echo(f"  skipped: {c.skipped_filter} (filter), {c.skipped_sample} (sampling)")
     click.echo(
         f"  error exchanges: {c.errors}; truncated bodies: {c.truncated_bodies}; "
         f"streamed bodies not kept: {c.streamed_bodies}"
     )
-    for failure in summary.failures:
-        click.echo(f"  write failure: {failure}", err=True)
+    for failure, times in summary.failures.items():
+        click.echo(f"  write failure: {failure} ({times}x)", err=True)
+    problems = []
+    lost = c.lost_to_writing() + c.pending
+    if lost:
+        problems.append(
+            f"capture lost {lost} of {c.seen} exchanges writing to {out_dir} "
+            f"({c.dropped_disk_full} disk full, {c.dropped_write_error} write errors, "
+            f"{c.dropped_encode_error} unencodable, {c.pending} never flushed); the files "
+            "there are whole: free space or fix the output directory, then capture again"
+        )
     if summary.lost_workers:
-        raise ShadowtapeError(
+        problems.append(
             f"{len(summary.lost_workers)} of {summary.workers} capture workers died: "
             + "; ".join(summary.lost_workers)
         )
+    if problems:
+        raise ShadowtapeError("; ".join(problems))
 
 
 @click.command("import")
@@ -336,13 +348,13 @@ def import_files(
         files,
         settings,
         key,
-        on_progress=lambda s: live.update(f"read {s.entries} entries, {s.counters.recorded} kept"),
+        on_progress=lambda s: live.update(f"read {s.entries} entries, {s.counters.seen} kept"),
     )
     live.clear()
     c = summary.counters
-    facts.count(recorded=c.recorded, entries=summary.entries, files=len(summary.files))
+    facts.count(written=c.written, entries=summary.entries, files=len(summary.files))
     click.echo(
-        f"imported {c.recorded} exchanges from {summary.inputs} files ({summary.entries} entries) "
+        f"imported {c.written} exchanges from {summary.inputs} files ({summary.entries} entries) "
         f"into {len(summary.files)} files in {out_dir}"
     )
     click.echo(

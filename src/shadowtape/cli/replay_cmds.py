@@ -274,21 +274,24 @@ Examples:
     type=int,
     default=_RETRY.attempts - 1,
     show_default=True,
-    help="Retries of idempotent requests on 502/503/504, and of connect failures.",
+    help="Extra tries for a request that never reached staging (connection refused or "
+    "timed out), and for an idempotent one (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) answered "
+    "502/503/504 or cut off by a dropped connection. Timeouts after sending are not retried: "
+    "a hung staging costs one --read-timeout per request.",
 )
 @click.option(
     "--breaker-error-rate",
     type=float,
     default=_BREAKER.error_rate,
     show_default=True,
-    help="Stop when this share of recent attempts fail or get 5xx.",
+    help="Stop when this share (0 to 1) of recent attempts fail or get 5xx.",
 )
 @click.option(
     "--breaker-failures",
     type=int,
     default=_BREAKER.connection_failures,
     show_default=True,
-    help="Stop after this many connection failures in a row.",
+    help="Stop after this many connection failures in a row (0: never).",
 )
 @click.option(
     "--grace",
@@ -331,7 +334,8 @@ Examples:
     "--start-at",
     type=float,
     metavar="EPOCH_SECONDS",
-    help="Shared schedule origin, so several senders keep one schedule.",
+    help="Shared schedule origin (Unix seconds, at most an hour ahead), so several senders "
+    "keep one schedule.",
 )
 @click.option(
     "--workers",
@@ -385,7 +389,20 @@ Examples:
     "retry and breaker metrics over OTLP/HTTP to this base URL [default: "
     "$OTEL_EXPORTER_OTLP_ENDPOINT; off when unset]. Needs shadowtape[otel].",
 )
-@click.option("--overwrite", is_flag=True, help="Replace earlier results in --out.")
+@click.option(
+    "--roll-interval",
+    type=float,
+    default=_CFG["roll_interval"],
+    show_default=True,
+    metavar="SECONDS",
+    help="Finalize a results file this often: if the replay is killed (kill -9, power loss), "
+    "the files already finalized are whole and at most this much is lost.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace earlier results in --out (only results files that replay wrote).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; send nothing.")
 def replay(source: str, **opts: Any) -> None:
     """Replay recorded sessions against a staging target and record its answers.
@@ -446,7 +463,11 @@ def replay(source: str, **opts: Any) -> None:
             f"{config.out}; check {where} or loosen --breaker-error-rate"
         )
     if summary.status == "interrupted":
-        click.echo(f"shadowtape: interrupted; results so far are in {config.out}", err=True)
+        click.echo(
+            f"shadowtape: {summary.reason or 'interrupted'}; the results so far are in "
+            f"{config.out}, whole (rows not sent are marked skipped)",
+            err=True,
+        )
         raise click.exceptions.Exit(summary.exit_code)
 
 
@@ -502,14 +523,8 @@ def _check_engine(o: dict[str, Any]) -> int:
 
 
 def _build_config(source: str, o: dict[str, Any]) -> ReplayConfig:
-    for name in ("concurrency", "limit", "sessions", "noise_sample", "max_body"):
-        if o[name] is not None and o[name] < (1 if name in ("concurrency", "max_body") else 0):
-            raise InputError(f"--{name.replace('_', '-')} {o[name]}: must not be negative")
-    for name in ("duration", "max_gap", "grace"):
-        if o[name] is not None and o[name] < 0:
-            raise InputError(f"--{name.replace('_', '-')} {o[name]}: must not be negative")
-    if o["retries"] < 0:
-        raise InputError(f"--retries {o['retries']}: must not be negative")
+    # The numbers are checked by the replay stage itself (config.check_numbers), for every
+    # caller, before anything is read or sent.
     shard_index, shard_count = parse_shard(o["shard"])
     return ReplayConfig(
         source=source,
@@ -549,6 +564,7 @@ def _build_config(source: str, o: dict[str, Any]) -> ReplayConfig:
         shard_count=shard_count,
         start_at=o["start_at"],
         overwrite=o["overwrite"],
+        roll_interval=o["roll_interval"],
     )
 
 

@@ -13,26 +13,27 @@ import click
 from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
 from shadowtape.cli.scenario_opts import current_registry
-from shadowtape.diff.pipeline import DiffSummary, default_out, run_diff
+from shadowtape.diff.pipeline import DiffOptions, DiffSummary, default_out, run_diff
 from shadowtape.diff.settings import build_options, diff_is_current
 from shadowtape.errors import InputError
 from shadowtape.latency import DEFAULT_THRESHOLD
+from shadowtape.publish import write_file_atomic
 from shadowtape.report import html, junit, slo, terminal
 from shadowtape.report.aggregate import load_report
 from shadowtape.report.gates import METRICS, evaluate, parse_gates
-from shadowtape.report.output import report_json, write_text_atomic
+from shadowtape.report.output import report_json
 
 _DIFF_OPTIONS = [
     click.option(
         "--ignore-file",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="YAML of pinned rules: `ignore:`, `noise:` or `drift:` lists of JSON paths "
         "($.meta.generated_at), `header: NAME` or `{path: ..., route: 'GET /x'}`.",
     ),
     click.option(
         "--routes",
         "routes_file",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="Endpoint templates to group by: an OpenAPI/Swagger file, or a list such as "
         "'GET /users/{id}' (one a line). Unmatched paths get inferred templates.",
     ),
@@ -81,8 +82,7 @@ def _diff_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _run_diff(results: Path, out: Path | None, opts: dict[str, Any]) -> DiffSummary:
-    options = build_options(**opts)
+def _run_diff(results: Path, out: Path | None, options: DiffOptions) -> DiffSummary:
     line = LiveLine()
     try:
         return run_diff(
@@ -135,7 +135,7 @@ def diff(results: Path, out: Path | None, **opts: Any) -> None:
     facts = run_facts()
     facts.read_dataset(results)
     facts.wrote_dataset(out or default_out(results))
-    summary = _run_diff(results, out, opts)
+    summary = _run_diff(results, out, build_options(**opts))
     t = summary.payload["totals"]
     facts.count(rows=t["rows"], compared=t["compared"], diff_rows=t["diff_rows"])
     click.echo(_diff_line(summary))
@@ -147,8 +147,8 @@ def diff(results: Path, out: Path | None, **opts: Any) -> None:
     "--diff",
     "diff_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Diff dataset to report on (default RESULTS/_diff; computed there if missing or "
-    "older than the results).",
+    help="Diff dataset to report on (default RESULTS/_diff; computed there if missing, older "
+    "than the results, or made with other diff options).",
 )
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML report here.")  # fmt: skip
@@ -217,8 +217,9 @@ def report(
     noise, error rate, latency p50/p95/p99 of both sides), every drifting path with an
     example, the routes whose latency regressed against the baseline (recorded latency is
     context only), and the error budget each --slo consumed. Runs `shadowtape diff` first
-    when RESULTS has no up-to-date diff (the diff options below apply then). Exit 0 when no
-    --fail-on rule trips, 1 when one does, 2 on bad input.
+    when RESULTS has no diff of its current files made with the diff options below, so the
+    verdict never depends on a leftover diff. Exit 0 when no --fail-on rule trips, 1 when
+    one does, 2 on bad input.
 
     \b
     Example:
@@ -232,14 +233,22 @@ def report(
     if not 0 <= latency_threshold < 1000:
         raise InputError(f"--latency-threshold {latency_threshold:g}: give a percentage such as 20")
     objectives = slo.gather_rules(slo_rules, slo_files)
+    options = build_options(**opts)  # a bad --ignore-file fails here, whatever the diff
+    if notebook_out is not None:
+        from shadowtape.report.notebook import check_notebook_ready
+
+        check_notebook_ready(notebook_out)  # before anything is written
     registry = current_registry()
     facts = run_facts()
     facts.read_dataset(results)
     target = diff_dir or default_out(results)
-    if not diff_is_current(results, target):
-        click.echo(f"report: no up-to-date diff in {target}; running diff", err=True)
+    if not diff_is_current(results, target, options):
+        click.echo(
+            f"report: no diff of these results with these options in {target}; running diff",
+            err=True,
+        )
         facts.wrote_dataset(target)
-        click.echo(_diff_line(_run_diff(results, target, opts)), err=True)
+        click.echo(_diff_line(_run_diff(results, target, options)), err=True)
     facts.read_dataset(target)
     data = load_report(target, latency_threshold=latency_threshold / 100)
     slo.evaluate(objectives, data)
@@ -253,9 +262,9 @@ def report(
         click.echo(terminal.render(data, verdicts, groups), nl=False)
     written = []
     if html_out is not None:
-        written.append(str(write_text_atomic(html_out, html.render(data, verdicts, groups))))
+        written.append(str(write_file_atomic(html_out, html.render(data, verdicts, groups))))
     if junit_out is not None:
-        written.append(str(write_text_atomic(junit_out, junit.render(data, verdicts, groups))))
+        written.append(str(write_file_atomic(junit_out, junit.render(data, verdicts, groups))))
     if notebook_out is not None:
         from shadowtape.report.notebook import execute_notebook  # Jupyter loads only if asked
 

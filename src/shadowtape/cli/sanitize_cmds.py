@@ -12,6 +12,7 @@ from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
 from shadowtape.errors import InputError, KeyMissingError
 from shadowtape.keyed import DEFAULT_KEY_ENV, Key
+from shadowtape.publish import write_file_atomic
 from shadowtape.sanitize.manifest import MANIFEST_NAME, totals_by
 from shadowtape.sanitize.pipeline import Progress, SanitizeConfig, sanitize_dataset
 from shadowtape.sanitize.policy import default_policy_text, load_policy
@@ -80,7 +81,7 @@ def policy_init(file: str, force: bool) -> None:
     path = Path(file)
     if path.exists() and not force:
         raise InputError(f"{path}: already exists; pass --force to overwrite it")
-    path.write_text(text, encoding="utf-8")
+    write_file_atomic(path, text)
     click.echo(f"wrote {path}: the built-in policy; edit it, then `shadowtape policy check {path}`")
 
 

@@ -27,6 +27,7 @@ from shadowtape.demo.defaults import DEFAULT_REQUESTS, DEFAULT_SEED, DEFAULT_WOR
 from shadowtape.demo.processes import Echo, Service, Timeouts, run_step
 from shadowtape.demo.traffic import SESSION_HEADER, plan_sessions, send_traffic
 from shadowtape.errors import InputError, ShadowtapeError
+from shadowtape.extras import notebook_install_hint, notebook_missing
 
 MARKER = ".shadowtape-demo"
 REPLAY_SPEED = 5
@@ -155,8 +156,12 @@ class Step:
     note: str = ""
 
 
-def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
-    """The demo, step by step; the runner and the README both read this list."""
+def steps(
+    paths: DemoPaths, urls: Urls, requests: int, seed: int, notebook: bool = True
+) -> list[Step]:
+    """The demo, step by step; the runner and the README both read this list. Without
+    Jupyter installed (`notebook=False`) the report step runs without --notebook and says
+    why, so a plain `pip install shadowtape` runs the whole demo."""
 
     def shop(version: str, payments: str, *extra: str) -> tuple[str, ...]:
         return (
@@ -308,7 +313,9 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
         ),
         Step(
             "report",
-            "Report: terminal summary, HTML page, JUnit XML and the executed drift notebook",
+            "Report: terminal summary, HTML page, JUnit XML and the executed drift notebook"
+            if notebook
+            else "Report: terminal summary, HTML page and JUnit XML",
             (
                 (
                     "shadowtape",
@@ -318,10 +325,10 @@ def steps(paths: DemoPaths, urls: Urls, requests: int, seed: int) -> list[Step]:
                     str(paths.html),
                     "--junit",
                     str(paths.junit),
-                    "--notebook",
-                    str(paths.notebook),
+                    *(("--notebook", str(paths.notebook)) if notebook else ()),
                 ),
             ),  # fmt: skip
+            "" if notebook else f"notebook skipped: {notebook_install_hint(notebook_missing())}",
         ),
     ]
 
@@ -382,9 +389,11 @@ class DemoRun:
     services: list[Service] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     env: dict[str, str] = field(init=False)
+    notebook: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.paths = DemoPaths(self.options.workdir)
+        self.notebook = not notebook_missing()
         # The demo must not pick up a team's shadowtape.toml (a real staging target, say).
         self.env = {**os.environ, "SHADOWTAPE_NO_CONFIG": "1", "PYTHONUNBUFFERED": "1"}
         # Every stage appends its audit record to one log, so the run reads as one trail.
@@ -393,7 +402,9 @@ class DemoRun:
             self.env["SHADOWTAPE_ACTOR"] = self.options.actor
 
     def step(self, key: str) -> Step:
-        all_steps = steps(self.paths, self.urls, self.options.requests, self.options.seed)
+        all_steps = steps(
+            self.paths, self.urls, self.options.requests, self.options.seed, self.notebook
+        )
         index = next(i for i, s in enumerate(all_steps) if s.key == key)
         step = all_steps[index]
         self.echo("")
@@ -569,7 +580,8 @@ def run_demo(
             ("executed notebook", run.paths.notebook),
             ("audit log (`shadowtape audit verify`)", Path(run.env["SHADOWTAPE_AUDIT_LOG"])),
         ):
-            echo(f"  {label:<40} {path}")
+            if path.exists():
+                echo(f"  {label:<40} {path}")
         echo(
             "In CI, gate on the report: `shadowtape report "
             f"{run.paths.results} --fail-on 'status_mismatch>0' --fail-on "

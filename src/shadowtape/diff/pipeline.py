@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -57,6 +56,7 @@ from shadowtape.errors import DatasetError, InputError
 from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.latency import FORMAT as LATENCY_FORMAT
 from shadowtape.latency import LatencyHistogram
+from shadowtape.publish import scratch_directory, staged_directory, write_json_atomic
 from shadowtape.route_table import RouteTable
 
 DIFF_DIRNAME = "_diff"
@@ -188,16 +188,41 @@ def results_fingerprint(results: Path) -> list[list[Any]]:
     return out
 
 
+def options_json(opts: DiffOptions) -> dict[str, Any]:
+    """Every option that changes a diff's content, as stored in summary.json: `report`
+    reuses a diff only when these equal the ones it was asked for."""
+    return {
+        "headers": sorted(opts.compare.headers),
+        "key_fields": list(opts.compare.key_fields),
+        "value_limit": opts.compare.value_limit,
+        "max_diffs": opts.compare.max_diffs,
+        "min_request_rate": opts.thresholds.min_request_rate,
+        "min_contrast": opts.thresholds.min_contrast,
+        "pinned_rules": [asdict(r) for r in opts.pinned.rules],
+        "routes": [[t.method, t.path] for t in opts.routes.templates],
+    }
+
+
 def default_out(results: Path) -> Path:
     """RESULTS/_diff; beside a single results file, its directory's _diff."""
     return results.with_name(DIFF_DIRNAME) if results.is_file() else results / DIFF_DIRNAME
 
 
+def earlier_diff(out: Path) -> str | None:
+    """None when `out` holds what diff writes (a diff dataset and its summary), so a new diff
+    may replace it; else why not."""
+    if any(out.iterdir()) and not (out / SUMMARY_NAME).is_file():
+        return f"holds no {SUMMARY_NAME}, so it is not a shadowtape diff"
+    return schema.foreign_content(out, [schema.KIND_DIFFS], extra_names=[SUMMARY_NAME])
+
+
 def _check_out(results: Path, out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / SUMMARY_NAME).exists():
-        raise InputError(
-            f"{out}: exists and is not a shadowtape diff; choose another --out or remove it"
-        )
+    if out.exists() and out.is_dir():
+        reason = earlier_diff(out)
+        if reason is not None:
+            raise InputError(
+                f"{out}: {reason}; choose another --out (shadowtape replaces only a diff it wrote)"
+            )
     try:
         rel = out.resolve().relative_to(results.resolve())
     except ValueError:
@@ -594,14 +619,12 @@ class DiffRun:
             pf, _ = schema.open_file(f, schema.KIND_RESULTS)
             pf.close()
         _check_out(self.results, self.out)
-        parent = self.out.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        work_dir = parent / f".{self.out.name}.work-{os.getpid()}"
-        new_dir = parent / f".{self.out.name}.new-{os.getpid()}"
-        for d in (work_dir, new_dir):
-            shutil.rmtree(d, ignore_errors=True)
         roll = schema.RollPolicy(row_group_rows=self.options.row_group_rows)
-        try:
+        # The old diff stays in place until the new one is complete, then the two swap.
+        with (
+            staged_directory(self.out, check=earlier_diff, overwrite=True) as new_dir,
+            scratch_directory(self.out) as work_dir,
+        ):
             work = schema.DatasetWriter(
                 work_dir, schema.KIND_DIFFS, roll=roll, prefix="work", compression="lz4"
             )
@@ -621,13 +644,7 @@ class DiffRun:
             unmatched = len(self._sample_first)
             comparison = self._comparison(files)
             payload = self._payload(files, decisions, written, unmatched, comparison)
-            schema.write_json_atomic(new_dir / SUMMARY_NAME, payload)
-            if self.out.exists():
-                shutil.rmtree(self.out)
-            os.replace(new_dir, self.out)
-        finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            shutil.rmtree(new_dir, ignore_errors=True)
+            write_json_atomic(new_dir / SUMMARY_NAME, payload)
         return DiffSummary(
             out=self.out,
             comparison=comparison,
@@ -713,7 +730,6 @@ class DiffRun:
         totals["drift_paths"] = sum(1 for d in decisions if d.classification == DRIFT)
         totals["noise_paths"] = sum(1 for d in decisions if d.classification == NOISE)
         totals["ignored_paths"] = sum(1 for d in decisions if d.classification == IGNORED)
-        opts = self.options
         return {
             "kind": SUMMARY_KIND,
             "version": SUMMARY_VERSION,
@@ -721,15 +737,7 @@ class DiffRun:
             "latency_format": LATENCY_FORMAT,
             "results": str(self.results),
             "results_files": results_fingerprint(self.results),
-            "options": {
-                "headers": sorted(opts.compare.headers),
-                "key_fields": list(opts.compare.key_fields),
-                "value_limit": opts.compare.value_limit,
-                "max_diffs": opts.compare.max_diffs,
-                "min_request_rate": opts.thresholds.min_request_rate,
-                "min_contrast": opts.thresholds.min_contrast,
-                "pinned_rules": [asdict(r) for r in opts.pinned.rules],
-            },
+            "options": options_json(self.options),
             "totals": totals,
             "routes": routes,
             "paths": [asdict(d) for d in decisions],

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from shadowtape.diff.compare import DEFAULT_HEADERS, DEFAULT_MAX_DIFFS, CompareOptions
 from shadowtape.diff.noise import NoiseThresholds, PinnedRules, load_pinned_rules
-from shadowtape.diff.pipeline import SUMMARY_NAME, DiffOptions, results_fingerprint
+from shadowtape.diff.pipeline import (
+    SUMMARY_NAME,
+    SUMMARY_VERSION,
+    DiffOptions,
+    options_json,
+    results_fingerprint,
+)
 from shadowtape.errors import InputError
 from shadowtape.route_table import RouteTable, load_routes
 
@@ -56,12 +62,16 @@ def build_options(
     )
 
 
-def diff_is_current(results: Path, out: Path) -> bool:
-    """Whether `out` holds a diff of exactly the results files there now (raises
-    DatasetError when `results` is not a dataset at all)."""
+def diff_is_current(results: Path, out: Path, options: DiffOptions) -> bool:
+    """Whether `out` holds a diff of exactly the results files there now, made with exactly
+    these options (raises DatasetError when `results` is not a dataset at all). A CI gate's
+    verdict must not depend on a diff left over from another run with other options."""
     current = results_fingerprint(results)
     try:
         payload = json.loads((out / SUMMARY_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return payload.get("results_files") == current
+    if not isinstance(payload, dict) or payload.get("version") != SUMMARY_VERSION:
+        return False
+    stored = json.loads(json.dumps(options_json(options)))  # as JSON gives it back
+    return payload.get("results_files") == current and payload.get("options") == stored

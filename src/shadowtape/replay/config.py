@@ -8,6 +8,7 @@ names the option and the fix.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,9 +52,19 @@ class Timeouts:
     total: float = 60.0
 
 
+# --start-at is a shared origin for senders started together; further ahead is a typo (ms for
+# seconds) that would wait silently for days.
+MAX_START_AHEAD_S = 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    attempts: int = 3  # total tries, the first included
+    # Total tries, the first included. What is retried (sender.py): requests that never
+    # reached staging (connection refused, connect timeout), and idempotent requests answered
+    # 502/503/504 or cut off by a connection error. Timeouts after the request was sent are
+    # not retried: a hung staging would answer the retry no better, and each try costs a
+    # whole --read-timeout.
+    attempts: int = 3
     backoff: float = 0.1  # first wait, seconds; doubles per retry
     max_backoff: float = 2.0
 
@@ -111,6 +122,8 @@ class ReplayConfig:
     session_filter: SessionFilter | None = None
     # OTLP base URL for traces and metrics; None: the OTEL_EXPORTER_OTLP_* variables, or off.
     otlp_endpoint: str | None = None
+    # Results files are finalized this often, so a kill -9 loses at most this much.
+    roll_interval: float = 10.0
 
     @property
     def prefix(self) -> str:
@@ -186,3 +199,57 @@ def parse_rewrite(text: str) -> RewriteRule:
         return RewriteRule("path", match, replace)
     check_target_url(replace, option="--rewrite")
     return RewriteRule("host", match.lower(), replace.rstrip("/"))
+
+
+def check_numbers(config: ReplayConfig, now: float) -> None:
+    """Every number of a run, checked before anything is read or sent: NaN, infinity, and
+    values that would make a healthy target look broken (a zero breaker rate, a zero
+    timeout) are refused with the option's name. `now` is the wall clock (Unix seconds)."""
+
+    def number(flag: str, value: float | None, *, low: float, open_low: bool) -> None:
+        if value is None:
+            return
+        if not math.isfinite(value):
+            raise InputError(f"{flag} {value}: give a finite number")
+        if value < low or (open_low and value == low):
+            bound = f"greater than {low:g}" if open_low else f"at least {low:g}"
+            raise InputError(f"{flag} {value:g}: must be {bound}")
+
+    t = config.timing
+    number("--rate", t.rate if t.mode == "rate" else None, low=0, open_low=True)
+    number("--speed", t.speed if t.mode == "speed" else None, low=0, open_low=True)
+    number("--connect-timeout", config.timeouts.connect, low=0, open_low=True)
+    number("--read-timeout", config.timeouts.read, low=0, open_low=True)
+    number("--total-timeout", config.timeouts.total, low=0, open_low=True)
+    number("--duration", config.duration, low=0, open_low=True)
+    number("--max-gap", config.max_gap, low=0, open_low=False)
+    number("--grace", config.grace, low=0, open_low=False)
+    number("--roll-interval", config.roll_interval, low=0, open_low=True)
+    b = config.breaker
+    number("--breaker-error-rate", b.error_rate, low=0, open_low=True)
+    if b.error_rate > 1:
+        raise InputError(
+            f"--breaker-error-rate {b.error_rate:g}: a share of attempts, between 0 (excluded) "
+            "and 1; 1 opens the breaker only when every recent attempt failed"
+        )
+    if b.connection_failures < 0:
+        raise InputError(f"--breaker-failures {b.connection_failures}: must be 0 (off) or more")
+    for flag, value, low in (
+        ("--concurrency", config.concurrency, 1),
+        ("--limit", config.limit, 1),
+        ("--sessions", config.sessions, 1),
+        ("--noise-sample", config.noise_sample, 0),
+        ("--max-body", config.max_body, 1),
+        ("--retries", config.retry.attempts - 1, 0),
+    ):
+        if value is not None and value < low:
+            raise InputError(f"{flag} {value}: must be at least {low}")
+    if config.start_at is not None:
+        number("--start-at", config.start_at, low=0, open_low=False)
+        ahead = config.start_at - now
+        if ahead > MAX_START_AHEAD_S:
+            raise InputError(
+                f"--start-at {config.start_at:g}: {ahead:,.0f} s from now; a shared origin "
+                f"is at most {MAX_START_AHEAD_S:g} s ahead (Unix seconds, e.g. "
+                "$(($(date +%s) + 10)))"
+            )

@@ -23,10 +23,12 @@ import yaml
 from shadowtape.errors import InputError
 from shadowtape.http import jsonpath
 from shadowtape.http.target import target_path
+from shadowtape.publish import write_file_atomic
 from shadowtape.replay.locations import request_values, response_values
 from shadowtape.replay.plan import step_key
 from shadowtape.replay.scan import iter_rows
 from shadowtape.replay.sender import RequestParts
+from shadowtape.schema import dataset_files
 
 RULES_VERSION = 1
 _TRIVIAL = frozenset({"true", "false", "null", "none", "ok", "yes", "no"})
@@ -156,18 +158,24 @@ def dump_rules(rules: list[CorrelationRule], path: str | os.PathLike[str]) -> No
         ),
         "rules": [r.to_yaml() for r in rules],
     }
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False, width=100))
-    os.replace(tmp, p)
+    write_file_atomic(path, yaml.safe_dump(doc, sort_keys=False, width=100))
+
+
+# Keys a rules file may hold; anything else is a typo that would otherwise be ignored silently.
+_TOP_KEYS = ("version", "comment", "rules")
+_RULE_KEYS = ("name", "step", "source", "targets", "support")
 
 
 def load_rules(path: str | os.PathLike[str]) -> list[CorrelationRule]:
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text())
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InputError(f"{p}: cannot read rules file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: a rules file is UTF-8 text (YAML); this is not") from None
+    except RecursionError:
+        raise InputError(f"{p}: YAML nested too deeply to be a rules file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -175,6 +183,11 @@ def load_rules(path: str | os.PathLike[str]) -> list[CorrelationRule]:
         raise InputError(f"{p}: not valid YAML{where} ({problem})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
         raise InputError(f"{p}: a rules file needs a top-level `rules:` list")
+    unknown = [str(k) for k in doc if k not in _TOP_KEYS]
+    if unknown:
+        raise InputError(
+            f"{p}: unknown key {unknown[0]!r} at the top; a rules file has {', '.join(_TOP_KEYS)}"
+        )
     if doc.get("version", RULES_VERSION) != RULES_VERSION:
         raise InputError(f"{p}: rules version {doc.get('version')!r}; this shadowtape reads 1")
     rules = []
@@ -183,6 +196,16 @@ def load_rules(path: str | os.PathLike[str]) -> list[CorrelationRule]:
         where = f"{p}: rule {i + 1}"
         if not isinstance(item, dict):
             raise InputError(f"{where}: must be a mapping with step, source and targets")
+        unknown = [str(k) for k in item if k not in _RULE_KEYS]
+        if unknown:
+            raise InputError(
+                f"{where}: unknown key {unknown[0]!r}; a rule has {', '.join(_RULE_KEYS)}"
+            )
+        support = item.get("support", 0)
+        if support is None:
+            support = 0
+        if isinstance(support, bool) or not isinstance(support, int) or support < 0:
+            raise InputError(f"{where}: support {support!r} must be a whole number, 0 or more")
         missing = [k for k in ("step", "source", "targets") if not item.get(k)]
         if missing:
             raise InputError(f"{where}: missing {', '.join(missing)}")
@@ -211,7 +234,7 @@ def load_rules(path: str | os.PathLike[str]) -> list[CorrelationRule]:
                 step=str(item["step"]),
                 source=source,
                 targets=tuple(targets),
-                support=int(item.get("support") or 0),
+                support=support,
             )
         )
     return rules
@@ -243,6 +266,10 @@ def correlate_dataset(
     """Learn rules from a dataset and write them to `out` (YAML) when given."""
     if min_support < 1:
         raise InputError("--min-support must be at least 1")
+    if not dataset_files(source):
+        raise InputError(
+            f"{source}: no Parquet files; give a captured or sanitized dataset directory"
+        )
     rules = learn_rules(iter_rows(source), min_support=min_support)
     if out is not None:
         dump_rules(rules, out)

@@ -1,5 +1,9 @@
 """Result rows -> the results dataset (schema.RESULT_SCHEMA), written off the event loop.
 
+Files are finalized every roll interval, each with the run's figures so far in its footer
+(`"status": "running"`); the last one has the final figures. A replay killed hard leaves whole
+files that say they are from an unfinished run, and loses at most one roll interval of rows.
+
 A results row is the recorded exchange, copied column for column, plus what staging did. The
 staging body is stored decoded (httpx undoes gzip, br, deflate), the recorded body as it was
 recorded; the run's configuration and counts go in the file metadata under
@@ -29,6 +33,7 @@ from shadowtape.schema import (
     DatasetWriter,
     RollPolicy,
     dataset_files,
+    foreign_content,
 )
 
 # Where a baseline's answer goes: the candidate's columns, renamed (see schema._BASELINE_FIELDS).
@@ -135,11 +140,23 @@ def skipped_batch(
 
 
 def prepare_out_dir(out: str | os.PathLike[str], prefix: str, overwrite: bool) -> Path:
-    """Refuse to mix two runs' results in one directory, unless told to replace them."""
+    """Refuse to mix two runs' results in one directory, unless told to replace them, and
+    never write results into a directory that holds anything but results: another dataset
+    there (a raw capture) would be polluted and read back with rows counted twice. With
+    --overwrite only the earlier run's results files go, nothing else."""
     directory = Path(out)
     if directory.exists() and not directory.is_dir():
         raise InputError(f"--out {directory}: exists and is not a directory")
-    existing = sorted(directory.glob(f"{prefix}-*.parquet")) if directory.exists() else []
+    existing: list[Path] = []
+    if directory.exists():
+        # Hidden entries (a _diff of these results) are not results and are left alone.
+        reason = foreign_content(directory, [KIND_RESULTS], ignore_hidden=True)
+        if reason is not None:
+            raise InputError(
+                f"--out {directory}: {reason}; results go in a directory of their own "
+                "(a new or empty one)"
+            )
+        existing = sorted(directory.glob(f"{prefix}-*.parquet"))
     if existing and not overwrite:
         raise InputError(
             f"--out {directory}: already holds {len(existing)} {prefix}-*.parquet files from an "
@@ -211,6 +228,14 @@ class ResultSink:
         self._pending.append(
             self._executor.submit(self.writer.set_file_metadata, {META_REPLAY: payload})
         )
+
+    def roll(self, summary: Mapping[str, Any]) -> None:
+        """Finalize the open file now, with `summary` (the run so far) in its footer: what is
+        finalized survives a kill -9."""
+        if self._rows:
+            self._submit()
+        self.set_summary(summary)
+        self._pending.append(self._executor.submit(self.writer.finalize_file))
 
     async def close(self) -> list[Path]:
         if self._rows:

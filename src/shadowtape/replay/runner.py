@@ -28,9 +28,10 @@ from shadowtape.errors import InputError
 from shadowtape.governance.lineage import META_LINEAGE, lineage_metadata
 from shadowtape.governance.routes import route_label
 from shadowtape.latency import LatencyHistogram
-from shadowtape.replay.config import ReplayConfig, Timing
+from shadowtape.replay.config import ReplayConfig, Timing, check_numbers
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
 from shadowtape.replay.engine import choose_engine, run_loop
+from shadowtape.replay.guardrails import check_manifest
 from shadowtape.replay.plan import (
     OffsetClock,
     ReorderBuffer,
@@ -75,6 +76,7 @@ from shadowtape.schema import (
     check_sanitized,
     dataset_metadata,
     iter_batches,
+    read_files,
     uuid7,
 )
 from shadowtape.targets import check_target_allowed, check_target_url
@@ -123,15 +125,19 @@ def check_config(config: ReplayConfig) -> dict[str, str]:
     targets = TargetMap(config.target, config.rewrites)
     for base in targets.bases():
         check_target_allowed(base, config.allow_hosts)
+    check_numbers(config, time.time())
     check_sides(config)
-    if config.concurrency < 1:
-        raise InputError("--concurrency must be at least 1")
     if config.on_miss not in ("send-recorded", "skip-session"):
         raise InputError(f"--on-miss {config.on_miss!r}: use skip-session or send-recorded")
+    infos = read_files(config.source, KIND_EXCHANGES)
     meta = dataset_metadata(config.source, KIND_EXCHANGES)
     if not meta:
         raise InputError(f"{config.source}: dataset has no Parquet files")
-    check_sanitized(config.source, meta.get(META_SANITIZED) == "true", config.allow_unsanitized)
+    sanitized = meta.get(META_SANITIZED) == "true"
+    check_sanitized(config.source, sanitized, config.allow_unsanitized)
+    # A results dataset as input carries its replay's (checked) flag and has no manifest.
+    if sanitized and not config.allow_unsanitized and any(i.kind == KIND_EXCHANGES for i in infos):
+        check_manifest(config.source, [(i.path, i.num_rows, i.num_row_groups) for i in infos])
     return meta
 
 
@@ -286,6 +292,8 @@ class _Replay:
         self.timer: asyncio.Future[None] | None = None
         self.start_at = config.start_at
         self.start_gate: Callable[[], float] | None = None
+        self.origin: float | None = None  # set once the first rows are read
+        self.signal: int | None = None
         self.telemetry: Telemetry = NO_TELEMETRY
 
     # time: one origin, monotonic for scheduling and wall clock for the results
@@ -319,11 +327,11 @@ class _Replay:
                 metadata[key] = self.input_meta[key]
         for side in self.sides:
             self.telemetry.observe_breaker(lambda breaker=side.breaker: breaker.open)
-        # One file per run (per shard): the run's figures are known only at the end and go in
-        # the footer of the file finalized last, so a rolled-over first file would carry a
-        # stale "running" summary. SIGINT and SIGTERM finalize it; only a hard kill loses it.
-        single_file = RollPolicy(max_rows=2**62, max_bytes=2**62)
-        self.sink = ResultSink(self.out_dir, cfg.prefix, metadata, roll=single_file)
+        # Files roll on a timer (see _roll_files), not by size: each carries the figures of
+        # the run so far, the last one the final figures. SIGINT and SIGTERM finalize the
+        # open file; a hard kill loses at most one roll interval.
+        by_timer = RollPolicy(max_rows=2**62, max_bytes=2**62)
+        self.sink = ResultSink(self.out_dir, cfg.prefix, metadata, roll=by_timer)
         self.sink.set_summary({"run_id": self.run_id, "status": "running", "config": cfg.to_json()})
         self.scheduler = SessionScheduler(
             self.clock,
@@ -341,6 +349,7 @@ class _Replay:
             loop = asyncio.get_running_loop()
             switch._attach(lambda: loop.call_soon_threadsafe(self._on_switch, switch))
         ticker = asyncio.ensure_future(self._tick(started))
+        roller = asyncio.ensure_future(self._roll_files(started))
         try:
             await self._dispatch_all()
             await self.scheduler.join()
@@ -357,6 +366,7 @@ class _Replay:
             if switch is not None:
                 switch._detach()
             ticker.cancel()
+            roller.cancel()
             if self.timer is not None:
                 self.timer.cancel()
         await self._close_senders()
@@ -384,7 +394,8 @@ class _Replay:
     def _summary(self, elapsed: float, files: list[str]) -> ReplaySummary:
         tripped = self._trip_reason()
         if self.interrupted:
-            status, reason = "interrupted", "interrupted (Ctrl-C)"
+            how = signal.Signals(self.signal).name if self.signal else "Ctrl-C"
+            status, reason = "interrupted", f"interrupted ({how})"
         elif tripped is not None:
             status, reason = "circuit_open", tripped
         elif self.stop_reason == "circuit_open":
@@ -405,6 +416,7 @@ class _Replay:
             files=files,
             config=self.config.to_json(),
             correlation_rules=len(self.rules),
+            signal=self.signal,
         )
 
     def _lateness(self, q: float) -> int:
@@ -432,14 +444,19 @@ class _Replay:
         ):
             return lambda: None
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, self._on_sigint)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
 
         def restore() -> None:
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
 
         return restore
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signal is None:
+            self.signal = signum
+        self._on_sigint()
 
     def _on_sigint(self) -> None:
         loop = asyncio.get_running_loop()
@@ -468,6 +485,14 @@ class _Replay:
     async def _stop_after(self, deadline: float) -> None:
         await self.clock.sleep_until(deadline)
         self._request_stop("duration")
+
+    async def _roll_files(self, started: float) -> None:
+        while True:
+            await asyncio.sleep(self.config.roll_interval)
+            running = self._metadata(self._summary(time.monotonic() - started, []))
+            running["status"] = "running"
+            running["complete"] = False
+            self.sink.roll(running)
 
     def _snapshot(self, elapsed: float, rate: float) -> Progress:
         return Progress(

@@ -437,7 +437,13 @@ class Sender:
                 return False
             if isinstance(exc.exc, httpx.LocalProtocolError):
                 return False  # the request itself cannot be sent; trying again will not help
-            return exc.not_sent or (idempotent and isinstance(exc.exc, httpx.TransportError))
+            if exc.not_sent:
+                return True
+            # A timeout after sending is not retried: a hung staging answers a retry no
+            # better, and each try would cost another whole --read-timeout.
+            if isinstance(exc.exc, httpx.TimeoutException | TimeoutError):
+                return False
+            return idempotent and isinstance(exc.exc, httpx.TransportError)
 
         def should_retry_result(result: SendOutcome) -> bool:
             return idempotent and result.status in RETRY_STATUSES and not self.breaker.open

@@ -72,10 +72,14 @@ class ReplaySummary:
     # The distribution behind the lateness figures, for merging senders' summaries exactly;
     # not part of the JSON (the figures above are).
     lateness: LatencyHistogram = field(default_factory=LatencyHistogram)
+    signal: int | None = None  # the signal that interrupted the run, if one did
 
     @property
     def exit_code(self) -> int:
-        return {"complete": 0, "circuit_open": 1, "interrupted": 130}.get(self.status, 1)
+        """As shells report it: 128 + the signal for an interrupted run (130 for Ctrl-C)."""
+        if self.status == "interrupted":
+            return 128 + (self.signal or 2)
+        return {"complete": 0, "circuit_open": 1}.get(self.status, 1)
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__slots__ if k not in ("counts", "lateness")}

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shadowtape.errors import InputError, ShadowtapeError
+from shadowtape.publish import scratch_directory
 from shadowtape.replay.config import ReplayConfig
 from shadowtape.replay.correlate import dump_rules, learn_rules, load_rules
 from shadowtape.replay.merge import merge_progress, merge_summaries
@@ -409,11 +410,14 @@ def run_replay_workers(
     staging = out_dir / f".workers-{run_id}"
     staging.mkdir()
     started = time.monotonic()
+    stack = contextlib.ExitStack()
     try:
         configs = worker_configs(config, workers, run_id, staging)
         if config.correlate == "auto":
-            # Learned once from the whole dataset, as one process would, and handed over.
-            rules_file = staging / "correlation-rules.yaml"
+            # Learned once from the whole dataset, as one process would, and handed over; kept
+            # beside the output, not in it, which must hold results only.
+            rules_dir = stack.enter_context(scratch_directory(out_dir, "rules"))
+            rules_file = rules_dir / "correlation-rules.yaml"
             dump_rules(learn_rules(iter_rows(config.source)), rules_file)
             configs = [dataclasses.replace(c, correlate=str(rules_file)) for c in configs]
         if config.limit is not None:
@@ -424,6 +428,7 @@ def run_replay_workers(
         outcome = _Supervisor(configs, progress, on_event).run()
         return _finish(config, outcome, out_dir, staging, time.monotonic() - started)
     finally:
+        stack.close()
         shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -260,6 +260,9 @@ def read_summary(diff_dir: Path) -> dict[str, Any]:
             f"{', '.join(map(str, SUMMARY_VERSIONS))}; rerun `shadowtape diff` with this "
             "version (or upgrade shadowtape)"
         )
+    for key, kind in (("routes", list), ("paths", list), ("totals", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise DatasetError(f"{path}: diff summary lacks `{key}`; rerun `shadowtape diff`")
     return payload
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from shadowtape.errors import InputError, ShadowtapeError
+from shadowtape.extras import notebook_install_hint, notebook_missing
+from shadowtape.publish import atomic_file
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "drift_analysis.ipynb"
 
@@ -29,6 +31,16 @@ def _inject(nb: Any, results: Path) -> None:
     nb.cells.insert(0, cell)
 
 
+def check_notebook_ready(out: str | os.PathLike[str]) -> None:
+    """What `--notebook` needs, checked before the report writes anything: Jupyter installed
+    and an .ipynb output name."""
+    missing = notebook_missing()
+    if missing:
+        raise ShadowtapeError(f"--notebook: {notebook_install_hint(missing)}")
+    if Path(out).suffix != ".ipynb":
+        raise InputError(f"--notebook {out}: the output must end in .ipynb")
+
+
 def execute_notebook(
     results: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -36,19 +48,13 @@ def execute_notebook(
     notebook: Path = NOTEBOOK,
 ) -> Path:
     """Run every cell; on failure raise one line naming the cell, and write nothing."""
-    try:  # Jupyter is for those who want notebooks; the rest of the report runs without it.
-        import nbformat
-        from nbclient import NotebookClient
-        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-    except ImportError as exc:
-        raise ShadowtapeError(
-            f"--notebook needs nbclient, nbformat and ipykernel ({exc.name} is missing); "
-            "pip install nbclient nbformat ipykernel"
-        ) from None
+    check_notebook_ready(out)
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
     results_path = Path(results).resolve()
     out_path = Path(out)
-    if out_path.suffix != ".ipynb":
-        raise InputError(f"--notebook {out_path}: the output must end in .ipynb")
     nb = nbformat.read(notebook, as_version=4)
     _inject(nb, results_path)
     client = NotebookClient(
@@ -68,8 +74,6 @@ def execute_notebook(
         ) from None
     except (CellTimeoutError, DeadKernelError) as exc:
         raise ShadowtapeError(f"notebook {notebook.name}: {type(exc).__name__}: {exc}") from None
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, out_path)
+    with atomic_file(out_path, "w", encoding="utf-8") as fh:
+        nbformat.write(nb, fh)
     return out_path

@@ -1,29 +1,14 @@
-"""Writing report files whole or not at all, and the machine-readable (--json) form."""
+"""The machine-readable (--json) form of a report."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from shadowtape.latency import LatencyComparison
 from shadowtape.report.aggregate import SIDES, ReportData, RouteFigures
 from shadowtape.report.gates import GateResult
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Temp file, fsync, rename: a reader (a CI job, a browser) never sees half a report."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
-    return p
 
 
 def latency_test_json(test: LatencyComparison) -> dict[str, Any]:

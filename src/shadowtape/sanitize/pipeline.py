@@ -13,7 +13,8 @@ the output, removed when the job ends; both passes keep the input's layout.
 The job keeps the input's file names and row-group layout (one output row group per input row
 group), so the output does not depend on how many workers ran, and writes into a hidden
 directory that is renamed into place only when everything, manifest included, is written: an
-interrupted job leaves nothing that looks like a finished dataset.
+interrupted job leaves nothing that looks like a finished dataset (shadowtape.publish). An
+existing OUT is replaced (--overwrite) only when it holds an earlier sanitize output.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import shutil
+import signal
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,6 +37,12 @@ from shadowtape import schema
 from shadowtape.errors import DatasetError, InputError
 from shadowtape.governance.lineage import lineage_metadata
 from shadowtape.keyed import Key, Keyed
+from shadowtape.publish import (
+    check_replaceable,
+    scratch_directory,
+    staged_directory,
+    write_json_atomic,
+)
 from shadowtape.sanitize.detectors import Detector, check_nlp_model, unavailable_entities
 from shadowtape.sanitize.literals import LiteralCollector, LiteralMatcher, LiteralSet, merge
 from shadowtape.sanitize.manifest import MANIFEST_NAME, FileEntry, ManifestData, file_digest
@@ -255,16 +262,20 @@ def _run_installed(source: str, row_group: int) -> UnitResult:
     return _INSTALLED[0](source, row_group)
 
 
-def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
+def _check_paths(src: Path, dst: Path) -> None:
     src_r, dst_r = src.resolve(), dst.resolve()
     if dst_r == src_r or src_r in dst_r.parents:
         raise InputError(f"{dst}: the output may not be the input or inside it; choose another")
     if dst_r in src_r.parents:
         raise InputError(f"{dst}: the output may not contain the input; choose another")
-    if dst.exists() and not overwrite:
-        raise InputError(
-            f"{dst}: already exists; choose a new output directory or pass --overwrite"
-        )
+
+
+def earlier_output(dst: Path) -> str | None:
+    """None when `dst` holds what sanitize writes (a sanitized exchanges dataset and its
+    manifest), so --overwrite may replace it; else why not."""
+    return schema.foreign_content(
+        dst, [schema.KIND_EXCHANGES], sanitized=True, extra_names=[MANIFEST_NAME]
+    )
 
 
 def _output_metadata(
@@ -303,19 +314,32 @@ def _results(units: list[_Unit], task: Task, workers: int) -> Iterator[UnitResul
     _install(task)
     ctx = multiprocessing.get_context("fork" if forking else "spawn")
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_install, initargs=(task,)
+        max_workers=workers, mp_context=ctx, initializer=_start_worker, initargs=(task,)
     ) as pool:
         pending: deque[Future] = deque()
-        for u in queue:
-            pending.append(pool.submit(_run_installed, str(u.source), u.row_group))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append(pool.submit(_run_installed, str(nxt.source), nxt.row_group))
-            yield result
+        try:
+            for u in queue:
+                pending.append(pool.submit(_run_installed, str(u.source), u.row_group))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_run_installed, str(nxt.source), nxt.row_group))
+                yield result
+        except BaseException:
+            # Stopped (Ctrl-C, an error, the consumer gone): queued units are not worth running.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _start_worker(task: Task) -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and reports it in one line
+    (otherwise every worker would print its own KeyboardInterrupt traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _install(task)
 
 
 def _input_is_ours(infos: list[schema.DatasetFile], config: SanitizeConfig) -> bool:
@@ -344,7 +368,8 @@ def sanitize_dataset(
     files = schema.dataset_files(src_p)
     if not files:
         raise InputError(f"{src_p}: no Parquet files; is this a captured dataset directory?")
-    _check_paths(src_p, dst_p, overwrite)
+    _check_paths(src_p, dst_p)
+    check_replaceable(dst_p, earlier_output, overwrite, "--overwrite")
     if workers < 1:
         raise InputError(f"--workers is {workers}; use 1 or more")
     check_nlp_model(config.nlp_model)
@@ -377,17 +402,18 @@ def sanitize_dataset(
         unavailable_entities=unavailable_entities(config.policy.entities, config.nlp_model),
         redact_marker=config.policy.redact_marker,
     )
-    dst_p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst_p.parent / f".{dst_p.name}.partial-{os.getpid()}"
-    first = dst_p.parent / f".{dst_p.name}.pass1-{os.getpid()}" if propagation.enabled else tmp
-    for d in {tmp, first}:
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir()
     counts: Counter[str] = Counter()
     learned: dict[str, str] = {}
     results_fn = results_fn or _results
     session = results_fn if hasattr(results_fn, "__enter__") else contextlib.nullcontext()
-    try:
+    with (
+        staged_directory(dst_p, check=earlier_output, overwrite=overwrite) as tmp,
+        (
+            scratch_directory(dst_p, role="pass1")
+            if propagation.enabled
+            else contextlib.nullcontext(tmp)
+        ) as first,
+    ):
         with session:
             written = _write_pass(
                 infos,
@@ -422,7 +448,6 @@ def sanitize_dataset(
                     compression,
                     lineage,
                 )
-                shutil.rmtree(first, ignore_errors=True)
         applied = sum(n for k, n in counts.items() if k.startswith("propagated|"))
         if propagation.enabled:
             counts["propagation|applied"] += applied
@@ -431,12 +456,7 @@ def sanitize_dataset(
                 FileEntry(str(rel), num_rows, num_row_groups, file_digest(tmp / rel))
             )
         manifest.counts = dict(counts)
-        schema.write_json_atomic(tmp / MANIFEST_NAME, manifest.to_json())
-        _publish(tmp, dst_p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(first, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / MANIFEST_NAME, manifest.to_json())
     return SanitizeResult(dst_p, manifest)
 
 
@@ -498,15 +518,3 @@ def _write_pass(
     finally:
         results.close()  # an engine's workers stop now, not at garbage collection
     return written
-
-
-def _publish(tmp: Path, dst: Path) -> None:
-    """Rename the finished directory into place; an old output (--overwrite) is moved aside
-    first and removed only after the new one is in place."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -175,7 +175,16 @@ class _YamlDoc:
             line = mark.line + 1 if mark else 1
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise InputError(f"{source}:{line}: not valid YAML ({problem})") from None
-        self.data = self._convert(node, ()) if node is not None else {}
+        except RecursionError:
+            raise InputError(f"{source}: YAML nested too deeply to be a policy") from None
+        try:
+            self.data = self._convert(node, ()) if node is not None else {}
+        except RecursionError:
+            # An anchor that refers to itself (a: &a [*a]) is an endless value.
+            raise InputError(
+                f"{source}: a YAML anchor refers to itself (or nesting is too deep); "
+                "a policy is a finite document"
+            ) from None
 
     def _convert(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
         self.lines[path] = node.start_mark.line + 1
