@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shadowtape.capture.packet_counters import PacketCounters
 from shadowtape.capture.writer import META_CAPTURE_ID, CaptureCounters
 from shadowtape.schema import (
     KIND_EXCHANGES,
@@ -72,6 +73,7 @@ class InspectReport:
     error_rows: int = 0
     truncated_bodies: int = 0
     capture_counters: dict[str, int] = field(default_factory=dict)
+    packet_counters: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -86,12 +88,14 @@ def _iso(us: int | None) -> str | None:
     return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def capture_counters(metas: list[dict[str, str]]) -> dict[str, int]:
+def capture_counters(
+    metas: list[dict[str, str]], kind: type[CaptureCounters | PacketCounters] = CaptureCounters
+) -> dict[str, int]:
     """Counters only grow within a capture, so its latest figures are the largest ones;
     captures sharing a directory add up."""
     per_capture: dict[str, dict[str, int]] = {}
     for meta in metas:
-        counters = CaptureCounters.from_metadata(meta)
+        counters = kind.from_metadata(meta)
         if counters is None:
             continue
         latest = per_capture.setdefault(meta.get(META_CAPTURE_ID, ""), {})
@@ -112,6 +116,7 @@ def inspect_dataset(path: str | os.PathLike[str]) -> InspectReport:
     report.sanitized = all(m.get(META_SANITIZED) == "true" for m in metas)
     report.captures = sorted({m[META_CAPTURE_ID] for m in metas if META_CAPTURE_ID in m})
     report.capture_counters = capture_counters(metas)
+    report.packet_counters = capture_counters(metas, PacketCounters)
     sessions: set[str] = set()
     hosts: Counter[str] = Counter()
     routes: Counter[str] = Counter()
@@ -178,6 +183,21 @@ def format_report(report: InspectReport) -> str:
             f"invalid {c.get('skipped_invalid', 0)}, "
             f"streamed bodies not kept {c.get('streamed_bodies', 0)}"
         )
+        if report.packet_counters:
+            p = report.packet_counters
+            lines.append(
+                "  packets     "
+                f"{p.get('packets', 0)} in {p.get('inputs', 0)} files, dropped by kernel "
+                f"{p.get('packets_dropped_kernel', 0)} / interface "
+                f"{p.get('packets_dropped_interface', 0)} / dumpcap "
+                f"{p.get('packets_dropped_capture', 0)}; requests {p.get('requests', 0)}, "
+                f"without response {p.get('requests_without_response', 0)}, responses without "
+                f"request {p.get('responses_without_request', 0)}, rejoined "
+                f"{p.get('exchanges_rejoined', 0)}; unreadable streams "
+                f"{p.get('streams_unreassembled', 0)}, cut messages {p.get('messages_cut', 0)}, "
+                f"HTTP/2 header blocks {p.get('h2_headers_undecodable', 0)}, packet files given "
+                f"up {p.get('ring_files_dropped', 0)}"
+            )
         lost = c.get("recorded", 0) - report.rows
         if lost > 0:
             lines.append(

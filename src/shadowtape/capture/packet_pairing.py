@@ -42,7 +42,6 @@ from shadowtape.capture.packet_wire import (
     h2_headers,
     http1_request,
     http1_response,
-    text,
 )
 
 TupleKey = tuple[str, int, str, int]  # client address, client port, server address, port
@@ -434,13 +433,7 @@ class UnitPairing:
         return Carry(stream.key, pending, [(self.unit, sorted(frames))], response_cut=bool(cut))
 
     def _give_up(self, carry: Carry) -> None:
-        """A carry with nothing more to come: its requests are recorded unanswered."""
-        for opened in carry.pending[carry.answered :]:
-            if opened is None:
-                self.counters.messages_cut += 1
-            else:
-                self.counters.requests_without_response += 1
-                self.emit(opened, None, None)
+        give_up(carry, self.counters, self.emit)
 
     def _close_h2(self, stream: _Stream) -> None:
         for state in (stream.h2 or {}).values():
@@ -547,6 +540,16 @@ _ANSWERED = OpenRequest(
 )
 
 
+def give_up(carry: Carry, counters: PacketCounters, emit: Emit) -> None:
+    """A carry with nothing more to come: its requests are recorded unanswered."""
+    for opened in carry.pending[carry.answered :]:
+        if opened is None:
+            counters.messages_cut += 1
+        else:
+            counters.requests_without_response += 1
+            emit(opened, None, None)
+
+
 def seam_frames(carries: Iterable[Carry]) -> dict[int, list[int]]:
     """Frame numbers to cut from each input file, in order, for one seam."""
     per_unit: dict[int, set[int]] = {}
@@ -554,7 +557,3 @@ def seam_frames(carries: Iterable[Carry]) -> dict[int, list[int]]:
         for unit, frames in carry.parts:
             per_unit.setdefault(unit, set()).update(frames)
     return {unit: sorted(frames) for unit, frames in sorted(per_unit.items())}
-
-
-def decode_name(raw: bytes) -> str:
-    return text(raw)

@@ -32,6 +32,7 @@ from shadowtape.capture.packet_pairing import (
     SeamPairing,
     TupleKey,
     UnitPairing,
+    give_up,
     seam_frames,
 )
 from shadowtape.capture.packet_records import (
@@ -72,10 +73,20 @@ AHEAD_BYTES = 64 * 1024 * 1024
 _CHUNK_RECORDS = 512
 
 
+PACKET_SUFFIXES = frozenset({".pcap", ".pcapng", ".cap", ".dmp"})
+
+
+def _looks_like_packets(path: Path) -> bool:
+    if path.suffix.lower() in PACKET_SUFFIXES or path.name.lower().endswith(".pcap.gz"):
+        return True
+    return path.is_file() and path.stat().st_size > 0 and is_capture_file(path)
+
+
 def packet_files(paths: Sequence[Path]) -> bool:
-    """True when every input is a packet capture, False when none is; a mix is an error
-    (they are different imports, with different options)."""
-    kinds = {is_capture_file(p) for p in paths if p.is_file() and p.stat().st_size}
+    """True when every input is a packet capture (by content, or by name, so a broken one
+    gets the packet importer's error), False when none is; a mix is an error (they are
+    different imports, with different options)."""
+    kinds = {_looks_like_packets(p) for p in paths}
     if kinds == {True, False}:
         raise InputError("packet captures and HAR/flow files in one import: import them separately")
     return kinds == {True}
@@ -350,7 +361,7 @@ class DissectionPipeline:
     @property
     def done(self) -> bool:
         with self._lock:
-            return self.closed and self.next_input >= len(self.inputs)
+            return self.closed and self.next_input >= len(self.inputs) and not self.carries
 
     # --- running -------------------------------------------------------------------------
 
@@ -359,11 +370,8 @@ class DissectionPipeline:
         return not (self.closed and len(self.inputs) == 1)
 
     def _start_ahead(self) -> None:
-        running = sum(
-            1
-            for i in self.inputs
-            if i.unit is not None and not i.processed and not i.unit.exited.is_set()
-        )
+        # Started and not yet recorded, finished or not: each holds up to AHEAD_BYTES.
+        running = sum(1 for i in self.inputs if i.unit is not None and not i.processed)
         for item in self.inputs[self.next_input :]:
             if running >= self.workers:
                 break
@@ -381,22 +389,27 @@ class DissectionPipeline:
     def step(self, timeout: float | None = None) -> bool:
         """Record the next file if it is there (waiting up to `timeout`); False if not."""
         with self._lock:
-            if self.next_input >= len(self.inputs):
+            if self.next_input >= len(self.inputs) and not (self.closed and self.carries):
                 self._lock.wait(timeout)
-                if self.next_input >= len(self.inputs):
-                    return False
-            item = self.inputs[self.next_input]
-            if item.processed:  # dropped from the backlog
+            item = self.inputs[self.next_input] if self.next_input < len(self.inputs) else None
+            flush = item is None and self.closed and bool(self.carries)
+            if item is None and not flush:
+                return False
+            if item is not None and item.processed:  # dropped from the backlog
                 self.next_input += 1
                 return True
-            self._start_ahead()
-            last = self.closed and item.index == len(self.inputs) - 1
-        assert item.unit is not None
-        self._record_unit(item, last)
-        with self._lock:
-            item.processed = True
-            self.next_input += 1
-            self._start_ahead()
+            if item is not None:
+                self._start_ahead()
+            last = self.closed and item is not None and item.index == len(self.inputs) - 1
+        if item is None:
+            self._flush_carries()
+        else:
+            assert item.unit is not None
+            self._record_unit(item, last)
+            with self._lock:
+                item.processed = True
+                self.next_input += 1
+                self._start_ahead()
         self._release_files()
         return True
 
@@ -437,6 +450,18 @@ class DissectionPipeline:
         ready, self.carries = pairing.finish(unit.payload, last)
         if ready:
             self._seam(item.index, ready)
+        self.recorder.flush()
+
+    def _flush_carries(self) -> None:
+        """The capture ended while exchanges were still open: dissect what they have."""
+        carries = list(self.carries.values())
+        self.carries = {}
+        joinable = [c for c in carries if len(c.parts) > 1]
+        for carry in carries:
+            if len(carry.parts) <= 1:
+                give_up(carry, self.counters, self.recorder.emit)
+        if joinable:
+            self._seam(len(self.inputs) - 1, joinable)
         self.recorder.flush()
 
     def _seam(self, after: int, carries: list[Carry]) -> None:

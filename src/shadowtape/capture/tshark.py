@@ -81,8 +81,6 @@ class DissectOptions:
     # ports by itself, but h2c with prior knowledge only on ports it is told about.
     ports: tuple[int, ...] = ()
     tls_keylog: Path | None = None
-    # Dissection runs at this nice level, so a busy gateway's server keeps the CPU.
-    nice: int = 0
 
     def tshark_args(self) -> list[str]:
         args = [
@@ -127,12 +125,6 @@ class DissectOptions:
         for port in self.ports:
             if not 0 < port < 65536:
                 raise InputError(f"--port {port}: not a TCP port")
-
-
-def _nice(options: DissectOptions) -> list[str]:
-    if options.nice and shutil.which("nice"):
-        return ["nice", "-n", str(options.nice)]
-    return []
 
 
 @dataclass(slots=True)
@@ -186,7 +178,7 @@ def _drain_stderr(run: TsharkRun) -> None:
 
 def start_tshark(name: str, source: Path | None, options: DissectOptions) -> TsharkRun:
     """tshark on a file, or on stdin when `source` is None (the caller feeds it)."""
-    cmd = [*_nice(options), tool("tshark"), "-r", str(source) if source else "-"]
+    cmd = [tool("tshark"), "-r", str(source) if source else "-"]
     cmd += options.tshark_args()
     proc = subprocess.Popen(
         cmd,
