@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ from shadowtape.capture.tshark import tool
 from shadowtape.errors import ShadowtapeError
 
 START_TIMEOUT = 30.0
+# dumpcap prints "Capturing on" before its filter is in place: packets in the next ~50 ms
+# (measured on loopback) are not captured. Announcing only after this grace keeps the
+# promise that what follows the announcement is recorded.
+READY_GRACE = 0.5
 _STATS = re.compile(
     r"received/dropped on interface '[^']*': (\d+)/(\d+) "
     r"\(pcap:(\d+)/dumpcap:(\d+)/flushed:(\d+)/ps_ifdrop:(\d+)\)"
@@ -107,6 +112,7 @@ class DumpcapRing:
                 "needs root or the capture capabilities (Debian: dpkg-reconfigure "
                 "wireshark-common, then add yourself to the wireshark group)"
             )
+        time.sleep(READY_GRACE)
         return self
 
     def _read_names(self) -> None:

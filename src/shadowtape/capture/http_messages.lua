@@ -12,11 +12,11 @@
 --   E <frames>                                    the end: how many TCP frames were read
 --   P <frame> <stream> <dir>                      a frame with TCP payload and no HTTP in it
 --   F <frame> <stream> <dir> <tls> <time_us> <first_frame> <first_us> <items...>
---       items in tree order: X (an http message starts), Y (an http2 frame starts),
---       code+length for a blob that follows (M method, U target, V version, v response
---       version, P phrase, Q/R header line, B body, n/w h2 header name/value, d h2 data),
---       code+value for a number (C status, t/s/f/l h2 type/stream/flags/length, c h2 header
---       count, p h2 pad length, e h2 RST_STREAM error)
+--       items in tree order, code+length for a blob that follows, code+value for a number:
+--       X an HTTP/1 message's header block (X0: data tshark could not read as a message)
+--       B its body as tshark de-chunked it, K a chunk, Z the bytes after the header block
+--       Y an HTTP/2 frame, whole; n/w an h2 header name/value as decoded from HPACK;
+--       c the number of headers tshark decoded in the frame's header block
 -- dir is 0 when the frame goes the way of the stream's first frame, 1 the other way.
 -- first_frame/first_us: the first TCP segment (or TLS record) of a message reassembled from
 -- several, so a request's first byte is timed from the packet that carried it.
@@ -26,16 +26,11 @@ local BLOB = {
     ["http.chunk_data"] = "K",
     ["http2.header.name"] = "n",
     ["http2.header.value"] = "w",
-    ["http2.data.data"] = "d",
 }
+-- A header block's count tells whether tshark could decompress it (HPACK needs the
+-- connection's earlier blocks): no count, no headers to trust.
 local NUMBER = {
-    ["http2.type"] = "t",
-    ["http2.streamid"] = "s",
-    ["http2.flags"] = "f",
-    ["http2.length"] = "l",
     ["http2.header.count"] = "c",
-    ["http2.pad_length"] = "p",
-    ["http2.rst_stream.error"] = "e",
 }
 local LINE = { ["http.request.line"] = true, ["http.response.line"] = true }
 local SEGMENT = { ["tcp.segment"] = true, ["tls.segment"] = true }
@@ -157,7 +152,11 @@ function tap.packet(pinfo, tvb)
                     msg = { tvb = range:tvb(), off = 0, len = range:len(),
                             lines = 0, at = #items, blob_at = #blobs }
                 elseif name == "http2" then
-                    items[#items + 1] = "Y"
+                    -- the whole frame as sent: DATA payloads as they were on the wire
+                    -- (http2.data.data is the decompressed body when it has a coding)
+                    local raw = fi.range and fi.range:raw() or ""
+                    items[#items + 1] = "Y" .. #raw
+                    blobs[#blobs + 1] = raw
                 elseif SEGMENT[name] then
                     local seg = fi.value
                     if seg < first_frame then first_frame = seg end

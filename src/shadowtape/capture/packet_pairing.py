@@ -2,25 +2,29 @@
 
 HTTP/1.1 answers requests in the order they were sent on a connection (RFC 9112, 9.3.2), so
 each TCP stream keeps a queue: a final response takes the oldest open request, interim 1xx
-responses take nothing. This pairs pipelined requests that tshark's own `http.request_in` link
-loses (two requests in one frame: the second response gets no link in tshark 4.0). HTTP/2
-pairs by stream id.
+responses take nothing. This pairs pipelined requests that tshark's own `http.request_in`
+loses (two requests in one frame: tshark 4.0 links only the first). HTTP/2 pairs by stream.
 
-A capture cut into files (a dumpcap ring, `tcpdump -C`) cuts exchanges: a request at the end
-of file k, its response at the start of file k+1. Each file is dissected alone (in parallel),
-and what a cut left open is *carried*: the packets of the open requests (from the first open
-request on, client side; after the last answered response, server side) and, from the next
-files where the connection goes on, the packets up to the responses that answer them. Those
-packets are dissected again together (a *seam*), and the responses they give are paired with
-the requests already read. The next file skips those responses (the seam owns them), so no
-exchange is counted twice. HTTP/2 is not carried: its header compression state lives in the
-whole connection, so what a cut leaves open is recorded without a response and counted.
+A capture cut into files (a dumpcap ring, `tcpdump -C`) cuts connections. Each file is
+dissected alone, in parallel; what a file leaves open on a connection is *carried* to the
+next file where the connection goes on:
+
+- a cut between messages (the usual case: a request at the end of file k, its response in
+  file k+1): the open requests join the connection's queue in the next file, whose responses
+  start cleanly there. Nothing is dissected twice.
+- a cut inside a message (a response or request split across files): the next file cannot
+  read that connection alone (tshark would take the message's rest for a new one), so it
+  leaves the connection out, and the packets from the first open request on, from both files,
+  are dissected again together (a *seam*), which pairs them and carries on from there.
+
+HTTP/2 is not carried: its header compression state spans the whole connection, so what a cut
+leaves open is recorded without a response, and counted.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from shadowtape.capture.packet_counters import PacketCounters
@@ -45,7 +49,7 @@ from shadowtape.capture.packet_wire import (
 )
 
 TupleKey = tuple[str, int, str, int]  # client address, client port, server address, port
-# A carry that has waited this many files for its responses is dissected as it is.
+# A connection silent for this many files gives up its open requests.
 MAX_CARRY_FILES = 4
 
 
@@ -55,27 +59,32 @@ class OpenRequest:
 
     request: WireRequest
     plan: object
+    unit: int
+    first_frame: int
+
+
+@dataclass(slots=True)
+class StreamFrames:
+    """Payload frame numbers of one connection in one input, per side."""
+
+    client: list[int] = field(default_factory=list)
+    server: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class Carry:
-    """Packets of one connection to dissect again once its open requests can be answered.
+    """What an input left open on one connection, for the inputs after it.
 
-    `pending` holds the open requests in the order they were sent; None stands for a request
-    cut mid-message, which only the seam can read.
+    `frames` (input index -> frames) are the packets to dissect again when the cut fell inside
+    a message (`sticky`): from the first open request on, client side; from the start of the
+    unfinished response on, server side.
     """
 
     key: TupleKey
-    pending: list[OpenRequest | None]
-    parts: list[tuple[int, list[int]]]
-    # The cut fell inside a response: the next file's first server bytes finish it.
-    response_cut: bool = False
-    answered: int = 0
+    pending: list[OpenRequest]
+    frames: dict[int, StreamFrames]
+    sticky: bool
     waited: int = 0
-
-    @property
-    def resolved(self) -> bool:
-        return self.answered >= len(self.pending)
 
 
 Plan = Callable[[WireRequest], object]
@@ -84,12 +93,12 @@ Emit = Callable[[OpenRequest, WireResponse | None, str | None], None]
 
 @dataclass(slots=True)
 class _H2Stream:
-    request: WireRequest | None = None
-    open: OpenRequest | None = None
+    request: WireRequest
+    open: OpenRequest
+    client_direction: int
     request_body: list[bytes] = field(default_factory=list)
     response: WireResponse | None = None
     response_body: list[bytes] = field(default_factory=list)
-    client_direction: int = 0
     done: bool = False
 
 
@@ -101,22 +110,19 @@ class _Stream:
     queue: deque[OpenRequest] = field(default_factory=deque)
     messages: int = 0
     continuations: int = 0
-    h2: dict[int, _H2Stream] | None = None
-    # carried in from an earlier file: responses that belong to its seam, not to this file
-    carry: Carry | None = None
-    owed: int = 0
-    last_owed_frame: int = 0
-    # the rest of a carried response comes first, as data tshark cannot read as a message
-    owed_rest: bool = False
-    in_rest: bool = False
-    first_request_frame: int | None = None
+    h2: dict[int, _H2Stream] = field(default_factory=dict)
+    # A sticky carry owns this connection here: its records are the seam's to read.
+    ignored: Carry | None = None
+    # Frames of earlier inputs still holding this connection's open requests.
+    carried_frames: dict[int, StreamFrames] = field(default_factory=dict)
+    # Requests whose packets the input shows again (a seam) before new ones begin.
+    replayed: int = 0
     last_request_frame: int = 0
     last_response_frame: int = 0
-    open_first_frame: int | None = None
 
 
 class UnitPairing:
-    """Pairs the records of one input file (or one seam) in order.
+    """Pairs the records of one input file in order.
 
     `plan` is called once per request as it is read, in capture order (session and sampling
     decisions need that order); `emit` once per exchange, answered or not.
@@ -137,9 +143,17 @@ class UnitPairing:
         self.counters = counters
         self.plan = plan
         self.emit = emit
-        self.carries = carries if carries is not None else {}
+        self.carries = dict(carries or {})
         self.server_ports = frozenset(server_ports)
         self.streams: dict[int, _Stream] = {}
+
+    # --- numbering (a seam maps its frames back to the inputs they came from) --------------
+
+    def locate(self, frame: int) -> tuple[int, int]:
+        return self.unit, frame
+
+    def origin_name(self, unit: int) -> str:
+        return self.name
 
     # --- records ---------------------------------------------------------------------------
 
@@ -152,27 +166,9 @@ class UnitPairing:
             elif isinstance(record, StreamInfo):
                 self._stream_seen(record)
             elif isinstance(record, Continuation):
-                self._continuation(record)
-
-    def _continuation(self, record: Continuation) -> None:
-        stream = self.streams.get(record.stream)
-        if stream is None:
-            return
-        stream.continuations += 1
-        if stream.client_direction is None or record.direction == stream.client_direction:
-            return
-        if stream.owed_rest:
-            stream.owed_rest = False
-            stream.in_rest = True
-            self._owe_paid(stream, record.frame)
-        elif stream.in_rest:
-            stream.last_owed_frame = record.frame
-
-    def _owe_paid(self, stream: _Stream, frame: int) -> None:
-        stream.owed -= 1
-        stream.last_owed_frame = frame
-        assert stream.carry is not None
-        stream.carry.answered += 1
+                stream = self.streams.get(record.stream)
+                if stream is not None and stream.ignored is None:
+                    stream.continuations += 1
 
     def _stream_seen(self, info: StreamInfo) -> None:
         stream = _Stream(info)
@@ -182,24 +178,28 @@ class UnitPairing:
         for direction, key in ((0, forward), (1, backward)):
             carry = self.carries.get(key)
             if carry is not None:
-                self._attach(stream, key, direction, carry)
+                stream.key, stream.client_direction = key, direction
+                self._take_carry(stream, carry)
                 return
         if info.dport in self.server_ports and info.sport not in self.server_ports:
             stream.key, stream.client_direction = forward, 0
         elif info.sport in self.server_ports and info.dport not in self.server_ports:
             stream.key, stream.client_direction = backward, 1
 
-    def _attach(self, stream: _Stream, key: TupleKey, client_direction: int, carry: Carry) -> None:
-        stream.key, stream.client_direction = key, client_direction
-        stream.carry = carry
-        stream.owed = len(carry.pending) - carry.answered
-        stream.owed_rest = carry.response_cut and carry.answered == 0 and stream.owed > 0
+    def _take_carry(self, stream: _Stream, carry: Carry) -> None:
+        if carry.sticky:
+            stream.ignored = carry
+            return
+        # A clean cut: the open requests are first in line for this input's responses.
+        del self.carries[carry.key]
+        stream.queue.extend(carry.pending)
+        stream.carried_frames = carry.frames
 
     def _sides(self, stream: _Stream, sender_direction: int, is_request: bool) -> None:
         if stream.key is not None:
             return
         client_direction = sender_direction if is_request else 1 - sender_direction
-        (client, server) = stream.info.ends(client_direction)
+        client, server = stream.info.ends(client_direction)
         stream.key = (client[0], client[1], server[0], server[1])
         stream.client_direction = client_direction
 
@@ -207,11 +207,16 @@ class UnitPairing:
         assert stream.key is not None
         return (stream.key[0], stream.key[1]), (stream.key[2], stream.key[3])
 
+    def _open(self, stream: _Stream, req: WireRequest, first_frame: int) -> None:
+        unit, frame = self.locate(first_frame)
+        self.counters.requests += 1
+        stream.queue.append(OpenRequest(req, self.plan(req), unit, frame))
+
     # --- HTTP/1 ----------------------------------------------------------------------------
 
     def _http1(self, msg: Http1Message) -> None:
         stream = self.streams.get(msg.stream)
-        if stream is None:
+        if stream is None or stream.ignored is not None:
             return
         stream.messages += 1
         if msg.is_response:
@@ -219,21 +224,21 @@ class UnitPairing:
             self._response(stream, msg)
             return
         self._sides(stream, msg.direction, True)
+        stream.last_request_frame = msg.frame
+        if stream.replayed:
+            # a carried request read again: it is already in the queue
+            stream.replayed -= 1
+            return
         client, server = self._addresses(stream)
-        req = http1_request(msg, client, server, (self.name, msg.first_frame, msg.frame))
+        unit, first = self.locate(msg.first_frame)
+        req = http1_request(msg, client, server, (self.origin_name(unit), first, msg.frame))
         if req is None:
             stream.continuations += 1
             return
-        self.counters.requests += 1
-        if stream.first_request_frame is None:
-            stream.first_request_frame = msg.first_frame
-        stream.last_request_frame = msg.frame
-        if not stream.queue:
-            stream.open_first_frame = msg.first_frame
-        stream.queue.append(OpenRequest(req, self.plan(req)))
+        self._open(stream, req, msg.first_frame)
 
     def _response(self, stream: _Stream, msg: Http1Message) -> None:
-        method = stream.queue[0].request.method if stream.queue and not stream.owed else None
+        method = stream.queue[0].request.method if stream.queue else None
         resp = http1_response(msg, method)
         if resp is None:
             stream.continuations += 1
@@ -241,39 +246,33 @@ class UnitPairing:
         if resp.interim:
             return
         stream.last_response_frame = msg.frame
-        stream.in_rest = False
-        stream.owed_rest = False
-        if stream.owed:
-            # This answers a request from an earlier file: its seam will pair them.
-            self._owe_paid(stream, msg.frame)
-            return
         self.counters.responses += 1
         if not stream.queue:
             self.counters.responses_without_request += 1
             return
         opened = stream.queue.popleft()
-        stream.open_first_frame = stream.queue[0].request.origin[1] if stream.queue else None
+        if opened.unit != self.locate(msg.frame)[0]:
+            self.counters.exchanges_rejoined += 1
         self.emit(opened, resp, None)
 
     # --- HTTP/2 ----------------------------------------------------------------------------
 
     def _h2(self, frame: H2Frame) -> None:
         stream = self.streams.get(frame.stream)
-        if stream is None or frame.sid == 0:
+        if stream is None or stream.ignored is not None or frame.sid == 0:
             return
         stream.messages += 1
-        if stream.h2 is None:
-            stream.h2 = {}
         state = stream.h2.get(frame.sid)
         if frame.type == H2_HEADERS:
             if not frame.headers_decoded:
                 self.counters.h2_headers_undecodable += 1
                 return
             block = h2_headers(frame)
-            if ":method" in block.pseudo:
+            p = block.pseudo
+            if ":method" in p:
                 self._sides(stream, frame.direction, True)
                 client, server = self._addresses(stream)
-                p = block.pseudo
+                unit, first = self.locate(frame.frame)
                 req = WireRequest(
                     method=p[":method"].upper(),
                     target=p.get(":path", "/"),
@@ -285,21 +284,21 @@ class UnitPairing:
                     client=client,
                     server=server,
                     tls=frame.tls,
-                    origin=(self.name, frame.frame, frame.sid),
+                    origin=(self.origin_name(unit), first, frame.sid),
                     scheme=p.get(":scheme"),
                     authority=p.get(":authority"),
                 )
                 self.counters.requests += 1
-                state = _H2Stream(req, OpenRequest(req, self.plan(req)))
-                state.client_direction = frame.direction
+                opened = OpenRequest(req, self.plan(req), unit, first)
+                state = _H2Stream(req, opened, frame.direction)
                 stream.h2[frame.sid] = state
-            elif ":status" in block.pseudo and state is not None and state.response is None:
-                try:
-                    status = int(block.pseudo[":status"])
-                except ValueError:
-                    status = 0
-                if 100 <= status < 200:
+            elif ":status" in p:
+                if state is None:
+                    self.counters.responses_without_request += 1
                     return
+                status = int(p[":status"]) if p[":status"].isdigit() else 0
+                if 100 <= status < 200 or state.response is not None:
+                    return  # interim responses; trailers
                 state.response = WireResponse(
                     status=status,
                     reason="",
@@ -310,9 +309,6 @@ class UnitPairing:
                     ended_us=frame.at_us,
                 )
                 self.counters.responses += 1
-            elif state is None and ":status" in block.pseudo:
-                self.counters.responses_without_request += 1
-                return
         elif frame.type == H2_DATA and state is not None:
             if frame.direction == state.client_direction:
                 state.request_body.append(frame.data)
@@ -321,18 +317,16 @@ class UnitPairing:
         elif frame.type == H2_RST_STREAM and state is not None and not state.done:
             self._h2_finish(state, f"HTTP/2 stream reset (error code {frame.error or 0})")
             return
-        if state is None or not frame.end_stream:
+        if state is None or state.done or not frame.end_stream:
             return
         if frame.direction == state.client_direction:
-            assert state.request is not None
             state.request.ended_us = frame.at_us
-        elif state.response is not None and not state.done:
+        elif state.response is not None:
             state.response.ended_us = frame.at_us
             self._h2_finish(state, None)
 
     def _h2_finish(self, state: _H2Stream, error: str | None) -> None:
         state.done = True
-        assert state.open is not None and state.request is not None
         state.request.body = b"".join(state.request_body)
         resp = state.response
         if resp is not None:
@@ -346,35 +340,57 @@ class UnitPairing:
     def finish(
         self, payload: PayloadFrames | None, last: bool
     ) -> tuple[list[Carry], dict[TupleKey, Carry]]:
-        """Close this input: returns the carries to dissect now (their responses are all
-        here, or they waited too long, or the capture ends) and the ones still open."""
+        """Close this input: returns the carries to dissect again now (in a seam) and those
+        left open for the next input."""
         ready: list[Carry] = []
         still_open: dict[TupleKey, Carry] = {}
-        seen: set[TupleKey] = set()
+        here = {s.ignored.key for s in self.streams.values() if s.ignored is not None}
         for stream in self.streams.values():
-            if stream.key is not None:
-                seen.add(stream.key)
-            if stream.carry is not None and stream.key is not None:
-                self._extend_carry(stream, payload)
+            if stream.ignored is not None:
+                self._extend(stream.ignored, stream, payload)
             self._close_h2(stream)
-            if stream.messages == 0 and stream.carry is None and self._has_payload(stream, payload):
+            if (
+                stream.ignored is None
+                and stream.messages == 0
+                and not stream.carried_frames
+                and self._has_payload(stream, payload)
+            ):
                 self.counters.streams_unreassembled += 1
         for key, carry in self.carries.items():
-            if key not in seen:
-                carry.waited += 1
-            if carry.resolved or last or carry.waited >= MAX_CARRY_FILES:
+            if key in here:
                 ready.append(carry)
+                continue
+            carry.waited += 1
+            if last or carry.waited >= MAX_CARRY_FILES:
+                self._settle(carry, ready)
             else:
                 still_open[key] = carry
         for stream in self.streams.values():
-            carry = self._open_carry(stream, payload)
+            if stream.ignored is not None:
+                continue
+            carry = self._leftover(stream, payload)
             if carry is None:
                 continue
             if last or payload is None or carry.key in still_open:
-                self._give_up(carry)
+                give_up(carry, self.counters, self.emit)
             else:
                 still_open[carry.key] = carry
         return ready, still_open
+
+    def _settle(self, carry: Carry, ready: list[Carry]) -> None:
+        """A carry whose connection did not come back: dissect what it has, or give up."""
+        if carry.sticky and carry.frames:
+            ready.append(carry)
+        else:
+            give_up(carry, self.counters, self.emit)
+
+    def _frames(self, stream: _Stream, payload: PayloadFrames | None) -> StreamFrames:
+        if payload is None or stream.client_direction is None:
+            return StreamFrames()
+        n = stream.info.stream
+        client = payload.of(n, stream.client_direction)
+        server = payload.of(n, 1 - stream.client_direction)
+        return StreamFrames(list(client), list(server))
 
     def _has_payload(self, stream: _Stream, payload: PayloadFrames | None) -> bool:
         if payload is None:
@@ -382,65 +398,65 @@ class UnitPairing:
         n = stream.info.stream
         return bool(len(payload.of(n, 0)) or len(payload.of(n, 1)))
 
-    def _extend_carry(self, stream: _Stream, payload: PayloadFrames | None) -> None:
-        carry = stream.carry
-        assert carry is not None and stream.client_direction is not None
-        if payload is None:
-            return
-        n = stream.info.stream
-        server = payload.of(n, 1 - stream.client_direction)
-        client = payload.of(n, stream.client_direction)
-        if carry.resolved:
-            frames = [f for f in server if f <= stream.last_owed_frame]
-        else:
-            frames = list(server)
-        if any(p is None for p in carry.pending):
-            # a request cut mid-message goes on before this file's first request
-            until = stream.first_request_frame
-            frames.extend(f for f in client if until is None or f < until)
-        if frames:
-            carry.parts.append((self.unit, sorted(frames)))
-        carry.waited = 0 if frames else carry.waited + 1
+    def _extend(self, carry: Carry, stream: _Stream, payload: PayloadFrames | None) -> None:
+        frames = self._frames(stream, payload)
+        if frames.client or frames.server:
+            part = carry.frames.setdefault(self.unit, StreamFrames())
+            part.client.extend(frames.client)
+            part.server.extend(frames.server)
 
-    def _open_carry(self, stream: _Stream, payload: PayloadFrames | None) -> Carry | None:
-        """What this input leaves open on a stream: unanswered requests, and a request or
-        response cut mid-message (payload after the last message tshark could read)."""
-        if stream.key is None or stream.client_direction is None or stream.h2:
+    def _leftover(self, stream: _Stream, payload: PayloadFrames | None) -> Carry | None:
+        """What this input leaves open on a connection: unanswered requests, and a request
+        or response cut inside (payload after the last message tshark read)."""
+        if stream.key is None or stream.h2:
             return None
-        pending: list[OpenRequest | None] = list(stream.queue)
+        pending = list(stream.queue)
         stream.queue.clear()
-        n = stream.info.stream
-        client = payload.of(n, stream.client_direction) if payload is not None else []
-        server = payload.of(n, 1 - stream.client_direction) if payload is not None else []
-        cut_request = any(f > stream.last_request_frame for f in client) and (
-            stream.first_request_frame is not None or stream.carry is None
-        )
-        if stream.carry is not None and stream.first_request_frame is None:
-            # the client frames here belong to the carried request, not to a new one
-            cut_request = False
-        if cut_request:
-            pending.append(None)
-        if not pending:
-            if any(f > stream.last_response_frame for f in server) and stream.carry is None:
+        frames = self._frames(stream, payload)
+        cut_request = any(f > stream.last_request_frame for f in frames.client)
+        cut_response = any(f > stream.last_response_frame for f in frames.server)
+        if not pending and not cut_request:
+            if cut_response:
                 self.counters.messages_cut += 1
             return None
-        first = stream.open_first_frame
-        if first is None:
-            first = min((f for f in client if f > stream.last_request_frame), default=0)
-        frames = [f for f in client if f >= first]
-        cut = [f for f in server if f > stream.last_response_frame]
-        frames.extend(cut)
-        return Carry(stream.key, pending, [(self.unit, sorted(frames))], response_cut=bool(cut))
+        sticky = cut_request or cut_response or any(p.request.method == "HEAD" for p in pending)
+        return Carry(stream.key, pending, self._carry_frames(stream, pending, frames), sticky)
 
-    def _give_up(self, carry: Carry) -> None:
-        give_up(carry, self.counters, self.emit)
+    def _carry_frames(
+        self, stream: _Stream, pending: Sequence[OpenRequest], here: StreamFrames
+    ) -> dict[int, StreamFrames]:
+        """Client frames from the first open request on; server frames after the last
+        complete response (in earlier inputs too, if none completed here)."""
+        out: dict[int, StreamFrames] = {}
+        start = (pending[0].unit, pending[0].first_frame) if pending else None
+        for unit, old in sorted(stream.carried_frames.items()):
+            part = StreamFrames()
+            if start is not None and unit >= start[0]:
+                part.client = [f for f in old.client if unit > start[0] or f >= start[1]]
+            if stream.last_response_frame == 0:
+                part.server = list(old.server)
+            if part.client or part.server:
+                out[unit] = part
+        if start is None:
+            client = [f for f in here.client if f > stream.last_request_frame]
+        elif start[0] == self.unit:
+            client = [f for f in here.client if f >= start[1]]
+        else:
+            client = here.client
+        server = [f for f in here.server if f > stream.last_response_frame]
+        if client or server:
+            into = out.setdefault(self.unit, StreamFrames())
+            into.client.extend(client)
+            into.server.extend(server)
+        return out
 
     def _close_h2(self, stream: _Stream) -> None:
-        for state in (stream.h2 or {}).values():
+        for state in stream.h2.values():
             if state.done:
                 continue
             if state.response is not None:
                 # headers came, the body did not finish: keep what is known, say so
+                self.counters.requests_without_response += 1
                 self._h2_finish(state, "response incomplete in the packet capture")
             else:
                 self.counters.requests_without_response += 1
@@ -448,27 +464,36 @@ class UnitPairing:
 
 
 class SeamPairing(UnitPairing):
-    """Pairs the packets of carried connections, dissected again together.
+    """Pairs connections whose cut fell inside a message, from their packets cut out of
+    several inputs and dissected together.
 
-    Only requests that were open in an earlier file are answered here: the k-th request the
-    seam reads on a connection is the k-th open request of its carry; the k-th final response
-    answers it.
+    The seam's packets start at the first open request of each carry, so the first requests
+    it reads are the carry's (already planned); the responses answer them in order; what the
+    seam reads after them is new, and what it leaves open is carried on, its frames mapped
+    back to the inputs they came from.
     """
 
     def __init__(
         self,
         unit: int,
-        name: str,
+        names: Sequence[str],
         counters: PacketCounters,
         plan: Plan,
         emit: Emit,
         carries: Iterable[Carry],
+        frame_map: Sequence[tuple[int, int]],
         server_ports: Iterable[int] = (),
     ) -> None:
         self.jobs = {c.key: c for c in carries}
-        super().__init__(unit, name, counters, plan, emit, {}, server_ports)
-        self._read: dict[TupleKey, int] = {}
-        self._answered: dict[TupleKey, int] = {}
+        self.names = names
+        self.frame_map = frame_map
+        super().__init__(unit, names[unit], counters, plan, emit, {}, server_ports)
+
+    def locate(self, frame: int) -> tuple[int, int]:
+        return self.frame_map[frame - 1] if 0 < frame <= len(self.frame_map) else (self.unit, 0)
+
+    def origin_name(self, unit: int) -> str:
+        return self.names[unit]
 
     def _stream_seen(self, info: StreamInfo) -> None:
         stream = _Stream(info)
@@ -476,84 +501,59 @@ class SeamPairing(UnitPairing):
         forward = (info.src, info.sport, info.dst, info.dport)
         backward = (info.dst, info.dport, info.src, info.sport)
         for direction, key in ((0, forward), (1, backward)):
-            if key in self.jobs:
+            carry = self.jobs.pop(key, None)
+            if carry is not None:
                 stream.key, stream.client_direction = key, direction
+                stream.queue.extend(carry.pending)
+                stream.replayed = len(carry.pending)
                 return
 
-    def _http1(self, msg: Http1Message) -> None:
-        stream = self.streams.get(msg.stream)
-        if stream is None or stream.key is None:
-            return
-        carry = self.jobs[stream.key]
-        if msg.is_response:
-            resp = http1_response(msg, self._method(carry, stream.key))
-            if resp is None or resp.interim:
-                return
-            index = self._answered.get(stream.key, 0)
-            self._answered[stream.key] = index + 1
-            opened = carry.pending[index] if index < len(carry.pending) else None
-            if opened is None:
-                return
-            carry.pending[index] = _ANSWERED
-            self.counters.responses += 1
-            self.counters.exchanges_rejoined += 1
-            self.emit(opened, resp, None)
-            return
-        index = self._read.get(stream.key, 0)
-        self._read[stream.key] = index + 1
-        if index < len(carry.pending) and carry.pending[index] is None:
-            client, server = self._addresses(stream)
-            req = http1_request(msg, client, server, (self.name, msg.first_frame, msg.frame))
-            if req is not None:
-                self.counters.requests += 1
-                carry.pending[index] = OpenRequest(req, self.plan(req))
-
-    def _method(self, carry: Carry, key: TupleKey) -> str | None:
-        index = self._answered.get(key, 0)
-        if index < len(carry.pending):
-            opened = carry.pending[index]
-            if isinstance(opened, OpenRequest) and opened is not _ANSWERED:
-                return opened.request.method
-        return None
-
-    def _h2(self, frame: H2Frame) -> None:
-        return
+    def _carry_frames(
+        self, stream: _Stream, pending: Sequence[OpenRequest], here: StreamFrames
+    ) -> dict[int, StreamFrames]:
+        start = pending[0] if pending else None
+        out: dict[int, StreamFrames] = {}
+        for frame in here.client:
+            unit, original = self.locate(frame)
+            if start is None:
+                if frame <= stream.last_request_frame:
+                    continue
+            elif (unit, original) < (start.unit, start.first_frame):
+                continue
+            out.setdefault(unit, StreamFrames()).client.append(original)
+        for frame in here.server:
+            if frame > stream.last_response_frame:
+                unit, original = self.locate(frame)
+                out.setdefault(unit, StreamFrames()).server.append(original)
+        return out
 
     def finish(
         self, payload: PayloadFrames | None, last: bool
     ) -> tuple[list[Carry], dict[TupleKey, Carry]]:
+        # carries whose packets the seam did not even show a stream for
         for carry in self.jobs.values():
-            for opened in carry.pending:
-                if opened is _ANSWERED:
-                    continue
-                if opened is None:
-                    self.counters.messages_cut += 1
-                else:
-                    self.counters.requests_without_response += 1
-                    self.emit(opened, None, None)
-        return [], {}
-
-
-# A marker for a carried request the seam has answered.
-_ANSWERED = OpenRequest(
-    WireRequest("", "", "", [], b"", 0, 0, ("", 0), ("", 0), False, ("", 0, 0)), None
-)
+            give_up(carry, self.counters, self.emit)
+        self.jobs = {}
+        return super().finish(payload, last)
 
 
 def give_up(carry: Carry, counters: PacketCounters, emit: Emit) -> None:
-    """A carry with nothing more to come: its requests are recorded unanswered."""
-    for opened in carry.pending[carry.answered :]:
-        if opened is None:
-            counters.messages_cut += 1
-        else:
-            counters.requests_without_response += 1
-            emit(opened, None, None)
+    """A carry with nothing more to come: its requests are recorded unanswered, and a
+    message cut inside is counted."""
+    if carry.sticky:
+        counters.messages_cut += 1
+    for opened in carry.pending:
+        counters.requests_without_response += 1
+        emit(opened, None, None)
 
 
-def seam_frames(carries: Iterable[Carry]) -> dict[int, list[int]]:
-    """Frame numbers to cut from each input file, in order, for one seam."""
+def seam_cuts(carries: Iterable[Carry]) -> tuple[dict[int, list[int]], list[tuple[int, int]]]:
+    """Frame numbers to cut from each input, in order, for one seam; and for each frame of
+    the seam, where it came from (input, frame)."""
     per_unit: dict[int, set[int]] = {}
     for carry in carries:
-        for unit, frames in carry.parts:
-            per_unit.setdefault(unit, set()).update(frames)
-    return {unit: sorted(frames) for unit, frames in sorted(per_unit.items())}
+        for unit, frames in carry.frames.items():
+            per_unit.setdefault(unit, set()).update(frames.client, frames.server)
+    cuts = {unit: sorted(frames) for unit, frames in sorted(per_unit.items()) if frames}
+    frame_map = [(unit, f) for unit, frames in cuts.items() for f in frames]
+    return cuts, frame_map

@@ -15,9 +15,7 @@ from typing import BinaryIO
 from shadowtape.errors import InputError
 
 # Item codes whose value is a blob of that many bytes following the line (see the .lua file).
-_BLOB_CODES = frozenset(b"XBKZnwd")
-# Items of an HTTP/2 frame that are numbers.
-_H2_NUMBERS = {ord("t"): "type", ord("s"): "sid", ord("f"): "flags", ord("l"): "length"}
+_BLOB_CODES = frozenset(b"XYBKZnw")
 
 H2_DATA = 0
 H2_HEADERS = 1
@@ -25,6 +23,7 @@ H2_RST_STREAM = 3
 H2_PUSH_PROMISE = 5
 H2_CONTINUATION = 9
 H2_FLAG_END_STREAM = 0x1
+H2_FLAG_PADDED = 0x8
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +132,24 @@ class PayloadFrames:
         return self.by_stream.get((stream, direction), array("I"))
 
 
+def _h2_header(h2: H2Frame, raw: bytes) -> None:
+    """Type, flags, stream and payload from the frame's own bytes (RFC 9113, 4.1); a DATA
+    frame's data without its padding, as sent (content coding not undone)."""
+    if len(raw) < 9:  # the connection preface, not a frame
+        return
+    length = int.from_bytes(raw[:3], "big")
+    h2.type, h2.flags = raw[3], raw[4]
+    h2.sid = int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
+    h2.length = length
+    if h2.type == H2_DATA:
+        payload = raw[9 : 9 + length]
+        if h2.flags & H2_FLAG_PADDED and payload:
+            payload = payload[1 : len(payload) - payload[0]]
+        h2.data = payload
+    elif h2.type == H2_RST_STREAM and length >= 4:
+        h2.error = int.from_bytes(raw[9:13], "big")
+
+
 class RecordFormatError(InputError):
     """tshark's tap wrote something this reader does not understand: a version mismatch."""
 
@@ -209,7 +226,10 @@ def _frame(line: bytes, read, name: str, payload: PayloadFrames | None) -> Itera
                 msg = None
             if h2 is not None and h2.type >= 0:
                 yield h2
+            size = int(item[1:])
             h2 = H2Frame(frame, tcp, direction, tls, start_us)
+            _h2_header(h2, data[pos : pos + size])
+            pos += size
             start_us = at_us
             continue
         if code in _BLOB_CODES:
@@ -230,18 +250,11 @@ def _frame(line: bytes, read, name: str, payload: PayloadFrames | None) -> Itera
                     h2.names.append(blob)
                 elif code == 119:  # w
                     h2.values.append(blob)
-                elif code == 100:  # d
-                    h2.data = blob
             continue
         if h2 is None:
             continue
-        attr = _H2_NUMBERS.get(code)
-        if attr is not None:
-            setattr(h2, attr, int(item[1:]))
-        elif code == 99:  # c
+        if code == 99:  # c
             h2.header_count = int(item[1:])
-        elif code == 101:  # e
-            h2.error = int(item[1:])
     if msg is not None:
         yield msg
     if h2 is not None and h2.type >= 0:

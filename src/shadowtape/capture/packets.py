@@ -33,7 +33,7 @@ from shadowtape.capture.packet_pairing import (
     TupleKey,
     UnitPairing,
     give_up,
-    seam_frames,
+    seam_cuts,
 )
 from shadowtape.capture.packet_records import (
     End,
@@ -449,35 +449,39 @@ class DissectionPipeline:
                 self.counters.packets_dropped_kernel += drops
         ready, self.carries = pairing.finish(unit.payload, last)
         if ready:
-            self._seam(item.index, ready)
+            self._seam(item.index, ready, last)
         self.recorder.flush()
 
     def _flush_carries(self) -> None:
         """The capture ended while exchanges were still open: dissect what they have."""
         carries = list(self.carries.values())
         self.carries = {}
-        joinable = [c for c in carries if len(c.parts) > 1]
+        joinable = [c for c in carries if c.sticky and c.frames]
         for carry in carries:
-            if len(carry.parts) <= 1:
+            if carry not in joinable:
                 give_up(carry, self.counters, self.recorder.emit)
         if joinable:
-            self._seam(len(self.inputs) - 1, joinable)
+            self._seam(len(self.inputs) - 1, joinable, last=True)
         self.recorder.flush()
 
-    def _seam(self, after: int, carries: list[Carry]) -> None:
-        """Dissect the packets of the carries together and pair what they answer."""
+    def _seam(self, after: int, carries: list[Carry], last: bool) -> None:
+        """Dissect the packets of connections cut inside a message together, pair what
+        they answer, and carry on what they still leave open."""
         paths = {i.index: i.path for i in self.inputs}
-        cuts = [(paths[u], frames) for u, frames in seam_frames(carries).items() if frames]
-        name = f"{self.inputs[after].path.name}+seam"
-        unit = _Unit(after, name, lambda: start_seam(name, cuts, self.options), False)
+        names = [i.path.name for i in self.inputs]
+        cuts, frame_map = seam_cuts(carries)
+        name = f"{names[after]}+seam"
+        files = [(paths[u], frames) for u, frames in cuts.items()]
+        unit = _Unit(after, name, lambda: start_seam(name, files, self.options), not last)
         unit.start()
         pairing = SeamPairing(
             after,
-            name,
+            names,
             self.counters,
             self.recorder.plan,
             self.recorder.emit,
             carries,
+            frame_map,
             self.options.ports,
         )
         pairing.feed(unit.ahead)
@@ -485,7 +489,10 @@ class DissectionPipeline:
         self._check(unit, self.inputs[after].path)
         if unit.run is not None and unit.run.feed_error:
             raise ShadowtapeError(f"cutting packets for {name} failed: {unit.run.feed_error}")
-        pairing.finish(None, True)
+        ready, still_open = pairing.finish(unit.payload, last)
+        self.carries.update(still_open)
+        for carry in ready:
+            give_up(carry, self.counters, self.recorder.emit)
 
     def _check(self, unit: _Unit, path: Path) -> None:
         if unit.error is not None:
@@ -514,7 +521,7 @@ class DissectionPipeline:
     def _release_files(self) -> None:
         if self.on_done is None:
             return
-        referenced = {u for c in self.carries.values() for u, _ in c.parts}
+        referenced = {u for c in self.carries.values() for u in c.frames}
         with self._lock:
             done = [i for i in self.inputs[: self.next_input] if i.processed and i.path.exists()]
         for item in done:
