@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,16 +103,17 @@ class DumpcapRing:
         watcher = threading.Thread(target=self._watch, daemon=True)
         watcher.start()
         self._threads.append(watcher)
-        if not self.started.wait(START_TIMEOUT) or self.exited.is_set():
-            self.stop()
-            why = self.problem() or "it did not start"
-            raise ShadowtapeError(
-                f"dumpcap cannot capture on {self.settings.interface} ({why}); packet capture "
-                "needs root or the capture capabilities (Debian: dpkg-reconfigure "
-                "wireshark-common, then add yourself to the wireshark group)"
-            )
-        time.sleep(READY_GRACE)
-        return self
+        started = self.started.wait(START_TIMEOUT)
+        # it may say "Capturing on" and then fail (no such interface, no permission)
+        if started and not self.exited.wait(READY_GRACE):
+            return self
+        self.stop()
+        why = self.problem() or "it did not start"
+        raise ShadowtapeError(
+            f"dumpcap cannot capture on {self.settings.interface} ({why}); packet capture "
+            "needs root or the capture capabilities (Debian: dpkg-reconfigure "
+            "wireshark-common, then add yourself to the wireshark group)"
+        )
 
     def _read_names(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
