@@ -8,6 +8,30 @@ Writing is crash-safe: rows go to a hidden temporary file (readers and Arrow's d
 discovery skip names starting with "." or "_"), which is fsynced and renamed into place only
 when complete. A reader therefore never sees a half-written file, and after a hard kill only
 the file being written is lost.
+
+Wire text (schema version 2). Header names and values, query pairs and the raw request target
+are, in memory, `str` holding the wire bytes decoded as UTF-8 with surrogateescape (see
+`shadowtape.http.headers`), so any bytes survive. Arrow strings must be valid UTF-8, so such
+text cannot be stored as it is. Each name/value entry is therefore
+`struct<name: string, value: string, name_raw: binary, value_raw: binary>`: the raw fields are
+null unless the text is not valid UTF-8, and then `name`/`value` hold `display()` text (each
+non-UTF-8 byte shown as its latin-1 character) and the raw field the exact bytes. The common
+all-UTF-8 case costs two all-null columns (a few bytes a row group), any Arrow reader (polars,
+DuckDB, Spark) still sees readable name/value strings, and nothing is lost. `request_target`
+works the same way with a `request_target_raw` binary column beside it. The conversion lives
+only here (`exchanges_to_batch`, `batch_to_exchanges`, `rows_to_batch`, `batch_to_rows`,
+`pairs_array`, `pairs_column`); in memory, pairs stay `list[tuple[str, str]]`. Readers that
+only analyse (diff's column readers) may read `name`/`value` as display text directly. Other
+text columns (path, host, reason, error...) are stored as display text when they are not valid
+UTF-8: `request_target` is the authoritative copy of what the path was on the wire.
+
+Version 1 datasets still read. `open_file` accepts a version-1 file that lacks the columns
+added in version 2, and every read that goes through here (`iter_batches`, `upgrade`) gives
+batches of the current schema: missing columns as nulls (`request_target` null means "not
+known", and replay then spells the target from `path` and `query` with
+`http.target.build_target`, exactly as version 1 replay did), name/value structs widened with
+null raw fields. Nothing is rewritten on disk; a stage that writes a v1 input back out
+(sanitize) writes version 2.
 """
 
 from __future__ import annotations
@@ -20,15 +44,18 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import accumulate, chain, islice
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shadowtape.errors import DatasetError
+from shadowtape.http.headers import decode, display, encode, is_utf8
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 META_VERSION = "shadowtape.schema_version"
 META_KIND = "shadowtape.kind"
@@ -41,9 +68,18 @@ KIND_RESULTS = "results"
 KIND_DIFFS = "diffs"
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-NAME_VALUE = pa.struct([("name", pa.string()), ("value", pa.string())])
+# name/value: display text; *_raw: the exact bytes, null unless the text is not valid UTF-8.
+NAME_VALUE = pa.struct(
+    [
+        ("name", pa.string()),
+        ("value", pa.string()),
+        ("name_raw", pa.binary()),
+        ("value_raw", pa.binary()),
+    ]
+)
 # Headers and query strings are lists, not maps: HTTP allows repeats and order matters.
 NAME_VALUE_LIST = pa.list_(NAME_VALUE)
+NAME_VALUE_V1 = pa.struct([("name", pa.string()), ("value", pa.string())])
 # large_binary: a row group of big bodies can pass the 2 GiB limit of 32-bit offsets.
 BODY = pa.large_binary()
 
@@ -59,25 +95,51 @@ _EXCHANGE_FIELDS = [
     pa.field("scheme", pa.string()),
     pa.field("host", pa.string()),
     pa.field("port", pa.int32()),
+    # The IP:port actually connected to; `host` is the Host / :authority name.
+    pa.field("server_address", pa.string()),
+    # The parsed view: path without the query, and the query's decoded pairs.
     pa.field("path", pa.string()),
     pa.field("query", NAME_VALUE_LIST),
+    # What was on the wire: the HTTP/1.x origin-form target or HTTP/2-3 `:path`, unparsed;
+    # null when unknown. Authoritative for what replay sends.
+    pa.field("request_target", pa.string()),
+    pa.field("request_target_raw", pa.binary()),
     pa.field("http_version", pa.string()),
     pa.field("request_headers", NAME_VALUE_LIST),
     pa.field("request_body", BODY),
     pa.field("request_body_truncated", pa.bool_()),
     pa.field("request_body_size", pa.int64()),
+    # Content-Encoding could not be undone: the bytes are kept raw, with the header.
+    pa.field("request_body_undecodable", pa.bool_()),
     pa.field("status", pa.int32()),
     pa.field("reason", pa.string()),
     pa.field("response_headers", NAME_VALUE_LIST),
     pa.field("response_body", BODY),
     pa.field("response_body_truncated", pa.bool_()),
     pa.field("response_body_size", pa.int64()),
+    pa.field("response_body_undecodable", pa.bool_()),
+    # A browser HAR entry served from its cache: no request reached the server.
+    pa.field("response_from_cache", pa.bool_()),
     pa.field("error", pa.string()),
     pa.field("capture_id", pa.string()),
     pa.field("route", pa.string()),
 ]
 
 EXCHANGE_SCHEMA = pa.schema(_EXCHANGE_FIELDS)
+# Columns a version-1 file does not have; they read as nulls.
+ADDED_IN_V2 = frozenset(
+    {
+        "server_address",
+        "request_target",
+        "request_target_raw",
+        "request_body_undecodable",
+        "response_body_undecodable",
+        "response_from_cache",
+    }
+)
+# A text column whose exact bytes, when not valid UTF-8, sit in a binary column beside it.
+RAW_COMPANIONS = {"request_target": "request_target_raw"}
+_COMPANION_OF = {raw: text for text, raw in RAW_COMPANIONS.items()}
 
 SUBSTITUTION = pa.struct(
     [("rule", pa.string()), ("location", pa.string()), ("outcome", pa.string())]
@@ -154,19 +216,26 @@ class Exchange:
     scheme: str | None = "http"
     host: str | None = None
     port: int | None = None
+    server_address: str | None = None
     path: str | None = "/"
     query: Pairs = field(default_factory=list)
+    # Wire text (surrogateescape), exactly as sent; None when unknown (see the module doc).
+    request_target: str | None = None
     http_version: str | None = "HTTP/1.1"
     request_headers: Pairs = field(default_factory=list)
     request_body: bytes | None = None
     request_body_truncated: bool = False
     request_body_size: int | None = None
+    # None in data from before schema version 2: not known.
+    request_body_undecodable: bool | None = False
     status: int | None = None
     reason: str | None = None
     response_headers: Pairs = field(default_factory=list)
     response_body: bytes | None = None
     response_body_truncated: bool = False
     response_body_size: int | None = None
+    response_body_undecodable: bool | None = False
+    response_from_cache: bool | None = False
     error: str | None = None
     request_sent_at: int | None = None
     response_started_at: int | None = None
@@ -175,12 +244,180 @@ class Exchange:
     route: str | None = None
 
 
+# Arrow column names, raw companions included (what `batch.select` needs).
 EXCHANGE_COLUMNS = [f.name for f in _EXCHANGE_FIELDS]
-_PAIR_COLUMNS = {"query", "request_headers", "response_headers", "staging_headers"}
+# What an Exchange holds: the companions fold into their text column.
+_MEMORY_FIELDS = [f for f in _EXCHANGE_FIELDS if f.name not in _COMPANION_OF]
 _EXCHANGE_DATACLASS_FIELDS = {f.name for f in fields(Exchange)}
+_EXCHANGE_ROW = operator.attrgetter(*(f.name for f in _MEMORY_FIELDS))
 
 
-_EXCHANGE_ROW = operator.attrgetter(*(f.name for f in _EXCHANGE_FIELDS))
+# --- wire text to Arrow and back ----------------------------------------------------------------
+
+
+def _text_and_raw(values: Sequence[str | None]) -> tuple[pa.Array, pa.Array]:
+    """Display text and exact bytes (null where the text is valid UTF-8 as it stands)."""
+    try:
+        # The common case, decided in C: every value is valid UTF-8.
+        return pa.array(values, pa.string()), pa.nulls(len(values), pa.binary())
+    except UnicodeEncodeError:
+        pass
+    text: list[str | None] = []
+    raw: list[bytes | None] = []
+    for v in values:
+        if v is None or is_utf8(v):
+            text.append(v)
+            raw.append(None)
+        else:
+            text.append(display(v))
+            raw.append(encode(v))
+    return pa.array(text, pa.string()), pa.array(raw, pa.binary())
+
+
+def _string_array(values: Sequence[str | None]) -> pa.Array:
+    """A text column without a raw companion: display text where it is not valid UTF-8, so
+    one odd byte can never make a whole batch unwritable."""
+    try:
+        return pa.array(values, pa.string())
+    except UnicodeEncodeError:
+        return pa.array([v if v is None else display(v) for v in values], pa.string())
+
+
+def pairs_array(rows: Sequence[Sequence[tuple[str, str]] | None]) -> pa.Array:
+    """Name/value lists (None for a null list) as one NAME_VALUE_LIST array.
+
+    The common case, every name and value valid UTF-8, is Arrow's own conversion of the nested
+    tuples to the two string fields (checked in C, as fast as version 1's struct), widened by
+    two all-null raw fields; only a list holding other text goes field by field.
+    """
+    try:
+        narrow = pa.array(rows, type=_NARROW_LIST)
+    except UnicodeEncodeError:
+        return _pairs_array_with_raw(rows if isinstance(rows, list) else list(rows))
+    entries = narrow.values
+    n = len(entries)
+    name, value = entries.flatten()
+    widened = pa.StructArray.from_arrays(
+        [name, value, pa.nulls(n, pa.binary()), pa.nulls(n, pa.binary())], fields=_NV_FIELDS
+    )
+    mask = narrow.is_null() if narrow.null_count else None
+    return pa.ListArray.from_arrays(narrow.offsets, widened, type=NAME_VALUE_LIST, mask=mask)
+
+
+_NARROW_LIST = pa.list_(NAME_VALUE_V1)
+_NV_FIELDS = list(NAME_VALUE)
+
+
+def _pairs_array_with_raw(rows: list[Sequence[tuple[str, str]] | None]) -> pa.Array:
+    mask = pa.array([r is None for r in rows], pa.bool_()) if None in rows else None
+    lengths = [0 if r is None else len(r) for r in rows]
+    flat = list(chain.from_iterable(r for r in rows if r))
+    offsets = pa.array(list(accumulate(lengths, initial=0)), pa.int32())
+    names, values = zip(*flat, strict=True) if flat else ((), ())
+    name_text, name_raw = _text_and_raw(names)
+    value_text, value_raw = _text_and_raw(values)
+    entries = pa.StructArray.from_arrays(
+        [name_text, value_text, name_raw, value_raw], fields=_NV_FIELDS
+    )
+    return pa.ListArray.from_arrays(offsets, entries, type=NAME_VALUE_LIST, mask=mask)
+
+
+def _folded(text: list[str | None], raw: pa.Array) -> list[str | None]:
+    if raw.null_count == len(raw):
+        return text
+    for i, b in enumerate(raw.to_pylist()):
+        if b is not None:
+            text[i] = decode(b)
+    return text
+
+
+def _is_pair_list(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(t)
+        and pa.types.is_struct(t.value_type)
+        and t.value_type.get_field_index("name") != -1
+        and t.value_type.get_field_index("value") != -1
+    )
+
+
+def pairs_column(col: pa.Array | pa.ChunkedArray) -> list[Pairs]:
+    """A name/value list column (version 1 or 2) as in-memory pairs, exact bytes restored;
+    a null list is []."""
+    if isinstance(col, pa.ChunkedArray):
+        out: list[Pairs] = []
+        for chunk in col.chunks:
+            out += pairs_column(chunk)
+        return out
+    entries = col.flatten()  # the entries of the non-null lists, slicing respected
+    children = entries.flatten()
+    t = entries.type
+    names = children[t.get_field_index("name")].to_pylist()
+    values = children[t.get_field_index("value")].to_pylist()
+    if t.get_field_index("name_raw") != -1:
+        names = _folded(names, children[t.get_field_index("name_raw")])
+        values = _folded(values, children[t.get_field_index("value_raw")])
+    pairs = iter(zip(names, values, strict=True))
+    return [list(islice(pairs, n)) if n else [] for n in pc.list_value_length(col).to_pylist()]
+
+
+def text_column(batch: pa.RecordBatch | pa.Table, name: str) -> list[str | None]:
+    """A text column with its exact bytes folded back in from its raw companion, if any."""
+    text = batch.column(name).to_pylist()
+    raw_name = RAW_COMPANIONS.get(name)
+    if raw_name is not None and raw_name in batch.schema.names:
+        raw = batch.column(raw_name)
+        chunks = raw.chunks if isinstance(raw, pa.ChunkedArray) else [raw]
+        text = _folded(text, pa.concat_arrays(chunks) if len(chunks) != 1 else chunks[0])
+    return text
+
+
+def _micros(batch: pa.RecordBatch | pa.Table, name: str) -> list[int | None]:
+    return batch.column(name).cast(pa.int64()).to_pylist()
+
+
+def _column_values(batch: pa.RecordBatch | pa.Table, f: pa.Field) -> list[Any]:
+    if f.type == TIMESTAMP:
+        return _micros(batch, f.name)
+    if _is_pair_list(f.type):
+        return pairs_column(batch.column(f.name))
+    if f.name in RAW_COMPANIONS:
+        return text_column(batch, f.name)
+    return batch.column(f.name).to_pylist()
+
+
+def columns_to_arrays(schema: pa.Schema, columns: Mapping[str, Sequence[Any]]) -> list[pa.Array]:
+    """Arrays of `schema` from in-memory column values; a raw companion is made from its text
+    column, a column with no values is all null."""
+    made: dict[str, pa.Array] = {}
+    n = len(next(iter(columns.values()))) if columns else 0
+    for f in schema:
+        if f.name in made:
+            continue
+        values = columns.get(f.name)
+        if f.name in _COMPANION_OF:
+            values = None  # made with its text column, or null without one
+        # Columns that are all null or all false (most of the optional ones, most of the
+        # time) are made without converting a value; count() runs in C, and only where the
+        # first value says it may pay (comparing a list with None is not free).
+        if values is None or (n and values[0] is None and values.count(None) == n):
+            made[f.name] = pa.nulls(n, f.type)
+            if f.name in RAW_COMPANIONS and RAW_COMPANIONS[f.name] in schema.names:
+                made[RAW_COMPANIONS[f.name]] = pa.nulls(n, pa.binary())
+        elif f.type == pa.bool_() and n and values[0] is False and values.count(False) == n:
+            made[f.name] = pa.repeat(False, n)
+        elif _is_pair_list(f.type):
+            made[f.name] = pairs_array(values)
+        elif f.type == TIMESTAMP:
+            made[f.name] = pa.array(values, type=pa.int64()).cast(TIMESTAMP)
+        elif f.name in RAW_COMPANIONS:
+            made[f.name], raw = _text_and_raw(values)
+            if RAW_COMPANIONS[f.name] in schema.names:
+                made[RAW_COMPANIONS[f.name]] = raw
+        elif f.type == pa.string():
+            made[f.name] = _string_array(values)
+        else:
+            made[f.name] = pa.array(values, type=f.type)
+    return [made[f.name] for f in schema]
 
 
 def exchanges_to_batch(records: Sequence[Exchange]) -> pa.RecordBatch:
@@ -189,65 +426,117 @@ def exchanges_to_batch(records: Sequence[Exchange]) -> pa.RecordBatch:
     if not records:
         return pa.RecordBatch.from_pylist([], schema=EXCHANGE_SCHEMA)
     columns = zip(*map(_EXCHANGE_ROW, records), strict=True)
-    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, _EXCHANGE_FIELDS, strict=True)]
-    return pa.RecordBatch.from_arrays(arrays, schema=EXCHANGE_SCHEMA)
-
-
-def _pairs(value: list[dict[str, str]] | None) -> Pairs:
-    if not value:
-        return []
-    return [(kv["name"], kv["value"]) for kv in value]
-
-
-def _micros(batch: pa.RecordBatch, name: str) -> list[int | None]:
-    return batch.column(name).cast(pa.int64()).to_pylist()
+    values = {f.name: col for col, f in zip(columns, _MEMORY_FIELDS, strict=True)}
+    return pa.RecordBatch.from_arrays(
+        columns_to_arrays(EXCHANGE_SCHEMA, values), schema=EXCHANGE_SCHEMA
+    )
 
 
 def batch_to_exchanges(batch: pa.RecordBatch | pa.Table) -> list[Exchange]:
-    """The inverse of exchanges_to_batch; extra columns (results, diffs) are ignored."""
+    """The inverse of exchanges_to_batch; extra columns (results, diffs) are ignored, and a
+    version-1 batch reads with the columns it lacks as None."""
+    present = set(batch.schema.names)
     cols: dict[str, list[Any]] = {}
-    for name in EXCHANGE_COLUMNS:
-        if name not in batch.schema.names:
-            raise DatasetError(f"record batch has no column {name!r}; it is not an exchange batch")
-        if batch.schema.field(name).type == TIMESTAMP:
-            cols[name] = _micros(batch, name)
-        elif name in _PAIR_COLUMNS:
-            cols[name] = [_pairs(v) for v in batch.column(name).to_pylist()]
-        else:
-            cols[name] = batch.column(name).to_pylist()
-    return [
-        Exchange(**{name: cols[name][i] for name in EXCHANGE_COLUMNS})
-        for i in range(batch.num_rows)
-    ]
+    for f in _MEMORY_FIELDS:
+        if f.name not in present:
+            if f.name in ADDED_IN_V2:
+                cols[f.name] = [None] * batch.num_rows
+                continue
+            raise DatasetError(
+                f"record batch has no column {f.name!r}; it is not an exchange batch"
+            )
+        cols[f.name] = _column_values(batch, f)
+    names = [f.name for f in _MEMORY_FIELDS]
+    return [Exchange(**{name: cols[name][i] for name in names}) for i in range(batch.num_rows)]
 
 
 def rows_to_batch(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
     """Rows as mappings to a batch of `schema`; missing keys become nulls.
 
-    Timestamps may be given as µs integers, which is how every stage keeps time in memory.
+    Timestamps may be given as µs integers, which is how every stage keeps time in memory;
+    pairs and raw-companion text as wire text (see the module doc).
     """
-    columns = []
-    for f in schema:
-        values = [row.get(f.name) for row in rows]
-        if f.type == TIMESTAMP:
-            columns.append(pa.array(values, type=pa.int64()).cast(TIMESTAMP))
-        else:
-            columns.append(pa.array(values, type=f.type))
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    if not rows:
+        return pa.RecordBatch.from_pylist([], schema=schema)
+    return pa.RecordBatch.from_arrays(columns_to_arrays(schema, columns), schema=schema)
 
 
 def batch_to_rows(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
-    """Rows as dicts with timestamps as µs integers and name/value lists as tuples."""
+    """Rows as dicts with timestamps as µs integers, name/value lists as tuples and wire text
+    with its exact bytes restored (raw companion columns fold into their text column)."""
     cols: dict[str, list[Any]] = {}
     for f in batch.schema:
-        if f.type == TIMESTAMP:
-            cols[f.name] = _micros(batch, f.name)
-        elif f.type == NAME_VALUE_LIST:
-            cols[f.name] = [_pairs(v) for v in batch.column(f.name).to_pylist()]
-        else:
-            cols[f.name] = batch.column(f.name).to_pylist()
+        if f.name in _COMPANION_OF and _COMPANION_OF[f.name] in batch.schema.names:
+            continue
+        cols[f.name] = _column_values(batch, f)
     names = list(cols)
     return [{n: cols[n][i] for n in names} for i in range(batch.num_rows)]
+
+
+# --- version 1 files ----------------------------------------------------------------------------
+
+
+def _widen_pairs(col: pa.Array) -> pa.Array:
+    """A version-1 struct<name, value> list as NAME_VALUE_LIST, raw fields null."""
+    entries = col.flatten()
+    name, value = (entries.flatten()[entries.type.get_field_index(n)] for n in ("name", "value"))
+    n = len(entries)
+    widened = pa.StructArray.from_arrays(
+        [name, value, pa.nulls(n, pa.binary()), pa.nulls(n, pa.binary())],
+        fields=list(NAME_VALUE),
+    )
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_pylist()
+    offsets = pa.array(list(accumulate(lengths, initial=0)), pa.int32())
+    mask = col.is_null() if col.null_count else None
+    return pa.ListArray.from_arrays(offsets, widened, type=NAME_VALUE_LIST, mask=mask)
+
+
+def _upgraded_column(col: pa.Array | pa.ChunkedArray, f: pa.Field) -> pa.Array | pa.ChunkedArray:
+    if col.type == f.type:
+        return col
+    if f.type == NAME_VALUE_LIST and _is_pair_list(col.type):
+        if isinstance(col, pa.ChunkedArray):
+            return pa.chunked_array([_widen_pairs(c) for c in col.chunks], NAME_VALUE_LIST)
+        return _widen_pairs(col)
+    return col.cast(f.type)
+
+
+def upgrade(
+    data: pa.RecordBatch | pa.Table,
+    kind: str = KIND_EXCHANGES,
+    columns: Sequence[str] | None = None,
+) -> Any:
+    """A batch or table of any readable version in the current schema of `kind`: the kind's
+    columns in order (or only `columns`, in that order), those a version-1 file lacks as
+    nulls, name/value structs widened; then any other columns it has. A batch already in the
+    current schema comes back as it is."""
+    target = SCHEMAS.get(kind)
+    if target is None or (columns is None and data.schema.equals(target)):
+        return data
+    present = set(data.schema.names)
+    n = data.num_rows
+    table = isinstance(data, pa.Table)
+    wanted = [target.field(c) for c in columns if c in target.names] if columns else target
+    fields_out: list[pa.Field] = []
+    arrays: list[Any] = []
+    for f in wanted:
+        if f.name in present:
+            arrays.append(_upgraded_column(data.column(f.name), f))
+        elif f.name in ADDED_IN_V2:
+            nulls = pa.nulls(n, f.type)
+            arrays.append(pa.chunked_array([nulls]) if table else nulls)
+        else:
+            continue
+        fields_out.append(f)
+    for f in data.schema:
+        if f.name not in target.names:
+            fields_out.append(f)
+            arrays.append(data.column(f.name))
+    out_schema = pa.schema(fields_out, metadata=data.schema.metadata)
+    if table:
+        return pa.Table.from_arrays(arrays, schema=out_schema)
+    return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
 
 
 def exchange_from_row(row: Mapping[str, Any]) -> Exchange:
@@ -367,7 +656,8 @@ def open_file(path: Path, kind: str | None = None) -> tuple[pq.ParquetFile, Data
     expected = SCHEMAS.get(file_kind)
     if expected is not None:
         present = set(pf.schema_arrow.names)  # schema_arrow is rebuilt on every access
-        missing = [n for n in expected.names if n not in present]
+        optional = ADDED_IN_V2 if version < 2 else frozenset()
+        missing = [n for n in expected.names if n not in present and n not in optional]
         if missing:
             raise DatasetError(f"{path}: {file_kind} file lacks columns {', '.join(missing)}")
     info = DatasetFile(
@@ -398,15 +688,25 @@ def iter_batches(
     columns: Sequence[str] | None = None,
     files: Iterable[Path] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream a dataset row group by row group, so memory stays flat as datasets grow."""
+    """Stream a dataset row group by row group, so memory stays flat as datasets grow.
+
+    Batches come in the current schema whatever version wrote the file (see `upgrade`)."""
     for f in files if files is not None else dataset_files(path):
-        pf, _ = open_file(f, kind)
+        pf, info = open_file(f, kind)
         try:
+            wanted = list(columns) if columns else None
+            read = wanted
+            current = info.version >= SCHEMA_VERSION
+            if wanted is not None and not current:
+                present = set(pf.schema_arrow.names)
+                read = [c for c in wanted if c in present]
             for i in range(pf.metadata.num_row_groups):
                 try:
-                    table = pf.read_row_group(i, columns=list(columns) if columns else None)
+                    table = pf.read_row_group(i, columns=read)
                 except (pa.ArrowInvalid, OSError) as exc:
                     raise DatasetError(f"{f}: row group {i} unreadable ({exc})") from None
+                if not current:
+                    table = upgrade(table, info.kind, wanted)
                 yield from table.to_batches()
         finally:
             pf.close()

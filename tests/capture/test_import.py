@@ -365,3 +365,33 @@ def test_zhar_as_mitmproxy_writes_it(har_file, tmp_path, cli, rows_of):
     cut.write_bytes(zhar.read_bytes()[:200])
     done = cli("import", cut, "--out", tmp_path / "cut")
     assert done.exit_code == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_har_keeps_the_raw_request_target(tmp_path, cli, rows_of, bytes_of):
+    raw_url = (
+        "https://shop.example/s/a%2Fb?gcrumb=rY3NFD4=&q=a,b&notify_self&d=/&api_key=SECRETq#frag"
+    )
+    listed = _entry("https://shop.example/listed")
+    listed["request"]["queryString"] = [{"name": "a b", "value": "c/d"}]
+    har = {
+        "log": {
+            "version": "1.2",
+            "creator": {"name": "test", "version": "1"},
+            "entries": [_entry(raw_url), listed],
+        }
+    }
+    p = tmp_path / "raw-target.har"
+    p.write_text(json.dumps(har))
+    out = tmp_path / "raw"
+    done = cli("import", p, "--out", out)
+    assert done.exit_code == 0, done.stderr
+    spelled, from_list = rows_of(out)
+    target = spelled["request_target"]
+    assert target.startswith("/s/a%2Fb?gcrumb=rY3NFD4=&q=a,b&notify_self&d=/&api_key=stk_")
+    assert "#" not in target
+    assert spelled["path"] == "/s/a%2Fb"
+    assert [n for n, _ in spelled["query"]] == ["gcrumb", "q", "notify_self", "d", "api_key"]
+    assert spelled["query"][-1][1] == target.rpartition("=")[2]
+    # A writer that listed the query only in queryString: the target is spelled from it.
+    assert from_list["request_target"] == "/listed?a+b=c%2Fd"
+    assert b"SECRETq" not in bytes_of(out)

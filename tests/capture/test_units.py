@@ -24,7 +24,7 @@ from shadowtape.capture.writer import (
 )
 from shadowtape.errors import InputError
 from shadowtape.keyed import Key, Keyed, looks_like_jwt
-from shadowtape.schema import Exchange, read_files
+from shadowtape.schema import DatasetWriter, Exchange, iter_exchanges, read_files
 
 KEY = Key(b"unit-test-key-0123456789abcdef", "test")
 JWT = (
@@ -150,6 +150,7 @@ def test_flow_conversion_bodies_truncation_and_encoding(scrubber):
     ).exchange
     assert ex.response_body == b"not gzip at all"
     assert ("content-encoding", "gzip") in [(n.lower(), v) for n, v in ex.response_headers]
+    assert ex.response_body_undecodable is True and ex.request_body_undecodable is False
 
     streamed = tflow.tflow(resp=True)
     streamed.response.stream = True
@@ -337,3 +338,33 @@ def test_a_flow_that_cannot_be_converted_is_counted_not_raised(tmp_path, monkeyp
         addon.done()
     c = addon.finished[0].counters
     assert c.dropped_conversion_error == 1 and c.recorded == 0 and c.dropped() == 1
+
+
+def test_flow_keeps_the_raw_target_with_only_credentials_re_encoded(scrubber, tmp_path):
+    k = Keyed(KEY)
+    f = tflow.tflow(resp=True)
+    f.request.data.path = b"/p/a%2Fb?x=1&a&y=rY3NFD4=&access_token=SECRET1&q=a,b&d=/"
+    f.request.headers.fields = ((b"Host", b"shop.example"), (b"X-Name", b"Jos\xe9"))
+    ex = flow_to_exchange(
+        f, exchange_id="i", session_id="s", seq=0, capture_id="c", scrubber=scrubber
+    ).exchange
+    token = k.secret("SECRET1")
+    assert ex.request_target == f"/p/a%2Fb?x=1&a&y=rY3NFD4=&access_token={token}&q=a,b&d=/"
+    assert ex.path == "/p/a%2Fb"
+    assert ex.query == [
+        ("x", "1"),
+        ("a", ""),
+        ("y", "rY3NFD4="),
+        ("access_token", token),
+        ("q", "a,b"),
+        ("d", "/"),
+    ]
+    assert ex.server_address == "192.168.0.1:22"
+    assert ex.request_headers[1] == ("X-Name", "Jos\udce9")
+    assert ex.request_body_undecodable is False
+    # The latin-1 byte no longer makes the record unwritable, and comes back as it was.
+    with DatasetWriter(tmp_path) as writer:
+        writer.write_exchanges([ex])
+    (back,) = list(iter_exchanges(tmp_path))
+    assert back.request_headers == ex.request_headers
+    assert back.request_target == ex.request_target

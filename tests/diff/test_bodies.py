@@ -5,6 +5,7 @@ import brotli
 import pytest
 
 from shadowtape.diff import bodies
+from shadowtape.http import headers
 
 
 @pytest.mark.parametrize(
@@ -43,5 +44,5 @@ def test_body_class_by_type_then_by_bytes():
     assert bodies.body_class(None, b"plain words") == bodies.TEXT
     assert bodies.body_class(None, b"\xff\xfe\x00") == bodies.BINARY
     assert bodies.body_class("application/json", b"") == bodies.EMPTY
-    assert bodies.charset('text/plain; charset="ISO-8859-1"') == "iso-8859-1"
-    assert bodies.header_value([("A", "1"), ("a", "2")], "a") == "1, 2"
+    assert headers.charset('text/plain; charset="ISO-8859-1"') == "iso-8859-1"
+    assert headers.joined([("A", "1"), ("a", "2")], "a") == "1, 2"

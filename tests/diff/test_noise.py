@@ -2,8 +2,10 @@ import pytest
 
 from shadowtape.diff.compare import Difference
 from shadowtape.diff.noise import (
+    IGNORED,
     NoiseModel,
     NoiseThresholds,
+    PinnedRule,
     PinnedRules,
     load_pinned_rules,
     volatile_kind,
@@ -139,3 +141,18 @@ def test_bad_pinned_rules_are_one_clear_error(tmp_path, text, message):
 
 def test_empty_rules():
     assert PinnedRules().find(ROUTE, "body", "$.a") is None
+
+
+def test_pinned_rules_cover_the_path_its_subtree_and_wildcards():
+    def covers(rule: str, location: str) -> bool:
+        return PinnedRule(IGNORED, rule).covers(ROUTE, "body", location)
+
+    assert covers("$.meta", "$.meta.generated_at")
+    assert covers("$.meta.generated_at", "$.meta.generated_at")
+    assert covers("$.items[0].price", "$.items[*].price")
+    assert covers("$.*.id", "$.user.id")
+    assert covers("$..generated_at", "$.a[*].generated_at")  # one grammar: `..` works here too
+    assert not covers("$.meta", "$.metadata")
+    assert not covers("$.meta.x", "$.meta")
+    assert not covers("$.*.id", "$.items[*].id")
+    assert not covers("$.x[", "$.x")

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from shadowtape.diff.routes import RouteTable, infer_template, load_routes
+from shadowtape.diff.routes import RouteTable, load_routes
 from shadowtape.errors import InputError
+from shadowtape.http.routes import infer_template
 
 
 def test_ids_in_paths_become_placeholders():

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from shadowtape.http import cookies
+from shadowtape.http.target import split_target, update_target
 from shadowtape.keyed import Keyed
 from shadowtape.schema import Exchange, Pairs
 
@@ -70,35 +72,33 @@ class CredentialScrubber:
                 return f"{scheme} {self.keyed.secret(rest.strip())}"
         return self.keyed.secret(value)
 
+    def target(self, raw_target: str | None, query: Pairs) -> str | None:
+        """The raw request target with the query's secrets replaced as in `query(...)`: only
+        the parameters that changed are re-encoded, so the raw secret never reaches disk and
+        every other parameter keeps its spelling."""
+        if raw_target is None:
+            return None
+        path, _ = split_target(raw_target)
+        return update_target(raw_target, path, query)
+
     def cookie_header(self, value: str) -> str:
-        """`a=1; b=2` -> each value tokenized, names and order kept."""
-        parts = []
-        for item in value.split(";"):
-            name, sep, cookie_value = item.strip().partition("=")
-            if not sep:
-                # A bare word with no "=": some servers read it as a value, so it is one.
-                parts.append(self.keyed.secret(name) if name else name)
-                continue
-            parts.append(f"{name}={self._cookie_value(cookie_value)}")
-        return "; ".join(parts)
+        """`a=1; b=2` -> each value tokenized; names, order, bare words and spacing kept. A bare
+        word is a nameless cookie's value (see http.cookies), so it is tokenized too."""
+        return cookies.format_cookie_header(
+            c.with_value(self._cookie_value(c.value)) for c in cookies.parse_cookie_header(value)
+        )
 
     def set_cookie_header(self, value: str) -> str:
         """Only the cookie's value is secret; Path, Expires, HttpOnly and friends are kept."""
-        first, sep, attributes = value.partition(";")
-        name, eq, cookie_value = first.strip().partition("=")
-        if not eq:
-            return value
-        return f"{name}={self._cookie_value(cookie_value)}{sep}{attributes}"
+        parsed = cookies.parse_set_cookie(value)
+        return parsed.with_value(self._cookie_value(parsed.value)).format()
 
     def _cookie_value(self, value: str) -> str:
-        stripped = value.strip()
-        if not stripped:
-            return stripped
         # A quoted cookie value keeps its quotes, so the header stays parseable the same way.
-        if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
-            inner = stripped[1:-1]
-            return f'"{self.keyed.secret(inner)}"' if inner else stripped
-        return self.keyed.secret(stripped)
+        inner, quoted = cookies.unquote(value)
+        if not inner:
+            return value
+        return cookies.requote(self.keyed.secret(inner), quoted)
 
 
 def is_secret_query(name: str) -> bool:
@@ -108,6 +108,7 @@ def is_secret_query(name: str) -> bool:
 def scrub_exchange(ex: Exchange, scrubber: CredentialScrubber) -> Exchange:
     """Credentials out of a record built elsewhere (an importer), in place."""
     ex.query = scrubber.query(ex.query)
+    ex.request_target = scrubber.target(ex.request_target, ex.query)
     ex.request_headers = scrubber.headers(ex.request_headers)
     ex.response_headers = scrubber.headers(ex.response_headers)
     return ex

@@ -1,6 +1,8 @@
 """A finished mitmproxy flow as an exchange record: pure conversion, no I/O.
 
 Bodies are stored decoded (gzip, br, zstd undone): see `bodies.headers_for_decoded_body`.
+The request target is kept as the bytes of the request line (HTTP/1.x) or `:path` (HTTP/2),
+`path` and `query` are parsed from it with `http.target`, the same parser the importers use.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from shadowtape.capture.bodies import (
     keep_body,
 )
 from shadowtape.capture.credentials import CredentialScrubber
+from shadowtape.http.headers import decode, pairs_from_fields
+from shadowtape.http.target import query_pairs, split_target, target_path
 from shadowtape.schema import Exchange, Pairs
 
 
@@ -31,16 +35,14 @@ class CapturedBody:
     # mitmproxy does not keep bodies it streams (stream_large_bodies): counted, never guessed.
     streamed: bool
     headers: Pairs
+    # Content-Encoding could not be undone: the bytes are as sent, the header kept with them.
+    undecodable: bool = False
 
 
 def header_pairs(headers: http.Headers) -> Pairs:
-    """Headers in wire order, duplicates kept, decoded as mitmproxy decodes them (names and
-    values UTF-8 with surrogate escapes, so no byte is lost); done directly on the raw fields
-    because this runs in the proxy's hook for every flow."""
-    return [
-        (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-        for k, v in headers.fields
-    ]
+    """Headers in wire order, duplicates kept, as wire text (http.headers: no byte is lost);
+    done directly on the raw fields because this runs in the proxy's hook for every flow."""
+    return pairs_from_fields(headers.fields)
 
 
 def capture_body(message: http.Message, max_body: int) -> CapturedBody:
@@ -49,6 +51,7 @@ def capture_body(message: http.Message, max_body: int) -> CapturedBody:
     if raw is None:
         return CapturedBody(None, False, None, True, headers)
     content = raw
+    undecodable = False
     if raw and has_content_encoding(headers):
         try:
             content = message.get_content(strict=True) or b""
@@ -57,17 +60,28 @@ def capture_body(message: http.Message, max_body: int) -> CapturedBody:
             # An unknown or broken Content-Encoding: keep the bytes as sent, and the header
             # with them, so the record still says what the bytes are.
             content = raw
+            undecodable = True
     kept = keep_body(content, max_body)
-    return CapturedBody(kept.body, kept.truncated, kept.size, False, headers)
+    return CapturedBody(kept.body, kept.truncated, kept.size, False, headers, undecodable)
 
 
-def query_pairs(req: http.Request) -> Pairs:
-    return list(req.query.items(multi=True)) if "?" in req.path else []
+def request_target(req: http.Request) -> str:
+    """The target exactly as it came (`:path` for HTTP/2), as wire text."""
+    return decode(req.data.path)
 
 
 def split_path(path: str) -> str:
     """The path without its query string (kept apart, as ordered pairs)."""
-    return path.partition("?")[0] or "/"
+    return target_path(path) or "/"
+
+
+def server_address(flow: http.HTTPFlow) -> str | None:
+    """The address actually connected to, kept apart from the Host name."""
+    peer = flow.server_conn.peername if flow.server_conn else None
+    if not peer:
+        return None
+    host = str(peer[0])
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
 
 def client_address(flow: http.HTTPFlow) -> str | None:
@@ -94,6 +108,9 @@ def flow_to_exchange(
     req = flow.request
     request_body = capture_body(req, max_body)
     started = micros(req.timestamp_start)
+    target = request_target(req)
+    path, raw_query = split_target(target)
+    query = scrubber.query(query_pairs(raw_query))
     ex = Exchange(
         id=exchange_id,
         session_id=session_id,
@@ -104,13 +121,16 @@ def flow_to_exchange(
         scheme=req.scheme,
         host=req.host,
         port=req.port,
-        path=split_path(req.path),
-        query=scrubber.query(query_pairs(req)),
+        server_address=server_address(flow),
+        path=path or "/",
+        query=query,
+        request_target=scrubber.target(target, query),
         http_version=req.http_version,
         request_headers=scrubber.headers(request_body.headers),
         request_body=request_body.body,
         request_body_truncated=request_body.truncated,
         request_body_size=request_body.size,
+        request_body_undecodable=request_body.undecodable,
         capture_id=capture_id,
     )
     streamed = int(request_body.streamed)
@@ -123,6 +143,7 @@ def flow_to_exchange(
         ex.response_body = response_body.body
         ex.response_body_truncated = response_body.truncated
         ex.response_body_size = response_body.size
+        ex.response_body_undecodable = response_body.undecodable
         ex.response_started_at = micros(resp.timestamp_start)
         ex.response_ended_at = micros(resp.timestamp_end)
         streamed += int(response_body.streamed)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from mitmproxy.net.http.headers import infer_content_encoding, parse_content_type
 
@@ -25,6 +25,13 @@ from shadowtape.capture.bodies import (
 )
 from shadowtape.capture.jsonstream import JsonScanner
 from shadowtape.errors import InputError
+from shadowtape.http.target import (
+    build_query,
+    build_target,
+    query_pairs,
+    split_target,
+    target_of_url,
+)
 from shadowtape.schema import Exchange, Pairs
 
 SUPPORTED_VERSIONS = ("1.2", "1.1")
@@ -179,7 +186,7 @@ def request_body(request: dict[str, Any], creator: str = "") -> bytes | None:
         charset = text_charset(post.get("mimeType"), creator)
         return _text_body(post.get("text"), post.get("encoding"), charset, "request.postData")
     params = _pairs(post.get("params"), "request.postData.params")
-    return urlencode(params).encode() if params else None
+    return build_query(params).encode() if params else None
 
 
 def _ms(value: Any) -> float:
@@ -208,10 +215,16 @@ def har_entry_to_exchange(
         port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     except ValueError:
         raise EntryError(f"request.url {url!r} has a bad port") from None
-    if parts.query:
-        query = parse_qsl(parts.query, keep_blank_values=True)
+    # The URL is what went on the wire: its target is kept unparsed. Writers that leave the
+    # query out of the URL and list it only in queryString get a target spelled from it.
+    target = target_of_url(url)
+    path, raw_query = split_target(target)
+    if raw_query:
+        query = query_pairs(raw_query)
     else:
         query = _pairs(request.get("queryString"), "request.queryString")
+        if query:
+            target = build_target(path, query)
     started = parse_time(entry.get("startedDateTime"))
     req_body = keep_body(request_body(request, creator), max_body)
     req_headers = _pairs(request.get("headers"), "request.headers", drop_pseudo=True)
@@ -229,8 +242,9 @@ def har_entry_to_exchange(
         scheme=parts.scheme,
         host=parts.hostname,
         port=port,
-        path=parts.path or "/",
+        path=path or "/",
         query=query,
+        request_target=target,
         http_version=request.get("httpVersion") or None,
         request_headers=req_headers,
         request_body=req_body.body,

@@ -7,7 +7,6 @@ the files' metadata, where the capture writer keeps its running figures.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 
 from shadowtape.capture.packet_counters import PacketCounters
 from shadowtape.capture.writer import META_CAPTURE_ID, CaptureCounters
+from shadowtape.http.routes import infer_template, route_label
 from shadowtape.schema import (
     KIND_EXCHANGES,
     META_SANITIZED,
@@ -38,18 +38,11 @@ _COLUMNS = [
     "request_body_truncated",
     "response_body_truncated",
 ]
-# Path segments that are ids rather than names: one route, many values.
-_ID_SEGMENT = re.compile(
-    r"^(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"|[0-9a-fA-F]{16,}|[A-Za-z0-9_-]{24,})$"
-)
 
 
 def route_of(method: str, path: str | None) -> str:
     """A rough endpoint template for paths without a recorded route: ids become {id}."""
-    segments = (path or "/").split("/")
-    templ = "/".join("{id}" if _ID_SEGMENT.match(s) else s for s in segments)
-    return f"{method} {templ or '/'}"
+    return route_label(method, infer_template(path, fold=True))
 
 
 def status_class(status: int | None) -> str:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from shadowtape.errors import InputError
+from shadowtape.http.cookies import named_cookies
 from shadowtape.keyed import Keyed
 from shadowtape.schema import Pairs
 
@@ -63,18 +64,6 @@ class SessionKey:
         return f"{self.kind}:{self.name}" if self.name else self.kind
 
 
-def cookies_of(headers: Pairs) -> list[tuple[str, str]]:
-    out = []
-    for name, value in headers:
-        if name.lower() != "cookie":
-            continue
-        for item in value.split(";"):
-            cname, sep, cvalue = item.strip().partition("=")
-            if sep and cname:
-                out.append((cname, cvalue.strip()))
-    return out
-
-
 def session_identity(key: SessionKey, headers: Pairs) -> str | None:
     """The raw value that names the session, or None to fall back to client + gap."""
     if key.kind == "header":
@@ -84,12 +73,12 @@ def session_identity(key: SessionKey, headers: Pairs) -> str | None:
                 return f"header:{wanted}={value}"
         return None
     if key.kind == "cookie":
-        for name, value in cookies_of(headers):
+        for name, value in named_cookies(headers):
             if name == key.name and value:
                 return f"cookie:{name}={value}"
         return None
     if key.kind == "auto":
-        for name, value in cookies_of(headers):
+        for name, value in named_cookies(headers):
             if name.lower() in SESSION_COOKIE_NAMES and value:
                 return f"cookie:{name}={value}"
     return None

@@ -13,11 +13,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
 
 import click
 
 from shadowtape.demo.shop import VERSIONS, Request, Response, ShopAPI
+from shadowtape.http.target import query_pairs, split_target
 
 # Only bodies this large are worth compressing, as real servers do; it also means the demo's
 # recordings hold some gzip bodies that sanitize has to decode before it can scan them.
@@ -32,13 +32,14 @@ class _ShopHandler(BaseHTTPRequestHandler):
     server: _ShopServer
 
     def _serve(self) -> None:
-        url = urlsplit(self.path)
+        path, raw_query = split_target(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         request = Request(
             method=self.command,
-            path=url.path,
-            query=dict(parse_qsl(url.query)),
+            path=path,
+            # Blank values are absent to the shop, as with parse_qsl's default.
+            query={n: v for n, v in query_pairs(raw_query) if v},
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
         )

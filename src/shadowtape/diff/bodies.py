@@ -7,9 +7,8 @@ already decoded by httpx, so its Content-Encoding header is informational only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from shadowtape import content_coding
+from shadowtape.http.headers import media_type
 
 JSON = "json"
 TEXT = "text"
@@ -33,12 +32,6 @@ class BodyDecodeError(ValueError):
     """A body whose Content-Encoding does not decode; it is compared as bytes and counted."""
 
 
-def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
-    """The header's values joined as HTTP allows (`a, b`), or None when absent."""
-    values = [v for n, v in headers if n.lower() == name]
-    return ", ".join(values) if values else None
-
-
 def decode_content(body: bytes, encoding: str | None) -> bytes:
     """Undo Content-Encoding (applied in order, so undone in reverse)."""
     if not body or not encoding:
@@ -47,21 +40,6 @@ def decode_content(body: bytes, encoding: str | None) -> bytes:
         return content_coding.decode(body, content_coding.split_codings(encoding))
     except content_coding.ContentCodingError as exc:
         raise BodyDecodeError(str(exc)) from None
-
-
-def media_type(content_type: str | None) -> str:
-    if not content_type:
-        return ""
-    return content_type.split(";", 1)[0].strip().lower()
-
-
-def charset(content_type: str | None) -> str:
-    if content_type:
-        for param in content_type.split(";")[1:]:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "charset" and value.strip():
-                return value.strip().strip('"').lower()
-    return "utf-8"
 
 
 def declared_class(content_type: str | None) -> str | None:

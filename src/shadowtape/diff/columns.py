@@ -57,7 +57,11 @@ def _entries(col: pa.Array) -> tuple[list[int], pa.Array, pa.Array] | None:
     flat = col.flatten()
     if flat.null_count:
         return None
-    names, values = flat.flatten()
+    # By field name: a version-2 entry also has name_raw/value_raw (exact bytes of text that
+    # is not UTF-8). The diff compares display text, which is the same on both sides.
+    children = flat.flatten()
+    names = children[flat.type.get_field_index("name")]
+    values = children[flat.type.get_field_index("value")]
     if names.null_count or values.null_count:
         return None
     parents = pc.list_parent_indices(col)

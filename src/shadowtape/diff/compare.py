@@ -25,7 +25,8 @@ from typing import Any
 import orjson
 
 from shadowtape.diff import bodies
-from shadowtape.diff.paths import ROOT, WILDCARD, index_step, key_step, keyed_step
+from shadowtape.http.headers import charset
+from shadowtape.http.jsonpath import ROOT, WILDCARD, index_step, key_step, keyed_step
 
 STATUS = "status"
 HEADER = "header"
@@ -393,8 +394,8 @@ def compare_bodies(
             ]
         ca = cb = bodies.TEXT if ca != bodies.BINARY and cb != bodies.BINARY else bodies.BINARY
     if ca == bodies.TEXT and cb == bodies.TEXT:
-        ta = rec.decode(bodies.charset(rec_type), "replace")
-        tb = stg.decode(bodies.charset(stg_type), "replace")
+        ta = rec.decode(charset(rec_type), "replace")
+        tb = stg.decode(charset(stg_type), "replace")
         return compare_text(ta, tb, options)
     if ca != cb:
         return [

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from shadowtape.diff import paths
 from shadowtape.diff.compare import BODY, CHANGED, HEADER, Difference
 from shadowtape.errors import InputError
+from shadowtape.http import jsonpath
 from shadowtape.keyed import is_token
 
 DRIFT = "drift"
@@ -138,9 +138,21 @@ class PinnedRule:
             return False
         if self.part != part:
             return False
-        if part == BODY and self.location.startswith(paths.ROOT):
-            return paths.matches(self.location, location)
+        if part == BODY and self.location.startswith(jsonpath.ROOT):
+            return _covers(self.location, location)
         return self.location == location
+
+
+def _covers(pattern: str, location: str) -> bool:
+    """Whether a pinned rule's path covers a normalised location: the path itself and all
+    below it (`$.meta` covers `$.meta.generated_at`), array positions in the rule read as
+    `[*]` (locations are normalised), in http.jsonpath's grammar."""
+    if pattern == location:
+        return True
+    try:
+        return jsonpath.covers(jsonpath.normalise(pattern), location)
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +187,9 @@ def _parse_rule(entry: object, classification: str, where: str) -> PinnedRule:
         return PinnedRule(classification, "status", route, "status")
     if target.lower().startswith("header:"):
         return PinnedRule(classification, target[7:].strip().lower(), route, HEADER)
-    if target.startswith(paths.ROOT):
+    if target.startswith(jsonpath.ROOT):
         try:
-            paths.split(target)
+            jsonpath.parse(target)
         except ValueError as exc:
             raise InputError(f"{where}: {exc}") from None
         return PinnedRule(classification, target, route, BODY)

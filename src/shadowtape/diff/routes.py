@@ -8,120 +8,45 @@ route the recording already carries, and inference from the shape of each path s
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from shadowtape.errors import InputError
-
-_UUID = re.compile(
-    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+from shadowtape.http.routes import (
+    RouteTemplate,
+    infer_template,
+    most_specific_first,
+    parse_route,
+    route_label,
 )
-_INT = re.compile(r"^-?\d+$")
-_HEX = re.compile(r"^(?=.*\d)[0-9a-fA-F]{12,}$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ][0-9:.]+Z?)?$")
-_EMAIL = re.compile(r"^[^@/\s]+@[^@/\s]+\.[A-Za-z]{2,}$")
-# Opaque tokens: long, and mixing letters with digits, so words like "notifications" stay.
-_TOKEN = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9_\-.~]{20,}$")
-_PARAM = re.compile(r"\{([^{}/]+)\}")
+from shadowtape.http.target import target_path
 
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
-def segment_placeholder(segment: str) -> str | None:
-    """The placeholder an id-like path segment stands for, or None for a literal segment."""
-    # The two commonest cases, a word and a number, decided without a regex.
-    if not segment or segment.isalpha():
-        return None
-    if segment.isdigit() or _INT.match(segment):
-        return "{id}"
-    if _UUID.match(segment):
-        return "{uuid}"
-    if _HEX.match(segment):
-        return "{hex}"
-    if _DATE.match(segment):
-        return "{date}"
-    if _EMAIL.match(segment):
-        return "{email}"
-    if _TOKEN.match(segment):
-        return "{token}"
-    return None
-
-
-# Literal segments that only the regexes could clear ("v2", "logo.png"): a run meets the same
-# few again and again, so they are remembered (a bounded set: ids never land here).
-_LITERALS: set[str] = set()
-
-
-def infer_template(path: str) -> str:
-    out = []
-    for seg in (path or "/").split("/"):
-        # Words and numbers, nearly every segment, settled without a call.
-        if not seg or seg.isalpha() or seg in _LITERALS:
-            out.append(seg)
-        elif seg.isdigit():
-            out.append("{id}")
-        else:
-            placeholder = segment_placeholder(seg)
-            if placeholder is None and len(_LITERALS) < 10_000:
-                _LITERALS.add(seg)
-            out.append(placeholder or seg)
-    return "/".join(out)
-
-
-@dataclass(frozen=True, slots=True)
-class Template:
-    method: str | None  # None: any method
-    path: str
-    pattern: re.Pattern[str]
-    literal_segments: int
-
-    @property
-    def label(self) -> str:
-        return self.path
-
-
-def compile_template(text: str, base_path: str = "") -> Template:
-    """`GET /users/{id}` or `/users/{id}`: `{name}` stands for exactly one path segment."""
-    text = text.strip()
-    method, _, path = text.partition(" ") if " " in text else ("", "", text)
-    path = path.strip()
-    if not path.startswith("/"):
-        raise InputError(f"route template {text!r}: the path must start with '/'")
-    full = (base_path.rstrip("/") + path) if base_path else path
-    regex = ""
-    pos = 0
-    for m in _PARAM.finditer(full):
-        regex += re.escape(full[pos : m.start()]) + r"[^/]+"
-        pos = m.end()
-    regex += re.escape(full[pos:])
-    literal = sum(1 for seg in full.split("/") if seg and not _PARAM.search(seg))
-    return Template(
-        method=method.upper() or None,
-        path=full,
-        pattern=re.compile("^" + regex + "/?$"),
-        literal_segments=literal,
-    )
+def compile_template(text: str, base_path: str = "") -> RouteTemplate:
+    """`GET /users/{id}` or `/users/{id}`, in the one grammar of http.routes."""
+    try:
+        return parse_route(text, base_path)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 class RouteTable:
     """Turns (method, path, recorded route) into the route label reports group by."""
 
-    def __init__(self, templates: Iterable[Template] = ()) -> None:
+    def __init__(self, templates: Iterable[RouteTemplate] = ()) -> None:
         # Most specific first, so `/users/me` wins over `/users/{id}`.
-        self.templates = sorted(
-            templates, key=lambda t: (-t.literal_segments, t.method is None, t.path)
-        )
+        self.templates = most_specific_first(templates)
         self._cache: dict[tuple[str, str], str] = {}
 
     def route(self, method: str, path: str | None, recorded: str | None = None) -> str:
         method = (method or "GET").upper()
         path = path or "/"
         if "?" in path:
-            path = path.split("?", 1)[0]
+            path = target_path(path)
         key = (method, path)
         hit = self._cache.get(key)
         if hit is not None:
@@ -133,9 +58,9 @@ class RouteTable:
                 break
         if label is None:
             if recorded:
-                label = recorded if " " in recorded else f"{method} {recorded}"
+                label = recorded if " " in recorded else route_label(method, recorded)
             else:
-                label = f"{method} {infer_template(path)}"
+                label = route_label(method, infer_template(path))
         # Paths carry ids, so the cache would grow with the data: keep it bounded.
         if len(self._cache) > 100_000:
             self._cache.clear()
@@ -143,7 +68,7 @@ class RouteTable:
         return label
 
 
-def _openapi_templates(doc: dict, where: str) -> list[Template]:
+def _openapi_templates(doc: dict, where: str) -> list[RouteTemplate]:
     paths = doc.get("paths")
     if not isinstance(paths, dict):
         raise InputError(f"{where}: an OpenAPI document without a 'paths' mapping")

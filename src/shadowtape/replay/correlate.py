@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from shadowtape.errors import InputError
+from shadowtape.http import jsonpath
+from shadowtape.http.target import target_path
 from shadowtape.replay.locations import request_values, response_values
 from shadowtape.replay.plan import step_key
 from shadowtape.replay.scan import iter_rows
@@ -57,13 +59,17 @@ def worth_correlating(value: str) -> bool:
 
 
 def parts_of(row: Mapping[str, Any]) -> RequestParts:
+    target = row.get("request_target")
     return RequestParts(
         method=row["method"],
         host=row.get("host"),
-        path=row.get("path") or "/",
+        # The target's own path is exact (the path column shows odd bytes as display text),
+        # so an unchanged path is sent as recorded.
+        path=target_path(target) if target is not None else row.get("path") or "/",
         query=list(row.get("query") or []),
         headers=list(row.get("request_headers") or []),
         body=row.get("request_body"),
+        target=target,
     )
 
 
@@ -189,6 +195,10 @@ def load_rules(path: str | os.PathLike[str]) -> list[CorrelationRule]:
                     f"{where}: bad location {loc!r}; use e.g. json:$.token, header:etag, "
                     "path[2], query:id, cookie:sid"
                 )
+        # JSON locations are compared as strings: spell them the one way (a file written
+        # by hand, or before http.jsonpath, may quote keys differently).
+        source = _canonical_location(item["source"])
+        targets = [_canonical_location(t) for t in targets]
         name = str(item.get("name") or f"r{i + 1}")
         if name in names:
             raise InputError(f"{where}: duplicate rule name {name!r}")
@@ -197,7 +207,7 @@ def load_rules(path: str | os.PathLike[str]) -> list[CorrelationRule]:
             CorrelationRule(
                 name=name,
                 step=str(item["step"]),
-                source=item["source"],
+                source=source,
                 targets=tuple(targets),
                 support=int(item.get("support") or 0),
             )
@@ -212,7 +222,17 @@ def _valid_location(loc: str) -> bool:
     if loc.startswith("path[") and loc.endswith("]"):
         return loc[5:-1].isdigit()
     kind, sep, name = loc.partition(":")
+    if kind == "json" and sep:
+        try:
+            jsonpath.parse(name)
+        except ValueError:
+            return False
     return bool(sep and name) and kind in _KINDS
+
+
+def _canonical_location(loc: str) -> str:
+    kind, sep, name = loc.partition(":")
+    return f"json:{jsonpath.canonical(name)}" if kind == "json" and sep else loc
 
 
 def correlate_dataset(

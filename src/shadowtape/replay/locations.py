@@ -13,14 +13,24 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from shadowtape.http import cookies
+from shadowtape.http.headers import get_all, media_type
+from shadowtape.http.jsonpath import index_step, key_step
+from shadowtape.http.target import (
+    join_target,
+    query_pairs,
+    rewrite_query,
+    split_target,
+    target_of_url,
+    target_path,
+)
 from shadowtape.replay.sender import RequestParts
 
 Pairs = list[tuple[str, str]]
 
 MAX_PARSE_BYTES = 1024 * 1024  # bigger bodies are not searched for correlated values
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FORM = "application/x-www-form-urlencoded"
 _TOKEN_SPLIT = re.compile(r"[\s,;=\"]+")
 # Response headers that are about the transport or the moment, never a minted value.
 _SKIP_RESPONSE_HEADERS = frozenset(
@@ -58,9 +68,7 @@ _SKIP_REQUEST_HEADERS = frozenset(
 
 
 def _json_path(parent: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    return f"{parent}.{key}" if _IDENT.match(key) else f"{parent}[{json.dumps(key)}]"
+    return parent + (index_step(key) if isinstance(key, int) else key_step(key))
 
 
 def _walk(doc: Any, path: str = "$") -> Iterator[tuple[str, Any]]:
@@ -89,10 +97,6 @@ def parse_json(body: bytes | None) -> Any:
         return None
 
 
-def _header_values(headers: Pairs, name: str) -> list[str]:
-    return [v for n, v in headers if n.lower() == name]
-
-
 def _unquote_etag(value: str) -> str:
     value = value.strip()
     if value.startswith("W/"):
@@ -101,11 +105,16 @@ def _unquote_etag(value: str) -> str:
 
 
 def _set_cookies(headers: Pairs) -> Iterator[tuple[str, str]]:
-    for value in _header_values(headers, "set-cookie"):
-        first = value.split(";", 1)[0]
-        name, sep, val = first.partition("=")
-        if sep:
-            yield name.strip(), val.strip().strip('"')
+    for sc in cookies.set_cookies(headers):
+        if sc.cookie.has_eq:
+            yield sc.name, cookies.unquote(sc.value)[0]
+
+
+def _location_parts(value: str) -> tuple[str, Pairs]:
+    """Path and query pairs of a Location header (absolute or relative reference)."""
+    target = target_of_url(value) if "://" in value else value.partition("#")[0]
+    path, query = split_target(target)
+    return path, query_pairs(query)
 
 
 def response_values(headers: Pairs, body: bytes | None) -> Iterator[tuple[str, str]]:
@@ -115,11 +124,11 @@ def response_values(headers: Pairs, body: bytes | None) -> Iterator[tuple[str, s
         if lower in _SKIP_RESPONSE_HEADERS or lower == "set-cookie":
             continue
         if lower == "location":
-            parts = urlsplit(value)
-            for i, seg in enumerate(parts.path.split("/")):
+            path, query = _location_parts(value)
+            for i, seg in enumerate(path.split("/")):
                 if seg:
                     yield f"location:path[{i}]", seg
-            for qn, qv in parse_qsl(parts.query, keep_blank_values=True):
+            for qn, qv in query:
                 yield f"location:query.{qn}", qv
             continue
         yield f"header:{lower}", _unquote_etag(value)
@@ -153,28 +162,18 @@ def response_value(
                 return v
         return None
     if kind == "header":
-        values = _header_values(headers, name)
+        values = get_all(headers, name)
         return _unquote_etag(values[0]) if values else None
     return None
 
 
-def _cookies(value: str) -> Iterator[tuple[str, str]]:
-    for part in value.split(";"):
-        name, sep, val = part.strip().partition("=")
-        if sep:
-            yield name.strip(), val.strip()
-
-
 def _is_form(headers: Pairs) -> bool:
-    return any(
-        n.lower() == "content-type" and "application/x-www-form-urlencoded" in v.lower()
-        for n, v in headers
-    )
+    return any(media_type(v) == FORM for v in get_all(headers, "content-type"))
 
 
 def request_values(parts: RequestParts) -> Iterator[tuple[str, str]]:
     """Every (location, value) in a request where a client may send a minted value back."""
-    for i, seg in enumerate(parts.path.split("?", 1)[0].split("/")):
+    for i, seg in enumerate(target_path(parts.path).split("/")):
         if seg:
             yield f"path[{i}]", seg
     for name, value in parts.query:
@@ -184,8 +183,9 @@ def request_values(parts: RequestParts) -> Iterator[tuple[str, str]]:
         if lower in _SKIP_REQUEST_HEADERS:
             continue
         if lower == "cookie":
-            for cn, cv in _cookies(value):
-                yield f"cookie:{cn}", cv
+            for c in cookies.parse_cookie_header(value):
+                if c.has_eq:
+                    yield f"cookie:{c.name}", c.value
             continue
         yield f"header:{lower}", value.strip()
         for token in _TOKEN_SPLIT.split(value):
@@ -197,7 +197,7 @@ def request_values(parts: RequestParts) -> Iterator[tuple[str, str]]:
                 text = parts.body.decode("utf-8")
             except UnicodeDecodeError:
                 return
-            for name, value in parse_qsl(text, keep_blank_values=True):
+            for name, value in query_pairs(text):
                 yield f"form:{name}", value
             return
         doc = parse_json(parts.body)
@@ -211,11 +211,12 @@ def replace_in_request(parts: RequestParts, location: str, old: str, new: str) -
     kind, _, name = location.partition(":")
     if kind.startswith("path["):
         index = int(kind[5:-1])
-        path, sep, rest = parts.path.partition("?")
+        path, query = split_target(parts.path)
         segs = path.split("/")
         if index < len(segs) and segs[index] == old:
+            # Raw for raw: staging minted the segment as it sent it (Location, JSON).
             segs[index] = new
-            parts.path = "/".join(segs) + sep + rest
+            parts.path = join_target("/".join(segs), query)
             return True
         return False
     if kind == "query":
@@ -237,21 +238,24 @@ def replace_in_request(parts: RequestParts, location: str, old: str, new: str) -
         for i, (n, v) in enumerate(parts.headers):
             if n.lower() != "cookie":
                 continue
-            pieces = []
-            for piece in v.split(";"):
-                cn, sep, cv = piece.strip().partition("=")
-                if sep and cn == name and cv == old:
-                    piece = f"{' ' if pieces else ''}{cn}={new}"
-                    hit = True
-                pieces.append(piece)
-            parts.headers[i] = (n, ";".join(pieces))
+            items = cookies.parse_cookie_header(v)
+            swapped = [
+                c.with_value(new) if c.has_eq and c.name == name and c.value == old else c
+                for c in items
+            ]
+            if swapped != items:
+                # Only the swapped item is rewritten; the rest keeps its recorded spelling.
+                parts.headers[i] = (n, cookies.format_cookie_header(swapped))
+                hit = True
         return hit
     if kind == "form" and parts.body:
-        pairs = parse_qsl(parts.body.decode("utf-8", "replace"), keep_blank_values=True)
+        text = parts.body.decode("utf-8", "surrogateescape")
+        pairs = query_pairs(text)
         changed = [(n, new if n == name and v == old else v) for n, v in pairs]
         if changed == pairs:
             return False
-        parts.body = urlencode(changed).encode()
+        # Only the changed field is re-encoded; the others keep their recorded spelling.
+        parts.body = rewrite_query(text, changed).encode("utf-8", "surrogateescape")
         return True
     if kind == "json" and parts.body:
         return _replace_json(parts, name, old, new)

@@ -7,23 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shadowtape.http.routes import infer_template, route_label
+from shadowtape.http.target import target_path
 from shadowtape.replay.config import WRITE_METHODS, Timing
-
-_ID_SEGMENT = re.compile(
-    r"""^(
-        \d+                                   # numbers
-      | [0-9a-fA-F]{8}-[0-9a-fA-F-]{27}       # UUIDs
-      | [0-9a-fA-F]{12,}                      # hex digests
-      | stk_[a-z2-7]+                         # shadowtape tokens
-      | (?=[^/]*\d)[A-Za-z0-9_.~-]{10,}       # long mixed ids such as ord_8f3k2a91
-    )$""",
-    re.VERBOSE,
-)
 
 
 def stable_hash(*parts: str | int) -> int:
@@ -47,10 +37,8 @@ def step_key(method: str, path: str | None, route: str | None = None) -> str:
     """What makes two requests 'the same step' in different sessions: the route template when
     capture or sanitize knew it, else the path with id-like segments folded to {id}."""
     if route:
-        return route if " " in route else f"{method.upper()} {route}"
-    raw = (path or "/").split("?", 1)[0]
-    segments = ["{id}" if _ID_SEGMENT.match(s) else s for s in raw.split("/")]
-    return f"{method.upper()} {'/'.join(segments) or '/'}"
+        return route if " " in route else route_label(method, route)
+    return route_label(method, infer_template(target_path(path or "/"), fold=True))
 
 
 class SessionSampler:

@@ -2,6 +2,11 @@
 
 `build_request` is pure (recorded parts in, the exact request out); `Sender` owns the one
 shared `httpx.AsyncClient`, the in-flight bound and the tenacity retry policy.
+
+The request target is the recorded raw target, verbatim, when the dataset has one: a
+parameter that correlation changed is re-encoded alone (`http.target.update_target`), every
+other keeps its recorded spelling. Datasets without one (schema v1) get the target spelled
+from path and query as before (`http.target.build_target`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from tenacity import (
@@ -22,6 +27,16 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from shadowtape.http.headers import pairs_from_fields, set_headers
+from shadowtape.http.target import (
+    base_prefix,
+    build_target,
+    host_header,
+    join_target,
+    join_url,
+    split_target,
+    update_target,
+)
 from shadowtape.replay.config import ReplayConfig, RewriteRule
 from shadowtape.replay.guardrails import CircuitBreaker
 from shadowtape.replay.h11transport import H11Transport
@@ -51,7 +66,11 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 @dataclass(slots=True)
 class RequestParts:
-    """The parts of a recorded request that replay may change (correlation, rewrites)."""
+    """The parts of a recorded request that replay may change (correlation, rewrites).
+
+    `path` and `query` are the parsed view that correlation edits; `target` is the recorded
+    raw request target (None when the dataset has none), which is what is sent unless the
+    view was changed."""
 
     method: str
     host: str | None
@@ -59,6 +78,13 @@ class RequestParts:
     query: Pairs
     headers: Pairs
     body: bytes | None
+    target: str | None = None
+
+    def request_target(self) -> str:
+        """The target to send: the recorded one, re-encoded only where path or query changed."""
+        if self.target is None:
+            return build_target(self.path, self.query)
+        return update_target(self.target, self.path, self.query)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,50 +121,8 @@ class TargetMap:
         """(URL prefix without a trailing slash, Host header value) of a base URL."""
         parts = self._bases.get(base)
         if parts is None:
-            stripped = base.rstrip("/")
-            base_path = urlsplit(base).path.rstrip("/")
-            prefix = stripped[: len(stripped) - len(base_path)] + base_path
-            parts = self._bases[base] = (prefix, _netloc(base))
+            parts = self._bases[base] = (base_prefix(base), host_header(base))
         return parts
-
-
-def _netloc(base: str) -> str:
-    parts = urlsplit(base)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    default = 443 if parts.scheme == "https" else 80
-    return host if parts.port in (None, default) else f"{host}:{parts.port}"
-
-
-def set_header(headers: Pairs, name: str, value: str) -> None:
-    """Override a header in place: the first occurrence keeps its position, repeats go."""
-    set_headers(headers, ((name, value),))
-
-
-def set_headers(headers: Pairs, overrides: tuple[tuple[str, str], ...]) -> None:
-    """`set_header` for each override in turn, in one pass over the headers."""
-    if not overrides:
-        return
-    wanted: dict[str, tuple[str, str]] = {}
-    for name, value in overrides:
-        lower = name.lower()
-        # A later override of a name wins; the name keeps its first spelling.
-        wanted[lower] = (wanted.get(lower, (name, value))[0], value)
-    out: Pairs = []
-    placed: set[str] = set()
-    for n, v in headers:
-        lower = n.lower()
-        override = wanted.get(lower)
-        if override is None:
-            out.append((n, v))
-        elif lower not in placed:
-            out.append((n, override[1]))
-            placed.add(lower)
-    for lower, (name, value) in wanted.items():
-        if lower not in placed:
-            out.append((name, value))
-    headers[:] = out
 
 
 def build_request(
@@ -148,21 +132,13 @@ def build_request(
     keep_host: bool = False,
     extra_headers: tuple[tuple[str, str], ...] = (),
 ) -> OutgoingRequest:
-    """The request as staging will see it: recorded header order and repeats kept."""
-    raw_path = parts.path or "/"
-    query = list(parts.query)
-    if "?" in raw_path:
-        raw_path, _, inline = raw_path.partition("?")
-        if not query and inline:
-            # A path that still carries its query string: send the string as it was.
-            raw_path = f"{raw_path}?{inline}"
-    if not raw_path.startswith("/"):
-        raw_path = "/" + raw_path
-    base, path = targets.resolve(parts.host, raw_path)
+    """The request as staging will see it: recorded target, header order and repeats kept."""
+    path, query = split_target(parts.request_target())
+    if not path.startswith("/"):
+        path = "/" + path
+    base, path = targets.resolve(parts.host, path)
     prefix, netloc = targets.base_parts(base)
-    url = prefix + path
-    if query:
-        url += ("&" if "?" in path else "?") + urlencode(query)
+    url = join_url(prefix, join_target(path, query))
     body = parts.body
     headers: Pairs = []
     for name, value in parts.headers:
@@ -377,10 +353,7 @@ class Sender:
         outcome.status = response.status_code
         outcome.reason = response.reason_phrase
         outcome.http_version = response.http_version
-        outcome.headers = [
-            (k.decode("utf-8", "replace"), v.decode("utf-8", "replace"))
-            for k, v in response.headers.raw
-        ]
+        outcome.headers = pairs_from_fields(response.headers.raw)
         limit = self.config.max_body
         chunks: list[bytes] = []
         size = 0

@@ -12,11 +12,12 @@ import json
 import zlib
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import brotli
 
 from shadowtape import content_coding
+from shadowtape.http.headers import is_utf8, parse_content_type
+from shadowtape.http.target import query_pairs, rewrite_query
 
 JSON = "json"
 FORM = "form"
@@ -64,13 +65,9 @@ def encode_content(data: bytes, encodings: list[str]) -> bytes:
 
 def classify(content_type: str | None, data: bytes) -> ContentType:
     """What the body is, from its Content-Type, or sniffed when there is none."""
-    mime, _, params = (content_type or "").partition(";")
-    mime = mime.strip().lower()
-    charset = "utf-8"
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip():
-            charset = value.strip().strip('"').lower()
+    parsed = parse_content_type(content_type)
+    mime = parsed.type
+    charset = (parsed.param("charset") or "utf-8").lower()
     if mime == "application/json" or mime.endswith("+json") or mime.endswith("/json"):
         return ContentType(JSON, charset)
     if mime == "application/x-www-form-urlencoded":
@@ -112,11 +109,14 @@ def dump_json(value: Any, like: str) -> str:
 
 
 def parse_form(text: str) -> list[tuple[str, str]]:
-    try:
-        return parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Undecodable(f"bad form body ({exc})") from None
+    """A form body's fields, decoded as a query string is (http.target); escapes that are
+    not UTF-8 make it undecodable (fail-closed: we cannot say what such a field holds)."""
+    pairs = query_pairs(text)
+    if not all(is_utf8(n) and is_utf8(v) for n, v in pairs):
+        raise Undecodable("bad form body (a %-escape that is not UTF-8)")
+    return pairs
 
 
-def dump_form(pairs: list[tuple[str, str]]) -> str:
-    return urlencode(pairs)
+def dump_form(text: str, pairs: list[tuple[str, str]]) -> str:
+    """The form body changed to hold `pairs`: only changed fields re-encoded."""
+    return rewrite_query(text, pairs)

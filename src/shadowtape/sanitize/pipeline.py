@@ -72,7 +72,7 @@ def sanitize_batch(
         raise DatasetError(f"record batch lacks columns {', '.join(missing)}; not exchanges")
     scrubber = scrubber_for(config)
     counts: Counter[str] = Counter()
-    cols = {name: batch.column(name).to_pylist() for name in READ_COLUMNS}
+    cols = {name: read_column(batch, name) for name in READ_COLUMNS}
     out: dict[str, list[Any]] = {name: [] for name in REWRITTEN_COLUMNS}
     for i in range(batch.num_rows):
         row = {name: cols[name][i] for name in READ_COLUMNS}
@@ -80,13 +80,42 @@ def sanitize_batch(
         for name in REWRITTEN_COLUMNS:
             out[name].append(scrubbed.get(name, row[name]))
     counts["rows"] += batch.num_rows
-    arrays = []
-    for f in batch.schema:
-        if f.name in out:
-            arrays.append(pa.array(out[f.name], type=f.type))
-        else:
-            arrays.append(batch.column(f.name))
+    rewritten = [f for f in batch.schema if f.name in out or f.name in _REWRITTEN_RAW]
+    values = {
+        name: [_as_tuples(v) for v in vals] if name in _PAIR_COLUMNS else vals
+        for name, vals in out.items()
+    }
+    made = dict(
+        zip(
+            (f.name for f in rewritten),
+            schema.columns_to_arrays(pa.schema(rewritten), values),
+            strict=True,
+        )
+    )
+    arrays = [made.get(f.name, batch.column(f.name)) for f in batch.schema]
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema), dict(counts)
+
+
+# Scrubbing works on pairs as {"name", "value"} dicts holding wire text (surrogateescape);
+# the schema turns them into Arrow's display text plus exact bytes and back.
+_PAIR_COLUMNS = frozenset(c for c in READ_COLUMNS if c.endswith("headers") or c == "query")
+_REWRITTEN_RAW = frozenset(
+    schema.RAW_COMPANIONS[c] for c in REWRITTEN_COLUMNS if c in schema.RAW_COMPANIONS
+)
+
+
+def read_column(batch: pa.RecordBatch, name: str) -> list[Any]:
+    """One column of a batch as scrubbing (and verify) reads it."""
+    if name in _PAIR_COLUMNS:
+        return [
+            [{"name": n, "value": v} for n, v in pairs]
+            for pairs in schema.pairs_column(batch.column(name))
+        ]
+    return schema.text_column(batch, name)
+
+
+def _as_tuples(pairs: list[dict[str, str]] | None) -> list[tuple[str, str]] | None:
+    return None if pairs is None else [(p["name"], p["value"]) for p in pairs]
 
 
 # --- the job --------------------------------------------------------------------------------
@@ -126,7 +155,8 @@ def _sanitize_unit(
         raise DatasetError(f"{source}: row group {row_group} unreadable ({exc})") from None
     finally:
         pf.close()
-    table = table.combine_chunks()
+    # A version-1 input is scrubbed, and written, in the current schema.
+    table = schema.upgrade(table, schema.KIND_EXCHANGES).combine_chunks()
     batches = table.to_batches()
     batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
     return sanitize_batch(batch, config)
@@ -149,6 +179,7 @@ def _output_metadata(pf: pq.ParquetFile, info: schema.DatasetFile, config: Sanit
     # Capture keeps running counters in the footer; they describe the data and are kept.
     for k, v in info.metadata.items():
         meta[k.encode()] = v.encode()
+    meta[schema.META_VERSION.encode()] = str(schema.SCHEMA_VERSION).encode()
     meta[schema.META_SANITIZED.encode()] = b"true"
     meta[schema.META_POLICY.encode()] = config.policy.fingerprint.encode()
     meta[META_KEY_FINGERPRINT.encode()] = config.key.fingerprint.encode()
@@ -243,7 +274,10 @@ def sanitize_dataset(
             out_path = tmp / rel
             out_path.parent.mkdir(parents=True, exist_ok=True)
             pf = pq.ParquetFile(info.path)
-            out_schema = pf.schema_arrow.with_metadata(_output_metadata(pf, info, config))
+            in_schema = pf.schema_arrow
+            if info.version < schema.SCHEMA_VERSION:
+                in_schema = schema.upgrade(in_schema.empty_table(), schema.KIND_EXCHANGES).schema
+            out_schema = in_schema.with_metadata(_output_metadata(pf, info, config))
             pf.close()
             with pq.ParquetWriter(
                 out_path, out_schema, compression="zstd", write_statistics=True

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from shadowtape.errors import InputError
+from shadowtape.http import jsonpath, routes
 
 POLICY_VERSION = 1
 ACTIONS = ("keep", "drop", "redact", "pseudonymize", "hash", "secret", "detect")
@@ -57,7 +58,8 @@ class Rule:
 @dataclass(frozen=True, slots=True)
 class JsonPath:
     text: str
-    # ("key", name) | ("index", n) | ("any",) | ("desc", name) | ("desc_any",)
+    # http.jsonpath steps: ("key", name) | ("index", n) | ("any",) | ("desc", name) |
+    # ("desc_any",)
     steps: tuple[tuple[Any, ...], ...]
 
     @property
@@ -67,7 +69,7 @@ class JsonPath:
         return (1 if has_desc else 0, -literal)
 
     def matches(self, path: tuple[str | int, ...]) -> bool:
-        return _match_steps(self.steps, path)
+        return jsonpath.matches(self.steps, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +334,8 @@ class _PolicyBuilder:
                 raise self.fail(where, "a paths entry needs exactly one of template or regex")
             if "template" in entry:
                 source = str(entry["template"])
-                pattern = template_to_regex(source)
+                pattern, names = routes.template_regex(source)
+                allowed = set(names)
             else:
                 source = pattern = str(entry["regex"])
             try:
@@ -341,19 +344,20 @@ class _PolicyBuilder:
                 raise self.fail(
                     (*where, "regex"), f"bad regex {source!r} ({exc}); use Python regex syntax"
                 ) from None
+            if "regex" in entry:
+                allowed = set(compiled.groupindex)
             params = entry.get("params", {})
             if not isinstance(params, dict) or not params:
                 raise self.fail(
                     (*where, "params"), "params must map placeholder or group names to actions"
                 )
-            groups = set(compiled.groupindex)
             param_rules = []
             for name, action in params.items():
-                if name not in groups:
+                if name not in allowed:
                     raise self.fail(
                         (*where, "params", name),
                         f"{name!r} is not a placeholder of {source!r}; "
-                        f"allowed: {', '.join(sorted(groups)) or '(none)'}",
+                        f"allowed: {', '.join(sorted(allowed)) or '(none)'}",
                     )
                 rule = self._rule((*where, "params", name), action, f"paths:{source}:{name}")
                 param_rules.append((name, rule))
@@ -371,68 +375,17 @@ class _PolicyBuilder:
 
 # --- JSON paths -----------------------------------------------------------------------------
 
-_NAME = r"[A-Za-z0-9_\-$@]+"
-_STEP_RES = (
-    (re.compile(r"\.\.(\*)"), lambda m: ("desc_any",)),
-    (re.compile(rf"\.\.({_NAME})"), lambda m: ("desc", m.group(1))),
-    (re.compile(r"\.\*|\[\*\]"), lambda m: ("any",)),
-    (re.compile(rf"\.({_NAME})"), lambda m: ("key", m.group(1))),
-    (re.compile(r"\[(\d+)\]"), lambda m: ("index", int(m.group(1)))),
-    (re.compile(r"""\[(?:'([^']*)'|"([^"]*)")\]"""), lambda m: ("key", m.group(1) or m.group(2))),
-)
-
 
 def parse_json_path(text: str) -> JsonPath:
-    if not text.startswith("$"):
-        raise ValueError("a JSON path starts with $")
-    pos = 1
-    steps: list[tuple[Any, ...]] = []
-    while pos < len(text):
-        for regex, make in _STEP_RES:
-            m = regex.match(text, pos)
-            if m:
-                steps.append(make(m))
-                pos = m.end()
-                break
-        else:
-            raise ValueError(f"cannot read {text[pos:]!r} at character {pos + 1}")
+    """A rule's JSON path in the one grammar (http.jsonpath). A rule must name a member, and
+    may not select elements by content (`[id=7]`): sanitize decides by position, so such a
+    rule would silently match nothing."""
+    steps = jsonpath.parse(text)
     if not steps:
         raise ValueError("the root $ alone names the whole body; name a member")
-    return JsonPath(text, tuple(steps))
-
-
-def _match_steps(steps: tuple[tuple[Any, ...], ...], path: tuple[str | int, ...]) -> bool:
-    if not steps:
-        return not path
-    step = steps[0]
-    kind = step[0]
-    if kind in ("desc", "desc_any"):
-        # `..name` matches `name` at this level or any level below.
-        for i in range(len(path)):
-            seg = path[i]
-            if (kind == "desc_any" or seg == step[1]) and _match_steps(steps[1:], path[i + 1 :]):
-                return True
-        return False
-    if not path:
-        return False
-    seg = path[0]
-    if kind == "key":
-        ok = isinstance(seg, str) and seg == step[1]
-    elif kind == "index":
-        ok = isinstance(seg, int) and seg == step[1]
-    else:
-        ok = True
-    return ok and _match_steps(steps[1:], path[1:])
-
-
-def template_to_regex(template: str) -> str:
-    """`/users/{id}/orders/{order_id}` -> a regex with one named group per placeholder; a
-    placeholder stands for exactly one path segment."""
-    parts = re.split(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", template)
-    out = []
-    for i, part in enumerate(parts):
-        out.append(f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part))
-    return "^" + "".join(out) + "/?$"
+    if any(s[0] == "keyed" for s in steps):
+        raise ValueError("[field=value] selects by content; a sanitize rule uses [*] or [n]")
+    return JsonPath(text, steps)
 
 
 # --- compiled form --------------------------------------------------------------------------
@@ -447,6 +400,13 @@ class PolicyRules:
         self._name_cache: dict[tuple[str, str], Rule] = {}
         self._json_cache: dict[tuple[str | int, ...], Rule | None] = {}
         self._paths = [(re.compile(r.pattern), r) for r in policy.paths]
+        # A template's placeholder names its regex group through http.routes.group_name;
+        # a regex rule's params are its own group names.
+        self._groups = {
+            (r.pattern, name): name if name in regex.groupindex else routes.group_name(name)
+            for regex, r in self._paths
+            for name, _ in r.params
+        }
         # Without index rules ($.items[0]) all array positions resolve alike, so they share
         # one cache entry instead of one per element.
         self._by_index = any(s[0] == "index" for p, _ in policy.json for s in p.steps)
@@ -501,7 +461,8 @@ class PolicyRules:
                 continue
             out = []
             for name, param_rule in rule.params:
-                if m.group(name) is not None:
-                    out.append((m.start(name), m.end(name), param_rule))
+                group = self._groups[(rule.pattern, name)]
+                if m.group(group) is not None:
+                    out.append((m.start(group), m.end(group), param_rule))
             return sorted(out, key=lambda t: t[0])
         return []

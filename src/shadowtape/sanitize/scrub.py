@@ -18,8 +18,10 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, unquote
 
+from shadowtape.http import cookies as cookie_codec
+from shadowtape.http import headers as header_codec
+from shadowtape.http.target import decode_segment, respell_segment, target_path, update_target
 from shadowtape.keyed import Keyed, is_token
 from shadowtape.sanitize import bodies
 from shadowtape.sanitize.detectors import Detector
@@ -31,6 +33,7 @@ DROP = object()  # a value the policy removes
 REWRITTEN_COLUMNS = (
     "path",
     "query",
+    "request_target",
     "request_headers",
     "request_body",
     "response_headers",
@@ -47,8 +50,6 @@ _AUTH_SCHEME_RE = re.compile(
 )
 # Characters that end a token for every recognizer (see _clean_edge).
 _SEPARATORS = ",;()[]{}<>\"'`|"
-# Characters a path segment may hold unescaped (RFC 3986 pchar minus '/').
-_SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 
 
 class ExchangeScrubber:
@@ -180,12 +181,12 @@ class ExchangeScrubber:
         return "/".join(self._segment(s, rule, counts) if s else s for s in text.split("/"))
 
     def _segment(self, segment: str, rule: Rule, counts: Counter[str]) -> str:
-        decoded = unquote(segment)
+        decoded = decode_segment(segment)
         # A path segment cannot be removed without changing the route: drop means redact.
         if rule.action == "drop":
             rule = Rule("redact", rule.rule_id)
         out = self.apply(rule, decoded, "path", counts)
-        return segment if out == decoded else quote(out, safe=_SEGMENT_SAFE)
+        return respell_segment(segment, out)
 
     def pairs(
         self, section: str, pairs: list[dict[str, str]] | None, location: str, counts: Counter[str]
@@ -225,37 +226,33 @@ class ExchangeScrubber:
         # Capture may already have replaced the whole header with one token.
         if is_token(header):
             return header
-        parts = header.split(";")
-        # In Set-Cookie only the first part is a cookie; the rest are attributes (Path, ...).
-        cookie_parts = parts[:1] if is_set_cookie else parts
-        out = []
-        for part in cookie_parts:
-            name, eq, value = part.partition("=")
-            if not eq:
-                # A bare word with no "=" is read as a value by some servers (capture agrees).
-                name, value = "", part
-            rule = self.rules.name_rule("cookies", name.strip())
-            new = self._cookie_value(rule, value, counts)
-            if new is not DROP:
-                out.append(f"{name}{eq}{new}")
+        # In Set-Cookie only the first item is a cookie; the attributes (Path, ...) stay as
+        # they are. A bare word is a nameless cookie's value (http.cookies; capture agrees).
         if is_set_cookie:
-            out += parts[1:]
-        return ";".join(out)
+            parsed = cookie_codec.parse_set_cookie(header)
+            rule = self.rules.name_rule("cookies", parsed.name)
+            new = self._cookie_value(rule, parsed.value, counts)
+            if new is DROP:
+                return parsed.attributes.removeprefix(";")
+            return parsed.with_value(new).format()
+        out = []
+        for item in cookie_codec.parse_cookie_header(header):
+            rule = self.rules.name_rule("cookies", item.name)
+            new = self._cookie_value(rule, item.value, counts)
+            if new is not DROP:
+                out.append(item.with_value(new))
+        return cookie_codec.format_cookie_header(out)
 
     def _cookie_value(self, rule: Rule, value: str, counts: Counter[str]) -> Any:
-        inner = value.strip()
-        if not inner:
+        if not value:
             return value
         # A quoted value keeps its quotes (capture does the same), so the token inside is
         # still recognised as ours on a second pass.
-        quoted = len(inner) >= 2 and inner[0] == inner[-1] == '"'
-        if quoted:
-            inner = inner[1:-1]
+        inner, quoted = cookie_codec.unquote(value)
         new = self.apply(rule, inner, "cookie", counts)
         if new is DROP or new == inner:
             return new if new is DROP else value
-        lead = value[: len(value) - len(value.lstrip())]
-        return f'{lead}"{new}"' if quoted else lead + new
+        return cookie_codec.requote(new, quoted)
 
     def text(self, value: str | None, location: str, counts: Counter[str]) -> str | None:
         """A free-text column (the error message): what no rule names."""
@@ -293,7 +290,7 @@ class ExchangeScrubber:
                 new = (
                     text
                     if new_pairs == pairs
-                    else bodies.dump_form([(p["name"], p["value"]) for p in new_pairs])
+                    else bodies.dump_form(text, [(p["name"], p["value"]) for p in new_pairs])
                 )
             else:
                 new = self.text(text, location, counts)
@@ -384,9 +381,17 @@ class ExchangeScrubber:
     def exchange(self, row: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
         """The scrubbed columns of one exchange (only those that change are returned)."""
         out: dict[str, Any] = {}
-        if row["path"]:
-            out["path"] = self.path(row["method"] or "", row["path"], counts)
+        # The raw target is what replay sends; its path is the exact one (the `path` column
+        # shows bytes that are not UTF-8 as display text), and it is rewritten to agree with
+        # the scrubbed path and query, re-encoding only what changed.
+        target = row.get("request_target")
+        path = target_path(target) if target is not None else row["path"]
+        if path:
+            out["path"] = self.path(row["method"] or "", path, counts)
         out["query"] = self.pairs("query", row["query"], "query", counts)
+        if target is not None:
+            pairs = [(p["name"], p["value"]) for p in out["query"] or ()]
+            out["request_target"] = update_target(target, out.get("path", path), pairs)
         for side in ("request", "response"):
             headers = row[f"{side}_headers"]
             body, fate = self.body(row[f"{side}_body"], headers, side, counts)
@@ -414,10 +419,7 @@ def _clean_edge(text: str, start: int, end: int) -> bool:
 
 
 def _header(headers: list[dict[str, str]] | None, name: str) -> str | None:
-    for pair in headers or ():
-        if pair["name"].lower() == name:
-            return pair["value"]
-    return None
+    return header_codec.get(((p["name"], p["value"]) for p in headers or ()), name)
 
 
 def _fix_framing(

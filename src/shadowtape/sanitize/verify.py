@@ -22,13 +22,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 from shadowtape import schema
 from shadowtape.errors import InputError
+from shadowtape.http import cookies, jsonpath
+from shadowtape.http.target import decode_segment, query_pairs, split_target
 from shadowtape.keyed import is_token
 from shadowtape.sanitize import bodies
 from shadowtape.sanitize.detectors import Detector, check_nlp_model
+from shadowtape.sanitize.pipeline import read_column
 from shadowtape.sanitize.policy import Policy, PolicyRules, Rule
 from shadowtape.sanitize.scrub import READ_COLUMNS
 
@@ -106,7 +108,15 @@ class _Scanner:
     def values(self, row: dict[str, Any]) -> Iterator[tuple[str, str, Rule]]:
         """(field, value, rule) for every value of a row that sanitize decides about."""
         default = self.policy.default
-        path = row["path"] or ""
+        # The raw target, when there is one, is what replay would send: check it, not only
+        # the parsed view beside it.
+        target = row.get("request_target")
+        if target is not None:
+            path, raw_query = split_target(target)
+            query = query_pairs(raw_query)
+        else:
+            path = row["path"] or ""
+            query = [(p["name"], p["value"]) for p in row["query"] or ()]
         named = self.rules.path_params(row["method"] or "", path)
         spans = {(s, e): r for s, e, r in named}
         pos = 0
@@ -114,13 +124,9 @@ class _Scanner:
             start, end = pos, pos + len(segment)
             pos = end + 1
             if segment:
-                yield "path", unquote(segment), spans.get((start, end), default)
-        for pair in row["query"] or ():
-            yield (
-                f"query:{pair['name']}",
-                pair["value"],
-                self.rules.name_rule("query", pair["name"]),
-            )
+                yield "path", decode_segment(segment), spans.get((start, end), default)
+        for name, value in query:
+            yield f"query:{name}", value, self.rules.name_rule("query", name)
         for side in ("request", "response"):
             for pair in row[f"{side}_headers"] or ():
                 name, value = pair["name"], pair["value"]
@@ -140,16 +146,14 @@ class _Scanner:
     def _cookies(self, header: str, is_set: bool, where: str) -> Iterator[tuple[str, str, Rule]]:
         if is_token(header):
             return
-        parts = header.split(";")
-        for part in parts[:1] if is_set else parts:
-            name, eq, value = part.partition("=")
-            if not eq:
-                name, value = "", part
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            rule = self.rules.name_rule("cookies", name.strip())
-            yield f"{where}:{name.strip()}", value, rule
+        items = (
+            [cookies.parse_set_cookie(header).cookie]
+            if is_set
+            else cookies.parse_cookie_header(header)
+        )
+        for item in items:
+            value, _ = cookies.unquote(item.value)
+            yield f"{where}:{item.name}", value, self.rules.name_rule("cookies", item.name)
 
     def body_values(
         self, raw: bytes | None, headers: list[dict[str, str]] | None, side: str
@@ -183,20 +187,13 @@ class _Scanner:
         if isinstance(node, dict):
             for key, value in node.items():
                 if rule is None or rule.action == "detect":
-                    yield f"{where}:{_json_path(path)}{{key}}", key, self.policy.default
+                    yield f"{where}:{jsonpath.spell(path)}{{key}}", key, self.policy.default
                 yield from self._json(value, (*path, key), rule, where)
         elif isinstance(node, list):
             for i, value in enumerate(node):
                 yield from self._json(value, (*path, i), rule, where)
         elif isinstance(node, str) or (isinstance(node, int) and not isinstance(node, bool)):
-            yield f"{where}:{_json_path(path)}", str(node), rule or self.policy.default
-
-
-def _json_path(path: tuple[str | int, ...]) -> str:
-    out = "$"
-    for seg in path:
-        out += f"[{seg}]" if isinstance(seg, int) else f".{seg}"
-    return out
+            yield f"{where}:{jsonpath.spell(path)}", str(node), rule or self.policy.default
 
 
 def verify_dataset(
@@ -221,7 +218,7 @@ def verify_dataset(
     scanner = _Scanner(policy, Detector(policy.entities, policy.score_threshold, nlp_model))
     total = sum(info.num_rows for info in schema.read_files(path, schema.KIND_EXCHANGES))
     for batch in schema.iter_batches(path, schema.KIND_EXCHANGES, columns=_COLUMNS):
-        cols = {name: batch.column(name).to_pylist() for name in _COLUMNS}
+        cols = {name: read_column(batch, name) for name in _COLUMNS}
         for i in range(batch.num_rows):
             row = {name: cols[name][i] for name in _COLUMNS}
             _scan_row(scanner, row, report)
