@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shadowtape.content_coding import ContentCodingError, decode, split_codings
+from shadowtape.http.headers import joined
 from shadowtape.schema import Pairs
 
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -54,9 +55,7 @@ def decode_content(raw: bytes, headers: Pairs) -> tuple[bytes, Pairs, bool]:
     gets the same from mitmproxy's decoder."""
     if not raw or not has_content_encoding(headers):
         return raw, headers, False
-    codings = split_codings(
-        ", ".join(value for name, value in headers if name.lower() == "content-encoding")
-    )
+    codings = split_codings(joined(headers, "content-encoding"))
     try:
         content = decode(raw, codings)
     except ContentCodingError:

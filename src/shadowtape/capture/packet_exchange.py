@@ -9,12 +9,11 @@ server port when the authority names none, since that is the port the packets we
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 from shadowtape.capture.bodies import decode_content, keep_body
 from shadowtape.capture.credentials import CredentialScrubber
-from shadowtape.capture.packet_wire import WireRequest, WireResponse
-from shadowtape.schema import Exchange, Pairs
+from shadowtape.capture.packet_wire import Address, WireRequest, WireResponse
+from shadowtape.http.target import query_pairs, split_target
+from shadowtape.schema import Exchange
 
 NO_RESPONSE = "no response in the packet capture"
 
@@ -36,7 +35,8 @@ def split_authority(authority: str) -> tuple[str, int | None]:
 
 
 def request_url_parts(req: WireRequest) -> tuple[str, str, int, str]:
-    """(scheme, host, port, target path-and-query) of a request, as a client addressed it."""
+    """(scheme, host, port, target) of a request, as a client addressed it; an absolute-form
+    target (sent to proxies) gives its origin-form part, as mitmproxy records it."""
     scheme = req.scheme or ("https" if req.tls else "http")
     target = req.target
     authority = req.authority
@@ -51,12 +51,9 @@ def request_url_parts(req: WireRequest) -> tuple[str, str, int, str]:
     return scheme, host or req.server[0], port or req.server[1], target
 
 
-def query_pairs(target: str) -> Pairs:
-    path, sep, query = target.partition("?")
-    if not sep:
-        return []
-    # mitmproxy's own reading of a query string (mitmproxy.net.http.url.decode)
-    return parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+def address_text(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def packet_exchange(
@@ -72,7 +69,9 @@ def packet_exchange(
     error: str | None = None,
 ) -> Exchange:
     scheme, host, port, target = request_url_parts(req)
-    body, headers, _ = decode_content(req.body, req.headers)
+    path, raw_query = split_target(target)
+    query = scrubber.query(query_pairs(raw_query))
+    body, headers, undecodable = decode_content(req.body, req.headers)
     kept = keep_body(body, max_body)
     ex = Exchange(
         id=exchange_id,
@@ -84,13 +83,16 @@ def packet_exchange(
         scheme=scheme,
         host=host,
         port=port,
-        path=target.partition("?")[0] or "/",
-        query=scrubber.query(query_pairs(target)),
+        server_address=address_text(req.server),
+        path=path or "/",
+        query=query,
+        request_target=scrubber.target(target, query),
         http_version=req.http_version,
         request_headers=scrubber.headers(headers),
         request_body=kept.body,
         request_body_truncated=kept.truncated,
         request_body_size=kept.size,
+        request_body_undecodable=undecodable,
         capture_id=capture_id,
     )
     if resp is None:
@@ -101,12 +103,13 @@ def packet_exchange(
     if resp.body is None:
         ex.response_headers = scrubber.headers(resp.headers)
     else:
-        body, headers, _ = decode_content(resp.body, resp.headers)
+        body, headers, undecodable = decode_content(resp.body, resp.headers)
         kept = keep_body(body, max_body)
         ex.response_headers = scrubber.headers(headers)
         ex.response_body = kept.body
         ex.response_body_truncated = kept.truncated
         ex.response_body_size = kept.size
+        ex.response_body_undecodable = undecodable
     ex.response_started_at = resp.started_us
     ex.response_ended_at = resp.ended_us
     ex.error = error

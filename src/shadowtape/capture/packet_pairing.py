@@ -61,6 +61,9 @@ class OpenRequest:
     plan: object
     unit: int
     first_frame: int
+    # Requests that began in the same frame before this one (pipelining): a seam starting at
+    # this frame reads them again and skips them.
+    ordinal: int = 0
 
 
 @dataclass(slots=True)
@@ -84,6 +87,9 @@ class Carry:
     pending: list[OpenRequest]
     frames: dict[int, StreamFrames]
     sticky: bool
+    # The server frames start with the last answered response (its last segment may also
+    # hold the start of the next one): the seam skips it.
+    skip_responses: int = 0
     waited: int = 0
 
 
@@ -115,10 +121,15 @@ class _Stream:
     ignored: Carry | None = None
     # Frames of earlier inputs still holding this connection's open requests.
     carried_frames: dict[int, StreamFrames] = field(default_factory=dict)
-    # Requests whose packets the input shows again (a seam) before new ones begin.
+    carried_skip: int = 0
+    # Requests and responses whose packets the input shows again (a seam) before new ones.
     replayed: int = 0
+    skipped_responses: int = 0
     last_request_frame: int = 0
+    last_request_first: int = 0
+    ordinal: int = 0
     last_response_frame: int = 0
+    last_response_first: int = 0
 
 
 class UnitPairing:
@@ -194,6 +205,7 @@ class UnitPairing:
         del self.carries[carry.key]
         stream.queue.extend(carry.pending)
         stream.carried_frames = carry.frames
+        stream.carried_skip = carry.skip_responses
 
     def _sides(self, stream: _Stream, sender_direction: int, is_request: bool) -> None:
         if stream.key is not None:
@@ -207,10 +219,10 @@ class UnitPairing:
         assert stream.key is not None
         return (stream.key[0], stream.key[1]), (stream.key[2], stream.key[3])
 
-    def _open(self, stream: _Stream, req: WireRequest, first_frame: int) -> None:
+    def _open(self, stream: _Stream, req: WireRequest, first_frame: int, ordinal: int) -> None:
         unit, frame = self.locate(first_frame)
         self.counters.requests += 1
-        stream.queue.append(OpenRequest(req, self.plan(req), unit, frame))
+        stream.queue.append(OpenRequest(req, self.plan(req), unit, frame, ordinal))
 
     # --- HTTP/1 ----------------------------------------------------------------------------
 
@@ -225,6 +237,9 @@ class UnitPairing:
             return
         self._sides(stream, msg.direction, True)
         stream.last_request_frame = msg.frame
+        same_frame = msg.first_frame == stream.last_request_first
+        stream.ordinal = stream.ordinal + 1 if same_frame else 0
+        stream.last_request_first = msg.first_frame
         if stream.replayed:
             # a carried request read again: it is already in the queue
             stream.replayed -= 1
@@ -235,7 +250,7 @@ class UnitPairing:
         if req is None:
             stream.continuations += 1
             return
-        self._open(stream, req, msg.first_frame)
+        self._open(stream, req, msg.first_frame, stream.ordinal)
 
     def _response(self, stream: _Stream, msg: Http1Message) -> None:
         method = stream.queue[0].request.method if stream.queue else None
@@ -246,6 +261,10 @@ class UnitPairing:
         if resp.interim:
             return
         stream.last_response_frame = msg.frame
+        stream.last_response_first = msg.first_frame
+        if stream.skipped_responses:
+            stream.skipped_responses -= 1
+            return
         self.counters.responses += 1
         if not stream.queue:
             self.counters.responses_without_request += 1
@@ -420,13 +439,15 @@ class UnitPairing:
                 self.counters.messages_cut += 1
             return None
         sticky = cut_request or cut_response or any(p.request.method == "HEAD" for p in pending)
-        return Carry(stream.key, pending, self._carry_frames(stream, pending, frames), sticky)
+        skip = 1 if stream.last_response_frame else stream.carried_skip
+        carry_frames = self._carry_frames(stream, pending, frames)
+        return Carry(stream.key, pending, carry_frames, sticky, skip_responses=skip)
 
     def _carry_frames(
         self, stream: _Stream, pending: Sequence[OpenRequest], here: StreamFrames
     ) -> dict[int, StreamFrames]:
-        """Client frames from the first open request on; server frames after the last
-        complete response (in earlier inputs too, if none completed here)."""
+        """Client frames from the first open request on; server frames from the last
+        complete response on (in earlier inputs too, if none completed here)."""
         out: dict[int, StreamFrames] = {}
         start = (pending[0].unit, pending[0].first_frame) if pending else None
         for unit, old in sorted(stream.carried_frames.items()):
@@ -443,7 +464,7 @@ class UnitPairing:
             client = [f for f in here.client if f >= start[1]]
         else:
             client = here.client
-        server = [f for f in here.server if f > stream.last_response_frame]
+        server = [f for f in here.server if f >= stream.last_response_first]
         if client or server:
             into = out.setdefault(self.unit, StreamFrames())
             into.client.extend(client)
@@ -505,7 +526,9 @@ class SeamPairing(UnitPairing):
             if carry is not None:
                 stream.key, stream.client_direction = key, direction
                 stream.queue.extend(carry.pending)
-                stream.replayed = len(carry.pending)
+                skip = carry.pending[0].ordinal if carry.pending else 0
+                stream.replayed = skip + len(carry.pending)
+                stream.skipped_responses = carry.skip_responses
                 return
 
     def _carry_frames(
@@ -522,7 +545,7 @@ class SeamPairing(UnitPairing):
                 continue
             out.setdefault(unit, StreamFrames()).client.append(original)
         for frame in here.server:
-            if frame > stream.last_response_frame:
+            if frame >= stream.last_response_first:
                 unit, original = self.locate(frame)
                 out.setdefault(unit, StreamFrames()).server.append(original)
         return out

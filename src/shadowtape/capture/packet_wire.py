@@ -1,9 +1,10 @@
 """HTTP messages as tshark framed them, read the way mitmproxy reads them: pure, no I/O.
 
-Bytes become strings with UTF-8 surrogate escapes (as the addon records them), so no byte is
-lost. The header block is tshark's exact bytes; this module only splits it into fields, with
-mitmproxy's rules (a folded line continues the previous value; values lose surrounding
-whitespace), so a packet capture and an addon capture of the same traffic give the same rows.
+Bytes become wire text (`shadowtape.http.headers`: UTF-8 with surrogate escapes, as the addon
+records them), so no byte is lost. The header block is tshark's exact bytes; this module only
+splits it into fields, with mitmproxy's rules (a folded line continues the previous value;
+values lose surrounding whitespace), so a packet capture and an addon capture of the same
+traffic give the same rows.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shadowtape.capture.packet_records import H2Frame, Http1Message
+from shadowtape.http.headers import decode, get, pairs_from_fields
 from shadowtape.schema import Pairs
 
 Address = tuple[str, int]
 _NO_BODY_STATUS = frozenset({204, 304})
-
-
-def text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
 
 
 @dataclass(slots=True)
@@ -43,11 +41,7 @@ class WireRequest:
     head_bytes: int = 0
 
     def header(self, name: str) -> str | None:
-        wanted = name.lower()
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value
-        return None
+        return get(self.headers, name)
 
 
 @dataclass(slots=True)
@@ -89,10 +83,6 @@ def parse_head(head: bytes) -> ParsedHead | None:
         name, _, value = line.partition(b":")
         out.append((name, value.strip()))
     return parsed
-
-
-def _pairs(raw: list[tuple[bytes, bytes]]) -> Pairs:
-    return [(text(k), text(v)) for k, v in raw]
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -139,10 +129,10 @@ def http1_request(
         return None
     method, target, version = head.start
     request = WireRequest(
-        method=text(method).upper(),
-        target=text(target),
-        http_version=text(version),
-        headers=_pairs(head.headers),
+        method=decode(method).upper(),
+        target=decode(target),
+        http_version=decode(version),
+        headers=pairs_from_fields(head.headers),
         body=message_body(msg, head.headers, True),
         started_us=msg.first_us,
         ended_us=msg.last_us,
@@ -171,8 +161,8 @@ def http1_response(msg: Http1Message, request_method: str | None) -> WireRespons
         status=status,
         # mitmproxy reads the phrase as ISO-8859-1, as RFC 9112 allows.
         reason=reason.decode("latin-1"),
-        http_version=text(head.start[0]),
-        headers=_pairs(head.headers),
+        http_version=decode(head.start[0]),
+        headers=pairs_from_fields(head.headers),
         body=b"" if no_body else message_body(msg, head.headers, False),
         started_us=msg.first_us,
         ended_us=msg.last_us,
@@ -193,7 +183,7 @@ def h2_headers(frame: H2Frame) -> H2Headers:
     headers: Pairs = []
     for name, value in zip(frame.names, frame.values, strict=True):
         if name.startswith(b":"):
-            pseudo.setdefault(text(name), text(value))
+            pseudo.setdefault(decode(name), decode(value))
         else:
-            headers.append((text(name), text(value)))
+            headers.append((decode(name), decode(value)))
     return H2Headers(pseudo, headers)
