@@ -46,38 +46,6 @@ import capture_overhead as co  # noqa: E402
 ROOT = co.ROOT
 SHADOWTAPE = [sys.executable, "-m", "shadowtape"]
 
-# capture_overhead's upstream, counting the responses it writes; the count is read on a
-# second port, which the capture filter leaves out.
-UPSTREAM_CODE = r"""
-import asyncio, sys
-BODY = sys.argv[3].encode()
-RESP = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-        + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
-served = 0
-class P(asyncio.Protocol):
-    def connection_made(self, t): self.t = t; self.buf = b""
-    def data_received(self, d):
-        global served
-        self.buf += d
-        while True:
-            i = self.buf.find(b"\r\n\r\n")
-            if i < 0: return
-            head = self.buf[:i].lower(); n = 0
-            m = head.find(b"content-length:")
-            if m >= 0: n = int(head[m+15:].split(b"\r\n")[0])
-            if len(self.buf) < i + 4 + n: return
-            self.buf = self.buf[i + 4 + n:]
-            self.t.write(RESP); served += 1
-class Count(asyncio.Protocol):
-    def connection_made(self, t): t.write(str(served).encode()); t.close()
-async def main():
-    loop = asyncio.get_running_loop()
-    srv = await loop.create_server(P, "127.0.0.1", int(sys.argv[1]))
-    await loop.create_server(Count, "127.0.0.1", int(sys.argv[2]))
-    await srv.serve_forever()
-asyncio.run(main())
-"""
-
 
 def served(count_port: int) -> int:
     with socket.create_connection(("127.0.0.1", count_port), timeout=10) as s:
@@ -256,7 +224,7 @@ async def _fixed_rate(port: int, rate: float, seconds: float, conns: int) -> lis
     return lat
 
 
-def fixed_rate(port: int, rate: float, seconds: float, conns: int = 4) -> dict:
+def fixed_rate(port: int, rate: float, seconds: float, conns: int = 16) -> dict:
     lat = sorted(asyncio.run(_fixed_rate(port, rate, seconds, conns)))
     return {
         "n": len(lat),
@@ -337,7 +305,8 @@ def main() -> None:
     load_start = load_average()
     port, count_port = co.free_port(), co.free_port()
     upstream = subprocess.Popen(
-        [sys.executable, "-c", UPSTREAM_CODE, str(port), str(count_port), co.BODY_1K.decode()],
+        # capture_overhead's upstream, counting on a port the capture filter leaves out
+        [sys.executable, "-c", co.UPSTREAM_CODE, str(port), co.BODY_1K.decode(), str(count_port)],
         stdout=subprocess.DEVNULL,
     )
     try:

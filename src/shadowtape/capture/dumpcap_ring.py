@@ -29,6 +29,13 @@ _STATS = re.compile(
     r"\(pcap:(\d+)/dumpcap:(\d+)/flushed:(\d+)/ps_ifdrop:(\d+)\)"
 )
 _STDERR_KEPT = 50
+DEFAULT_FILE_BYTES = 64 * 1024 * 1024
+DEFAULT_FILE_SECONDS = 10
+DEFAULT_BUFFER_MIB = 64
+# Ring files waiting for dissection may hold this much; beyond it the oldest is given up.
+DEFAULT_BACKLOG_BYTES = 4 * 1024 * 1024 * 1024
+# Dissection's nice level: the service on the same host keeps the CPU it needs.
+DEFAULT_NICE = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +43,10 @@ class RingSettings:
     interface: str
     ports: tuple[int, ...]
     directory: Path
-    file_bytes: int = 64 * 1024 * 1024
-    file_seconds: int = 10
+    file_bytes: int = DEFAULT_FILE_BYTES
+    file_seconds: int = DEFAULT_FILE_SECONDS
     # The kernel buffer dumpcap asks for: what absorbs a burst while the disk catches up.
-    buffer_mib: int = 64
+    buffer_mib: int = DEFAULT_BUFFER_MIB
 
     def capture_filter(self) -> str:
         ports = " or ".join(f"port {p}" for p in self.ports)

@@ -24,7 +24,16 @@ from pathlib import Path
 
 from shadowtape.capture.addon import ensure_writable
 from shadowtape.capture.config import CaptureConfig
-from shadowtape.capture.dumpcap_ring import DumpcapRing, DumpcapStats, RingSettings
+from shadowtape.capture.dumpcap_ring import (
+    DEFAULT_BACKLOG_BYTES,
+    DEFAULT_BUFFER_MIB,
+    DEFAULT_FILE_BYTES,
+    DEFAULT_FILE_SECONDS,
+    DEFAULT_NICE,
+    DumpcapRing,
+    DumpcapStats,
+    RingSettings,
+)
 from shadowtape.capture.packet_counters import PacketCaptureCounters, PacketCounters
 from shadowtape.capture.packets import (
     DissectionPipeline,
@@ -39,8 +48,6 @@ from shadowtape.keyed import Key, Keyed
 from shadowtape.schema import uuid7
 
 TICK_SECONDS = 0.5
-DEFAULT_NICE = 10
-DEFAULT_BACKLOG_BYTES = 4 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +56,9 @@ class OffPathSettings:
     ports: tuple[int, ...]
     config: CaptureConfig
     ring_dir: Path | None = None
-    ring_file_bytes: int = 64 * 1024 * 1024
-    ring_file_seconds: int = 10
-    buffer_mib: int = 64
+    ring_file_bytes: int = DEFAULT_FILE_BYTES
+    ring_file_seconds: int = DEFAULT_FILE_SECONDS
+    buffer_mib: int = DEFAULT_BUFFER_MIB
     workers: int = 0
     nice: int = DEFAULT_NICE
     backlog_bytes: int = DEFAULT_BACKLOG_BYTES

@@ -187,7 +187,7 @@ class UnitPairing:
         forward = (info.src, info.sport, info.dst, info.dport)
         backward = (info.dst, info.dport, info.src, info.sport)
         for direction, key in ((0, forward), (1, backward)):
-            carry = self.carries.get(key)
+            carry = self._carried(key)
             if carry is not None:
                 stream.key, stream.client_direction = key, direction
                 self._take_carry(stream, carry)
@@ -196,6 +196,9 @@ class UnitPairing:
             stream.key, stream.client_direction = forward, 0
         elif info.sport in self.server_ports and info.dport not in self.server_ports:
             stream.key, stream.client_direction = backward, 1
+
+    def _carried(self, key: TupleKey) -> Carry | None:
+        return self.carries.get(key)
 
     def _take_carry(self, stream: _Stream, carry: Carry) -> None:
         if carry.sticky:
@@ -516,20 +519,14 @@ class SeamPairing(UnitPairing):
     def origin_name(self, unit: int) -> str:
         return self.names[unit]
 
-    def _stream_seen(self, info: StreamInfo) -> None:
-        stream = _Stream(info)
-        self.streams[info.stream] = stream
-        forward = (info.src, info.sport, info.dst, info.dport)
-        backward = (info.dst, info.dport, info.src, info.sport)
-        for direction, key in ((0, forward), (1, backward)):
-            carry = self.jobs.pop(key, None)
-            if carry is not None:
-                stream.key, stream.client_direction = key, direction
-                stream.queue.extend(carry.pending)
-                skip = carry.pending[0].ordinal if carry.pending else 0
-                stream.replayed = skip + len(carry.pending)
-                stream.skipped_responses = carry.skip_responses
-                return
+    def _carried(self, key: TupleKey) -> Carry | None:
+        return self.jobs.pop(key, None)
+
+    def _take_carry(self, stream: _Stream, carry: Carry) -> None:
+        stream.queue.extend(carry.pending)
+        skip = carry.pending[0].ordinal if carry.pending else 0
+        stream.replayed = skip + len(carry.pending)
+        stream.skipped_responses = carry.skip_responses
 
     def _carry_frames(
         self, stream: _Stream, pending: Sequence[OpenRequest], here: StreamFrames

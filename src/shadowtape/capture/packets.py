@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from shadowtape.capture.bodies import DEFAULT_MAX_BODY
 from shadowtape.capture.credentials import CredentialScrubber
+from shadowtape.capture.importer import discard, import_sink
 from shadowtape.capture.packet_counters import PacketCaptureCounters, PacketCounters
 from shadowtape.capture.packet_exchange import packet_exchange, request_url_parts
 from shadowtape.capture.packet_pairing import (
@@ -56,12 +57,7 @@ from shadowtape.capture.tshark import (
     start_tshark,
     tool,
 )
-from shadowtape.capture.writer import (
-    DEFAULT_ROLL_BYTES,
-    ExchangeSink,
-    WriterSettings,
-    capture_metadata,
-)
+from shadowtape.capture.writer import DEFAULT_ROLL_BYTES, ExchangeSink
 from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.keyed import Key, Keyed
 from shadowtape.schema import Exchange, uuid7
@@ -578,23 +574,12 @@ def import_packets(
     settings.options.check()
     tool("tshark")
     keyed = Keyed(key)
-    capture_id = "import-" + keyed.hash_hex("\x00".join(f.name for f in files), 16)
-    summary = PacketImportSummary(capture_id=capture_id, inputs=len(files))
+    summary = PacketImportSummary(inputs=len(files))
     summary.counters.packet = PacketCounters()
-    writer_settings = WriterSettings(
-        out_dir=settings.out_dir,
-        capture_id=capture_id,
-        metadata=capture_metadata(capture_id, "packets", key.fingerprint),
-        roll_bytes=settings.roll_bytes,
-        roll_seconds=None,
+    capture_id, sink = import_sink(
+        files, settings.out_dir, settings.roll_bytes, key, "packets", summary.counters
     )
-    earlier = sorted(settings.out_dir.glob(f"{writer_settings.prefix}-*.parquet"))
-    if earlier:
-        raise InputError(
-            f"{settings.out_dir}: these files were already imported here ({earlier[0].name}); "
-            "remove those files or import into another --out"
-        )
-    sink = ExchangeSink(writer_settings, summary.counters)
+    summary.capture_id = capture_id
     recorder = PacketRecorder(
         keyed,
         capture_id,
@@ -633,8 +618,6 @@ def import_packets(
         summary.truncated = pipeline.report.truncated
     except BaseException:
         pipeline.stop()
-        sink.abort()
-        for written in sink.files:
-            written.unlink(missing_ok=True)
+        discard(sink)
         raise
     return summary

@@ -9,6 +9,13 @@ from pathlib import Path
 import click
 
 from shadowtape.capture.bodies import DEFAULT_MAX_BODY
+from shadowtape.capture.dumpcap_ring import (
+    DEFAULT_BACKLOG_BYTES,
+    DEFAULT_BUFFER_MIB,
+    DEFAULT_FILE_BYTES,
+    DEFAULT_FILE_SECONDS,
+    DEFAULT_NICE,
+)
 from shadowtape.capture.sessions import DEFAULT_GAP_SECONDS
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
 from shadowtape.cli.progress import LiveLine
@@ -183,7 +190,7 @@ packet_options = [
 @click.option(
     "--ring-file-size",
     type=click.IntRange(min=1_000_000),
-    default=64 * 1024 * 1024,
+    default=DEFAULT_FILE_BYTES,
     show_default=True,
     metavar="BYTES",
     help="Off path: start a new packet file after this many bytes.",
@@ -191,7 +198,7 @@ packet_options = [
 @click.option(
     "--ring-file-seconds",
     type=click.IntRange(min=1),
-    default=10,
+    default=DEFAULT_FILE_SECONDS,
     show_default=True,
     metavar="SECONDS",
     help="Off path: start a new packet file after this long; exchanges land in the dataset "
@@ -200,7 +207,7 @@ packet_options = [
 @click.option(
     "--buffer-size",
     type=click.IntRange(min=1),
-    default=64,
+    default=DEFAULT_BUFFER_MIB,
     show_default=True,
     metavar="MIB",
     help="Off path: kernel capture buffer; what absorbs a burst before packets are dropped.",
@@ -208,7 +215,7 @@ packet_options = [
 @click.option(
     "--backlog-size",
     type=click.IntRange(min=1_000_000),
-    default=4 * 1024 * 1024 * 1024,
+    default=DEFAULT_BACKLOG_BYTES,
     show_default=True,
     metavar="BYTES",
     help="Off path: packet files waiting to be dissected may take this much disk; beyond it "
@@ -217,7 +224,7 @@ packet_options = [
 @click.option(
     "--nice",
     type=click.IntRange(0, 19),
-    default=10,
+    default=DEFAULT_NICE,
     show_default=True,
     help="Off path: dissection runs at this nice level, so the service keeps the CPU.",
 )
@@ -277,33 +284,38 @@ def capture(
         )
     if interface is not None:
         _in_path_only(ctx, ("listen", "queue_size"), "--interface")
-        _capture_offpath(
-            interface,
-            ports,
-            out_dir,
-            tls_keylog,
-            workers,
-            ring_dir,
-            ring_file_size,
-            ring_file_seconds,
-            buffer_size,
-            backlog_size,
-            nice,
-            key_file,
-            key_env,
-            dict(
-                filter_host=filter_host,
-                filter_path=filter_path,
-                sample=sample,
-                seed=seed,
-                max_body=max_body,
-                roll_bytes=roll_size,
-                roll_seconds=roll_interval,
-                session_key=session_key,
-                session_gap=session_gap,
-                redact_headers=redact_headers,
-            ),
+        from shadowtape.capture.config import build_config
+        from shadowtape.capture.offpath import OffPathSettings
+        from shadowtape.keyed import Key
+
+        config = build_config(
+            out_dir=out_dir,
+            key_file=key_file,
+            filter_host=filter_host,
+            filter_path=filter_path,
+            sample=sample,
+            seed=seed,
+            max_body=max_body,
+            roll_bytes=roll_size,
+            roll_seconds=roll_interval,
+            session_key=session_key,
+            session_gap=session_gap,
+            redact_headers=redact_headers,
         )
+        offpath = OffPathSettings(
+            interface=interface,
+            ports=ports,
+            config=config,
+            ring_dir=ring_dir,
+            ring_file_bytes=ring_file_size,
+            ring_file_seconds=ring_file_seconds,
+            buffer_mib=buffer_size,
+            workers=workers,
+            nice=nice,
+            backlog_bytes=backlog_size,
+            tls_keylog=tls_keylog,
+        )
+        _capture_offpath(offpath, Key.load(key_file, env=key_env))
         return
     _in_path_only(ctx, ("ports", "tls_keylog", "workers", "ring_dir"), "--upstream")
     assert upstream is not None
@@ -370,42 +382,12 @@ def _in_path_only(ctx: click.Context, names: tuple[str, ...], mode: str) -> None
             raise click.UsageError(f"{param.opts[0]} does not apply with {mode}")
 
 
-def _capture_offpath(
-    interface: str,
-    ports: tuple[int, ...],
-    out_dir: Path,
-    tls_keylog: Path | None,
-    workers: int,
-    ring_dir: Path | None,
-    ring_file_size: int,
-    ring_file_seconds: int,
-    buffer_size: int,
-    backlog_size: int,
-    nice: int,
-    key_file: Path | None,
-    key_env: str,
-    config_args: dict,
-) -> None:
-    from shadowtape.capture.config import build_config
-    from shadowtape.capture.offpath import OffPathSettings, run_offpath
-    from shadowtape.keyed import Key
+def _capture_offpath(settings, key) -> None:  # noqa: ANN001 (imported lazily)
+    from shadowtape.capture.offpath import run_offpath
 
-    key = Key.load(key_file, env=key_env)
-    settings = OffPathSettings(
-        interface=interface,
-        ports=ports,
-        config=build_config(out_dir=out_dir, key_file=key_file, **config_args),
-        ring_dir=ring_dir,
-        ring_file_bytes=ring_file_size,
-        ring_file_seconds=ring_file_seconds,
-        buffer_mib=buffer_size,
-        workers=workers,
-        nice=nice,
-        backlog_bytes=backlog_size,
-        tls_keylog=tls_keylog,
-    )
+    interface, out_dir = settings.interface, settings.config.out_dir
     live = LiveLine()
-    filter_text = " or ".join(f"tcp port {p}" for p in ports)
+    filter_text = " or ".join(f"tcp port {p}" for p in settings.ports)
 
     def on_started(ring: Path) -> None:
         click.echo(f"capturing on {interface} ({filter_text}) -> {out_dir}; packets in {ring}")
@@ -508,19 +490,20 @@ def import_files(
 
     key = Key.load(key_file, env=key_env)
     if packet_files(files):
-        _import_packets(
-            files,
-            out_dir,
-            on_error,
-            ports,
-            tls_keylog,
-            workers,
-            session_key,
-            session_gap,
-            redact_headers,
-            max_body,
-            key,
+        from shadowtape.capture.packets import PacketImportSettings
+        from shadowtape.capture.tshark import DissectOptions
+
+        packet_settings = PacketImportSettings(
+            out_dir=out_dir,
+            options=DissectOptions(ports=ports, tls_keylog=tls_keylog),
+            on_error=on_error,
+            max_body=max_body,
+            session_key=SessionKey.parse(session_key),
+            session_gap=session_gap,
+            redact_headers=redact_headers,
+            workers=workers,
         )
+        _import_packets(files, packet_settings, key)
         return
     if ports or tls_keylog is not None:
         raise click.UsageError("--port and --tls-keylog apply to packet captures only")
@@ -558,33 +541,10 @@ def import_files(
         click.echo(f"  ... and {summary.problem_count - len(summary.problems)} more", err=True)
 
 
-def _import_packets(
-    files: tuple[Path, ...],
-    out_dir: Path,
-    on_error: str,
-    ports: tuple[int, ...],
-    tls_keylog: Path | None,
-    workers: int,
-    session_key: str,
-    session_gap: float,
-    redact_headers: tuple[str, ...],
-    max_body: int,
-    key,  # noqa: ANN001 (shadowtape.keyed.Key, imported lazily)
-) -> None:
-    from shadowtape.capture.packets import PacketImportSettings, import_packets
-    from shadowtape.capture.sessions import SessionKey
-    from shadowtape.capture.tshark import DissectOptions
+def _import_packets(files: tuple[Path, ...], settings, key) -> None:  # noqa: ANN001
+    from shadowtape.capture.packets import import_packets
 
-    settings = PacketImportSettings(
-        out_dir=out_dir,
-        options=DissectOptions(ports=ports, tls_keylog=tls_keylog),
-        on_error=on_error,
-        max_body=max_body,
-        session_key=SessionKey.parse(session_key),
-        session_gap=session_gap,
-        redact_headers=redact_headers,
-        workers=workers,
-    )
+    out_dir = settings.out_dir
     live = LiveLine()
     summary = import_packets(
         files,
