@@ -4,6 +4,7 @@ goes, every exchange recorded across file boundaries, the ring private and remov
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import stat
@@ -23,7 +24,15 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], Path]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # its own process group, so a Ctrl-C can be sent to the group as a terminal does
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("capturing on"):
@@ -71,7 +80,9 @@ def test_live_ring_records_everything_across_files(
                     b.get(f"{server.url}/slow?n={sent}&s=0.4")
                 sent += 1
         time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
+        # Ctrl-C at a terminal: SIGINT to every process of the group, dumpcap's and
+        # tshark's included if they were in it (they are not: the last file is dissected)
+        os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr
     assert "captured" in stdout

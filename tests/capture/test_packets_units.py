@@ -260,3 +260,24 @@ def test_packet_counters_go_to_metadata_and_back() -> None:
     assert meta["shadowtape.capture.recorded"] == "5"
     assert meta["shadowtape.packets.exchanges_seen"] == "6"
     assert PacketCounters.from_metadata(meta) == packets
+
+
+def test_a_backlog_over_its_limit_gives_up_the_oldest_files_and_counts_them(
+    tmp_path: Path,
+) -> None:
+    from shadowtape.capture.offpath import _limit_backlog
+    from shadowtape.capture.packets import DissectionPipeline
+    from shadowtape.capture.tshark import DissectOptions
+
+    counters = PacketCounters()
+    pipeline = DissectionPipeline(DissectOptions(), None, counters, workers=1)  # type: ignore[arg-type]
+    files = []
+    for i in range(4):
+        f = tmp_path / f"ring_{i}.pcapng"
+        f.write_bytes(b"\x00" * 1000)
+        files.append(f)
+        pipeline.add(f)
+    _limit_backlog(pipeline, 2500)
+    assert counters.ring_files_dropped == 2
+    assert [f.exists() for f in files] == [False, False, True, True]
+    assert pipeline.backlog() == files[2:]

@@ -102,6 +102,10 @@ class DumpcapRing:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Ctrl-C reaches shadowtape, which stops dumpcap itself (SIGTERM) and then
+            # dissects the last file; were shadowtape killed, dumpcap dies of the closed
+            # pipe at its next file.
+            start_new_session=True,
         )
         for target in (self._read_names, self._read_stderr):
             t = threading.Thread(target=target, daemon=True)

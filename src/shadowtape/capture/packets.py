@@ -342,7 +342,8 @@ class DissectionPipeline:
     def backlog(self) -> list[Path]:
         """Files waiting for their turn (none of their packets read yet)."""
         with self._lock:
-            return [i.path for i in self.inputs[self.next_input :] if i.unit is None]
+            waiting = self.inputs[self.next_input :]
+            return [i.path for i in waiting if i.unit is None and not i.processed]
 
     def drop(self, path: Path) -> bool:
         """Give up a file not yet started (a backlog over its limit); counted."""

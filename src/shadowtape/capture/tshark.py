@@ -186,6 +186,10 @@ def start_tshark(name: str, source: Path | None, options: DissectOptions) -> Tsh
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=1 << 20,
+        # A terminal's Ctrl-C goes to the whole process group: tshark must not die of it
+        # mid-file; shadowtape decides when dissection stops. If shadowtape dies, tshark
+        # dies of the closed pipe.
+        start_new_session=True,
     )
     run = TsharkRun(name, proc)
     run._stderr_thread = threading.Thread(target=_drain_stderr, args=(run,), daemon=True)
@@ -229,7 +233,9 @@ def start_seam(name: str, cuts: list[tuple[Path, list[int]]], options: DissectOp
         try:
             for path, frames in cuts:
                 for cmd in cut_packets(path, frames):
-                    cut = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    cut = subprocess.Popen(
+                        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+                    )
                     assert cut.stdout is not None
                     while chunk := cut.stdout.read(1 << 16):
                         run.proc.stdin.write(chunk)
