@@ -103,11 +103,15 @@ def _h2_traffic(server: Server) -> int:
 
 
 def _import(cli, pcap: Path, out: Path, *args: object) -> list[dict]:  # noqa: ANN001
-    from conftest import read_rows  # type: ignore[import-not-found]
-
     result = cli("import", pcap, "--out", out, *args)
     assert result.exit_code == 0, result.output
     return read_rows(out)
+
+
+def read_rows(path: Path) -> list[dict]:
+    from shadowtape.schema import batch_to_rows, iter_batches
+
+    return [row for batch in iter_batches(path) for row in batch_to_rows(batch)]
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +170,9 @@ def _check_row(row: dict, ex: Exchanged, server: Server, h2: bool) -> None:
     assert row["port"] == (int(port) if port else server.port)
     path, _, query = target.partition("?")
     assert row["path"] == path
+    # the target as the request line (or :path) carried it, and where the packets went
+    assert row["request_target"] == target
+    assert row["server_address"] == f"127.0.0.1:{server.port}"
     recorded_query = row["query"]
     assert [k for k, _ in recorded_query] == [k for k, _ in parse_qsl(query)]
     assert row["http_version"] == ("HTTP/2.0" if h2 else "HTTP/1.1")
@@ -177,6 +184,10 @@ def _check_row(row: dict, ex: Exchanged, server: Server, h2: bool) -> None:
     resp_headers, resp_body = _expected_response(ex, method)
     _check_headers(row["response_headers"], resp_headers)
     assert row["response_body"] == resp_body
+    # a body whose Content-Encoding does not decode is kept as sent, and says so
+    undecodable = any(k.lower() == "content-encoding" for k, _ in resp_headers)
+    assert row["response_body_undecodable"] is undecodable
+    assert row["request_body_undecodable"] is False
     assert row["error"] is None
     times = [row[k] for k in ("started_at", "request_sent_at", "response_started_at",
                               "response_ended_at")]  # fmt: skip
@@ -286,8 +297,6 @@ def test_files_cut_at_packet_boundaries_give_the_same_exchanges(
     assert len(files) > 10
     result = cli("import", *files, "--out", tmp_path / "cut", "--port", h1.port)
     assert result.exit_code == 0, result.output
-    from conftest import read_rows  # type: ignore[import-not-found]
-
     cut = read_rows(tmp_path / "cut")
 
     def content(rows: list[dict]) -> list[tuple]:
@@ -357,8 +366,6 @@ def test_matches_the_addon_field_by_field(start_capture, upstream, cli, tmp_path
     """The same traffic recorded twice: by the addon in path, and from the packets between the
     proxy and the upstream. Every field but ids, sessions and timings agrees."""
     need_tools("dumpcap", "tshark")
-    from conftest import read_rows  # type: ignore[import-not-found]
-
     proxy_out = tmp_path / "addon"
     with capturing(tmp_path / "upstream.pcapng", upstream.port) as cap:
         proc = start_capture(out=proxy_out)
@@ -376,10 +383,11 @@ def test_matches_the_addon_field_by_field(start_capture, upstream, cli, tmp_path
     addon = sorted(read_rows(proxy_out), key=lambda r: r["started_at"])
     packets = sorted(_import(cli, cap.path, tmp_path / "pkt"), key=lambda r: r["started_at"])
     assert len(addon) == len(packets) == 6
-    same = ("method", "scheme", "host", "port", "path", "query", "http_version",
-            "request_headers", "request_body", "request_body_truncated", "request_body_size",
-            "status", "reason", "response_headers", "response_body", "response_body_truncated",
-            "response_body_size", "error", "seq")  # fmt: skip
+    same = ("method", "scheme", "host", "port", "server_address", "path", "query",
+            "request_target", "http_version", "request_headers", "request_body",
+            "request_body_truncated", "request_body_size", "request_body_undecodable", "status",
+            "reason", "response_headers", "response_body", "response_body_truncated",
+            "response_body_size", "response_body_undecodable", "error", "seq")  # fmt: skip
     for a, p in zip(addon, packets, strict=True):
         for name in same:
             assert a[name] == p[name], (a["path"], name, a[name], p[name])
