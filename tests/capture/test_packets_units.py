@@ -281,3 +281,22 @@ def test_a_backlog_over_its_limit_gives_up_the_oldest_files_and_counts_them(
     assert counters.ring_files_dropped == 2
     assert [f.exists() for f in files] == [False, False, True, True]
     assert pipeline.backlog() == files[2:]
+
+
+def test_a_capture_gap_ends_open_requests_rather_than_pairing_them_wrongly() -> None:
+    from shadowtape.capture.packet_records import Gap
+
+    rec, counters = _Recorder(), PacketCounters()
+    pairing = UnitPairing(0, "f", counters, rec.plan, rec.emit)
+    records = _records(
+        (1, 0, b"GET /1 HTTP/1.1\r\n\r\n"),
+        (2, 1, b"HTTP/1.1 200 OK\r\n\r\n"),
+        (3, 0, b"GET /2 HTTP/1.1\r\n\r\n"),
+    )
+    # /2's response was dropped by the kernel, and /3's request with it
+    records += [Gap(6, 0, 1), Http1Message(6, 6, 0, 1, False, 6, 6, b"HTTP/1.1 201 C\r\n\r\n")]
+    records += _records((7, 0, b"GET /4 HTTP/1.1\r\n\r\n"), (8, 1, b"HTTP/1.1 202 A\r\n\r\n"))[1:]
+    pairing.feed(records)
+    pairing.finish(None, True)
+    assert rec.exchanges == [("/1", 200), ("/2", None), ("/4", 202)]
+    assert counters.requests_without_response == 1 and counters.responses_without_request == 1

@@ -17,6 +17,7 @@
 --       B its body as tshark de-chunked it, K a chunk, Z the bytes after the header block
 --       Y an HTTP/2 frame, whole; n/w an h2 header name/value as decoded from HPACK;
 --       c the number of headers tshark decoded in the frame's header block
+--       L packets before this frame were not captured (a gap in the stream)
 -- dir is 0 when the frame goes the way of the stream's first frame, 1 the other way.
 -- first_frame/first_us: the first TCP segment (or TLS record) of a message reassembled from
 -- several, so a request's first byte is timed from the packet that carried it.
@@ -34,6 +35,8 @@ local NUMBER = {
 }
 local LINE = { ["http.request.line"] = true, ["http.response.line"] = true }
 local SEGMENT = { ["tcp.segment"] = true, ["tls.segment"] = true }
+-- A frame after packets the capture lost (kernel or interface drops): pairing resyncs there.
+local GAP = "tcp.analysis.lost_segment"
 
 -- Field extractors are what make tshark build these fields into the tree; all_field_infos()
 -- then returns exactly them, in tree order, for each frame.
@@ -46,6 +49,7 @@ for name, _ in pairs(SEGMENT) do Field.new(name) end
 Field.new("http")
 Field.new("http2")
 Field.new("tls")
+Field.new(GAP)
 
 local out = io.stdout
 local format = string.format

@@ -33,6 +33,7 @@ from shadowtape.capture.packet_records import (
     H2_HEADERS,
     H2_RST_STREAM,
     Continuation,
+    Gap,
     H2Frame,
     Http1Message,
     PayloadFrames,
@@ -51,6 +52,7 @@ from shadowtape.capture.packet_wire import (
 TupleKey = tuple[str, int, str, int]  # client address, client port, server address, port
 # A connection silent for this many files gives up its open requests.
 MAX_CARRY_FILES = 4
+CAPTURE_GAP = "packets lost in the capture (kernel or interface drops)"
 
 
 @dataclass(slots=True)
@@ -130,6 +132,8 @@ class _Stream:
     ordinal: int = 0
     last_response_frame: int = 0
     last_response_first: int = 0
+    # after a capture gap: responses before the next request answer nothing we know
+    resync: bool = False
 
 
 class UnitPairing:
@@ -180,6 +184,20 @@ class UnitPairing:
                 stream = self.streams.get(record.stream)
                 if stream is not None and stream.ignored is None:
                     stream.continuations += 1
+            elif isinstance(record, Gap):
+                self._gap(record)
+
+    def _gap(self, gap: Gap) -> None:
+        """Packets were lost: which request or response went with them is unknowable, so the
+        open requests end unanswered and responses wait for the next request (an answer
+        paired with the wrong request would be worse than none)."""
+        stream = self.streams.get(gap.stream)
+        if stream is None or stream.ignored is not None:
+            return
+        while stream.queue:
+            self.counters.requests_without_response += 1
+            self.emit(stream.queue.popleft(), None, CAPTURE_GAP)
+        stream.resync = True
 
     def _stream_seen(self, info: StreamInfo) -> None:
         stream = _Stream(info)
@@ -240,6 +258,7 @@ class UnitPairing:
             return
         self._sides(stream, msg.direction, True)
         stream.last_request_frame = msg.frame
+        stream.resync = False
         same_frame = msg.first_frame == stream.last_request_first
         stream.ordinal = stream.ordinal + 1 if same_frame else 0
         stream.last_request_first = msg.first_frame
@@ -269,7 +288,7 @@ class UnitPairing:
             stream.skipped_responses -= 1
             return
         self.counters.responses += 1
-        if not stream.queue:
+        if not stream.queue or stream.resync:
             self.counters.responses_without_request += 1
             return
         opened = stream.queue.popleft()

@@ -105,13 +105,22 @@ class Continuation:
 
 
 @dataclass(frozen=True, slots=True)
+class Gap:
+    """Packets of this stream, in this direction, before this frame were not captured."""
+
+    frame: int
+    stream: int
+    direction: int
+
+
+@dataclass(frozen=True, slots=True)
 class End:
     """tshark reached the end of its input, having read this many TCP frames."""
 
     frames: int
 
 
-Record = StreamInfo | Http1Message | H2Frame | Continuation | End
+Record = StreamInfo | Http1Message | H2Frame | Continuation | Gap | End
 
 
 @dataclass(slots=True)
@@ -203,6 +212,9 @@ def _frame(line: bytes, read, name: str, payload: PayloadFrames | None) -> Itera
     start_frame, start_us = first_frame, first_us
     for item in items:
         code = item[0]
+        if code == 76:  # L: a capture gap before this frame
+            yield Gap(frame, tcp, direction)
+            continue
         if code == 88:  # X: an HTTP/1 message (or continuation) starts
             if msg is not None:
                 yield msg

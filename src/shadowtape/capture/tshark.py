@@ -98,11 +98,14 @@ class DissectOptions:
             "http.dechunk_body:TRUE",
             "-o",
             "tcp.desegment_tcp_streams:TRUE",
-            # Retransmitted and reordered segments are put in order before HTTP sees them.
+            # Retransmissions are recognised and not read twice. Out-of-order reassembly stays
+            # off: after packets the kernel dropped it would wait for them to the end of the
+            # file and read nothing more of that connection (measured); off, the stream
+            # resumes at the next message and the pairing resyncs at the gap.
             "-o",
             "tcp.analyze_sequence_numbers:TRUE",
             "-o",
-            "tcp.reassemble_out_of_order:TRUE",
+            "tcp.reassemble_out_of_order:FALSE",
             "-o",
             "tcp.calculate_timestamps:FALSE",
             "-o",
