@@ -6,7 +6,9 @@ on a control port that is not captured), same wrk load, same run:
 1. direct: wrk against the upstream, nothing recording (before and after the capture run).
 2. off path: `shadowtape capture --interface lo --port P` running while wrk runs the same
    load; then SIGTERM, the ring is dissected to the end. Requests served (counted at the
-   server) vs exchanges recorded; served rate with capture vs without.
+   server) vs exchanges recorded; served rate with capture vs without. Then dumpcap alone
+   writing the same ring (no dissection): what packet capture itself costs the service, so
+   the off-path ratio can be read as capture's share and dissection's.
 3. dissection alone: a dumpcap file of the same traffic imported with `shadowtape import`,
    exchanges per CPU-second of shadowtape and its tshark processes (and per wall second
    with one tshark per CPU).
@@ -141,6 +143,26 @@ def direct_run(port: int, count_port: int, seconds: int, conns: int) -> dict:
     after = served(count_port)
     return {"served": after - before, "served_rps": round((after - before) / wall, 1),
             "wrk_rps": result["rps"]}  # fmt: skip
+
+
+def dumpcap_only_run(port: int, count_port: int, seconds: int, conns: int, work: Path) -> dict:
+    """What packet capture itself costs the service: dumpcap writing the same ring, nothing
+    dissecting. The off-path figure is the sum of this and dissection's share."""
+    ring = work / "dumpcap-only"
+    ring.mkdir()
+    cap = subprocess.Popen(
+        ["dumpcap", "-q", "-i", "lo", "-B", "256", "-f", f"tcp port {port}",
+         "-b", "filesize:65536", "-w", str(ring / "r.pcapng")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(1.5)
+    try:
+        result = direct_run(port, count_port, seconds, conns)
+    finally:
+        cap.send_signal(signal.SIGTERM)
+        cap.wait(60)
+        shutil.rmtree(ring, ignore_errors=True)
+    return result
 
 
 def dissection_only(port: int, seconds: int, conns: int, work: Path, env) -> dict:  # noqa: ANN001
@@ -314,6 +336,7 @@ def main() -> None:
         co.run_wrk(f"http://127.0.0.1:{port}/bench", 1, args.connections)  # warm up
         direct_before = direct_run(port, count_port, seconds, args.connections)
         offpath = offpath_run(port, count_port, seconds, args.connections, work, env)
+        dumpcap_only = dumpcap_only_run(port, count_port, seconds, args.connections, work)
         direct_after = direct_run(port, count_port, seconds, args.connections)
         dissect = dissection_only(port, min(seconds, 5), args.connections, work, env)
         inpath = (
@@ -338,6 +361,11 @@ def main() -> None:
         "direct_served_rps_after": direct_after["served_rps"],
         "offpath_served_rps": offpath["served_rps"],
         "served_ratio_offpath_vs_direct": round(ratio, 3),
+        "dumpcap_only_served_rps": dumpcap_only["served_rps"],
+        "served_ratio_dumpcap_only_vs_direct": round(dumpcap_only["served_rps"] / direct_rps, 3),
+        "served_ratio_offpath_vs_dumpcap_only": round(
+            offpath["served_rps"] / dumpcap_only["served_rps"], 3
+        ),
         "offpath_served": offpath["served"],
         "offpath_recorded": offpath["recorded"],
         "offpath_lost": offpath["lost"],

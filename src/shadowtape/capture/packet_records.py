@@ -2,7 +2,7 @@
 
 One pass over the stream, one object per HTTP/1 message or HTTP/2 frame, in the order tshark
 dissected them; nothing is kept but the per-stream payload frame numbers a caller asks for
-(to cut the packets of an exchange that a file boundary split, see `packet_carry`).
+(to cut the packets of an exchange that a file boundary split, see `packet_pairing`).
 """
 
 from __future__ import annotations
