@@ -49,9 +49,11 @@ import asyncio, sys
 BODY = sys.argv[2].encode() * 1
 RESP = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
         + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+served = 0
 class P(asyncio.Protocol):
     def connection_made(self, t): self.t = t; self.buf = b""
     def data_received(self, d):
+        global served
         self.buf += d
         while True:
             i = self.buf.find(b"\r\n\r\n")
@@ -61,9 +63,15 @@ class P(asyncio.Protocol):
             if m >= 0: n = int(head[m+15:].split(b"\r\n")[0])
             if len(self.buf) < i + 4 + n: return
             self.buf = self.buf[i + 4 + n:]
-            self.t.write(RESP)
+            self.t.write(RESP); served += 1
+# Optional: on a second port (argv[3]), how many responses it wrote (bench/capture_offpath).
+class Count(asyncio.Protocol):
+    def connection_made(self, t): t.write(str(served).encode()); t.close()
 async def main():
-    srv = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(sys.argv[1]))
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(P, "127.0.0.1", int(sys.argv[1]))
+    if len(sys.argv) > 3:
+        await loop.create_server(Count, "127.0.0.1", int(sys.argv[3]))
     await srv.serve_forever()
 asyncio.run(main())
 """

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shadowtape.content_coding import ContentCodingError, decode, split_codings
+from shadowtape.http.headers import joined
 from shadowtape.schema import Pairs
 
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -48,3 +50,18 @@ def headers_for_decoded_body(headers: Pairs, length: int) -> Pairs:
 
 def has_content_encoding(headers: Pairs) -> bool:
     return any(name.lower() == "content-encoding" and value for name, value in headers)
+
+
+def decode_content(raw: bytes, headers: Pairs) -> tuple[bytes, Pairs, bool]:
+    """A body as capture stores it: its Content-Encoding undone (and the headers to match),
+    or, when the coding is unknown or the bytes do not decode, the bytes as sent with their
+    header, and True to say so. For importers that have the wire bytes (packets); the addon
+    gets the same from mitmproxy's decoder."""
+    if not raw or not has_content_encoding(headers):
+        return raw, headers, False
+    codings = split_codings(joined(headers, "content-encoding"))
+    try:
+        content = decode(raw, codings)
+    except ContentCodingError:
+        return raw, headers, True
+    return content, headers_for_decoded_body(headers, len(content)), False

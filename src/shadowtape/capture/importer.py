@@ -134,29 +134,17 @@ def import_files(
         if not f.is_file():
             raise InputError(f"{f}: no such file")
     keyed = Keyed(key)
-    capture_id = "import-" + keyed.hash_hex("\x00".join(f.name for f in files), 16)
-    summary = ImportSummary(capture_id=capture_id, inputs=len(files))
-    writer_settings = WriterSettings(
-        out_dir=settings.out_dir,
-        capture_id=capture_id,
-        metadata={
-            **capture_metadata(capture_id, "import", key.fingerprint),
-            **lineage_metadata("import", files=files),
-        },
-        roll_bytes=settings.roll_bytes,
-        roll_seconds=None,
-        access=settings.access,
+    summary = ImportSummary(inputs=len(files))
+    summary.capture_id, sink = import_sink(
+        files,
+        settings.out_dir,
+        settings.roll_bytes,
+        key,
+        "import",
+        summary.counters,
+        settings.access,
     )
-    # The same files and key give the same capture id: importing them again into the same
-    # directory would silently double every row.
-    earlier = sorted(settings.out_dir.glob(f"{writer_settings.prefix}-*.parquet"))
-    if earlier:
-        raise InputError(
-            f"{settings.out_dir}: these files were already imported here ({earlier[0].name}); "
-            "remove those files or import into another --out"
-        )
-    sink = ExchangeSink(writer_settings, summary.counters)
-    run = _ImportRun(settings, keyed, capture_id, summary, sink, on_progress)
+    run = _ImportRun(settings, keyed, summary.capture_id, summary, sink, on_progress)
     try:
         for f in files:
             run.import_file(f)
@@ -164,11 +152,50 @@ def import_files(
         summary.files = sink.close()
         summary.bytes_written = sink.bytes_written
     except BaseException:
-        sink.abort()
-        for written in sink.files:
-            written.unlink(missing_ok=True)
+        discard(sink)
         raise
     return summary
+
+
+def import_sink(
+    files: Sequence[Path],
+    out_dir: Path,
+    roll_bytes: int,
+    key: Key,
+    source: str,
+    counters: CaptureCounters,
+    access: FileAccess,
+) -> tuple[str, ExchangeSink]:
+    """The capture id of an import (a function of the file names and the key) and the sink
+    its rows go to; shared by every importer (HAR and flows here, packets)."""
+    capture_id = "import-" + Keyed(key).hash_hex("\x00".join(f.name for f in files), 16)
+    writer_settings = WriterSettings(
+        out_dir=out_dir,
+        capture_id=capture_id,
+        metadata={
+            **capture_metadata(capture_id, source, key.fingerprint),
+            **lineage_metadata("import", files=files),
+        },
+        roll_bytes=roll_bytes,
+        roll_seconds=None,
+        access=access,
+    )
+    # The same files and key give the same capture id: importing them again into the same
+    # directory would silently double every row.
+    earlier = sorted(out_dir.glob(f"{writer_settings.prefix}-*.parquet"))
+    if earlier:
+        raise InputError(
+            f"{out_dir}: these files were already imported here ({earlier[0].name}); "
+            "remove those files or import into another --out"
+        )
+    return capture_id, ExchangeSink(writer_settings, counters)
+
+
+def discard(sink: ExchangeSink) -> None:
+    """A failed import leaves nothing behind that could pass for a whole one."""
+    sink.abort()
+    for written in sink.files:
+        written.unlink(missing_ok=True)
 
 
 class _ImportRun:

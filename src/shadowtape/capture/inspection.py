@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shadowtape.capture.packet_counters import PacketCounters
 from shadowtape.capture.writer import CaptureCounters
 from shadowtape.governance.fingerprint import dataset_fingerprint
 from shadowtape.governance.lineage import lineage_lines, read_lineage
@@ -72,6 +74,7 @@ class InspectReport:
     fingerprint: str | None = None
     # Where the data came from, newest step first (shadowtape.governance.lineage).
     lineage: dict[str, Any] | None = None
+    packet_counters: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -90,14 +93,27 @@ def capture_counters(metas: list[dict[str, str]]) -> dict[str, int]:
     """Each capture process's figures as its latest file has them (the one with the most
     rows written: counts only grow, except `pending`, which is why no per-field maximum is
     taken); captures sharing a directory, and the workers of one capture, add up."""
-    latest: dict[tuple[str, str], CaptureCounters] = {}
+    return _latest_totals(metas, CaptureCounters.from_metadata, lambda c: (c.written, c.seen))
+
+
+def packet_counters(metas: list[dict[str, str]]) -> dict[str, int]:
+    """The packet figures of off-path captures and packet imports, latest file of each."""
+    return _latest_totals(metas, PacketCounters.from_metadata, lambda c: (c.inputs, c.packets))
+
+
+def _latest_totals(
+    metas: list[dict[str, str]],
+    read: Callable[[dict[str, str]], Any],
+    order: Callable[[Any], tuple[int, int]],
+) -> dict[str, int]:
+    latest: dict[tuple[str, str], Any] = {}
     for meta in metas:
-        counters = CaptureCounters.from_metadata(meta)
+        counters = read(meta)
         if counters is None:
             continue
         who = (meta.get(META_CAPTURE_ID, ""), meta.get(META_CAPTURE_WORKER, ""))
         held = latest.get(who)
-        if held is None or (counters.written, counters.seen) > (held.written, held.seen):
+        if held is None or order(counters) > order(held):
             latest[who] = counters
     totals: Counter[str] = Counter()
     for counters in latest.values():
@@ -116,6 +132,7 @@ def inspect_dataset(path: str | os.PathLike[str]) -> InspectReport:
     report.capture_counters = capture_counters(metas)
     report.fingerprint = dataset_fingerprint(path).fingerprint
     report.lineage = read_lineage(metas[-1])
+    report.packet_counters = packet_counters(metas)
     sessions: set[str] = set()
     hosts: Counter[str] = Counter()
     routes: Counter[str] = Counter()
@@ -175,7 +192,25 @@ def format_report(report: InspectReport) -> str:
     lines.extend(f"    {n:>8}  {r}" for r, n in report.top_routes)
     if report.capture_counters:
         lines.extend(_capture_lines(report))
+        if report.packet_counters:
+            lines.append(_packet_line(report.packet_counters))
     return "\n".join(lines)
+
+
+def _packet_line(p: dict[str, int]) -> str:
+    return (
+        "  packets     "
+        f"{p.get('packets', 0)} in {p.get('inputs', 0)} files, dropped by kernel "
+        f"{p.get('packets_dropped_kernel', 0)} / interface "
+        f"{p.get('packets_dropped_interface', 0)} / dumpcap "
+        f"{p.get('packets_dropped_capture', 0)}; requests {p.get('requests', 0)}, "
+        f"without response {p.get('requests_without_response', 0)}, responses without "
+        f"request {p.get('responses_without_request', 0)}, rejoined "
+        f"{p.get('exchanges_rejoined', 0)}; unreadable streams "
+        f"{p.get('streams_unreassembled', 0)}, cut messages {p.get('messages_cut', 0)}, "
+        f"HTTP/2 header blocks {p.get('h2_headers_undecodable', 0)}, packet files given "
+        f"up {p.get('ring_files_dropped', 0)}"
+    )
 
 
 def _capture_lines(report: InspectReport) -> list[str]:

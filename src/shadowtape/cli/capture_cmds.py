@@ -9,6 +9,13 @@ from pathlib import Path
 import click
 
 from shadowtape.bodies import DEFAULT_MAX_BODY
+from shadowtape.capture.dumpcap_ring import (
+    DEFAULT_BACKLOG_BYTES,
+    DEFAULT_BUFFER_MIB,
+    DEFAULT_FILE_BYTES,
+    DEFAULT_FILE_SECONDS,
+    DEFAULT_NICE,
+)
 from shadowtape.capture.writer import DEFAULT_QUEUE_SIZE, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_SECONDS
 from shadowtape.cli.audit_hook import run_facts
 from shadowtape.cli.progress import LiveLine
@@ -92,9 +99,37 @@ def with_options(options):  # noqa: ANN001, ANN201 (click decorators)
     return apply
 
 
+packet_options = [
+    click.option(
+        "--port",
+        "ports",
+        type=click.IntRange(1, 65535),
+        multiple=True,
+        metavar="N",
+        help="TCP port of the HTTP service in the packets (repeatable). Off path: what to "
+        "capture. Import: where HTTP/1.1 is on a port tshark does not guess, and for h2c.",
+    ),
+    click.option(
+        "--tls-keylog",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="TLS key log (the SSLKEYLOGFILE format browsers, curl and most TLS libraries "
+        "write) to decrypt HTTPS in the packets.",
+    ),
+]
+
+
 @click.command()
 @click.option(
-    "--upstream", required=True, metavar="URL", help="The service to put the proxy in front of."
+    "--upstream",
+    metavar="URL",
+    help="In path: the service to put the proxy in front of.",
+)
+@click.option(
+    "--interface",
+    metavar="IFACE",
+    help="Off path: record from packets on this interface (dumpcap + tshark), no proxy; "
+    "needs --port.",
 )
 @click.option(
     "--listen",
@@ -150,12 +185,64 @@ def with_options(options):  # noqa: ANN001, ANN201 (click decorators)
     "--workers",
     "workers_text",
     metavar="N|auto",
-    help="Serve --listen from N proxy processes (auto: one per core), one capture id and "
-    "one dataset; sessions keep one seq order across them [default: 1].",
+    help="In path: serve --listen from N proxy processes (auto: one per core), one capture "
+    "id and one dataset; sessions keep one seq order across them [default: 1]. Off path: "
+    "packet files dissected at once, one tshark each [default: one per core].",
+)
+@with_options(packet_options)
+@click.option(
+    "--ring-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Off path: where dumpcap's ring of packet files goes (a private directory is made "
+    "in it and removed at the end) [default: the system temp directory].",
+)
+@click.option(
+    "--ring-file-size",
+    type=click.IntRange(min=1_000_000),
+    default=DEFAULT_FILE_BYTES,
+    show_default=True,
+    metavar="BYTES",
+    help="Off path: start a new packet file after this many bytes.",
+)
+@click.option(
+    "--ring-file-seconds",
+    type=click.IntRange(min=1),
+    default=DEFAULT_FILE_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="Off path: start a new packet file after this long; exchanges land in the dataset "
+    "about this much later.",
+)
+@click.option(
+    "--buffer-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BUFFER_MIB,
+    show_default=True,
+    metavar="MIB",
+    help="Off path: kernel capture buffer; what absorbs a burst before packets are dropped.",
+)
+@click.option(
+    "--backlog-size",
+    type=click.IntRange(min=1_000_000),
+    default=DEFAULT_BACKLOG_BYTES,
+    show_default=True,
+    metavar="BYTES",
+    help="Off path: packet files waiting to be dissected may take this much disk; beyond it "
+    "the oldest is given up and counted.",
+)
+@click.option(
+    "--nice",
+    type=click.IntRange(0, 19),
+    default=DEFAULT_NICE,
+    show_default=True,
+    help="Off path: dissection runs at this nice level, so the service keeps the CPU.",
 )
 @with_options(session_options)
+@click.pass_context
 def capture(
-    upstream: str,
+    ctx: click.Context,
+    upstream: str | None,
+    interface: str | None,
     listen: str,
     out_dir: Path,
     filter_host: str,
@@ -165,6 +252,14 @@ def capture(
     roll_size: int,
     roll_interval: float,
     queue_size: int,
+    ports: tuple[int, ...],
+    tls_keylog: Path | None,
+    ring_dir: Path | None,
+    ring_file_size: int,
+    ring_file_seconds: int,
+    buffer_size: int,
+    backlog_size: int,
+    nice: int,
     session_key: str,
     session_gap: float,
     redact_headers: tuple[str, ...],
@@ -174,12 +269,15 @@ def capture(
     group: str | None,
     workers_text: str | None,
 ) -> None:
-    """Record the traffic to a service through a reverse proxy (mitmproxy, in-process).
+    """Record the traffic to a service: in path through a reverse proxy (mitmproxy,
+    in-process), or off path from the packets on an interface.
 
-    Clients talk to the proxy as if it were the service; every exchange is written to
-    Parquet files in --out, with credentials (Authorization, cookies, API keys) replaced by
-    keyed tokens before they touch the disk. Stop with Ctrl-C or SIGTERM: the open file is
-    finalized and a summary printed.
+    In path (--upstream): clients talk to the proxy as if it were the service. Off path
+    (--interface, --port): dumpcap captures the service's packets and tshark dissects them,
+    so nothing stands between clients and the service; HTTPS needs --tls-keylog. Either way
+    every exchange is written to Parquet files in --out, with credentials (Authorization,
+    cookies, API keys) replaced by keyed tokens before they touch the disk. Stop with Ctrl-C
+    or SIGTERM: what was captured is written out, the open file finalized, a summary printed.
 
     \b
     Example:
@@ -187,9 +285,65 @@ def capture(
       shadowtape capture --upstream http://127.0.0.1:8000 --listen 127.0.0.1:8080 --out raw/
       # one proxy process per core, on the same address:
       shadowtape capture --upstream http://127.0.0.1:8000 --out raw/ --workers auto
+      # off path, from the packets on an interface (dumpcap needs the right to capture):
+      sudo -E shadowtape capture --interface eth0 --port 8000 --out raw/
       # the same recorder inside your own mitmproxy:
       mitmdump -s <shadowtape>/capture/addon.py --set shadowtape_out=raw/
     """
+    if (upstream is None) == (interface is None):
+        raise click.UsageError(
+            "give --upstream URL (in path, through a proxy) or --interface IFACE --port N "
+            "(off path, from packets)"
+        )
+    if interface is not None:
+        _in_path_only(ctx, ("listen", "queue_size"), "--interface")
+        from shadowtape.capture.config import build_config
+        from shadowtape.capture.offpath import OffPathSettings
+        from shadowtape.keyed import Key
+
+        facts = run_facts()
+        facts.target = f"interface {interface}"
+        facts.wrote_dataset(out_dir)
+        key = Key.load(key_file, env=key_env)
+        facts.use_key(key.fingerprint, key.source)
+
+        config = build_config(
+            out_dir=out_dir,
+            key_file=key_file,
+            filter_host=filter_host,
+            filter_path=filter_path,
+            sample=sample,
+            seed=seed,
+            max_body=max_body,
+            roll_bytes=roll_size,
+            roll_seconds=roll_interval,
+            session_key=session_key,
+            session_gap=session_gap,
+            redact_headers=redact_headers,
+            group=group,
+        )
+        offpath = OffPathSettings(
+            interface=interface,
+            ports=ports,
+            config=config,
+            ring_dir=ring_dir,
+            ring_file_bytes=ring_file_size,
+            ring_file_seconds=ring_file_seconds,
+            buffer_mib=buffer_size,
+            workers=parse_workers(workers_text) if workers_text is not None else 0,
+            nice=nice,
+            backlog_bytes=backlog_size,
+            tls_keylog=tls_keylog,
+        )
+        _capture_offpath(offpath, key)
+        return
+    _in_path_only(
+        ctx,
+        ("ports", "tls_keylog", "ring_dir", "ring_file_size", "ring_file_seconds")
+        + ("buffer_size", "backlog_size", "nice"),
+        "--upstream",
+    )
+    assert upstream is not None
     from shadowtape.capture.proxy import ProxySettings, parse_upstream
     from shadowtape.capture.workers import run_capture_workers
     from shadowtape.keyed import Key
@@ -263,15 +417,7 @@ def capture(
     )
     for failure, times in summary.failures.items():
         click.echo(f"  write failure: {failure} ({times}x)", err=True)
-    problems = []
-    lost = c.lost_to_writing() + c.pending
-    if lost:
-        problems.append(
-            f"capture lost {lost} of {c.seen} exchanges writing to {out_dir} "
-            f"({c.dropped_disk_full} disk full, {c.dropped_write_error} write errors, "
-            f"{c.dropped_encode_error} unencodable, {c.pending} never flushed); the files "
-            "there are whole: free space or fix the output directory, then capture again"
-        )
+    problems = _lost_to_writing(c, out_dir)
     if summary.lost_workers:
         problems.append(
             f"{len(summary.lost_workers)} of {summary.workers} capture workers died: "
@@ -279,6 +425,86 @@ def capture(
         )
     if problems:
         raise ShadowtapeError("; ".join(problems))
+
+
+def _lost_to_writing(c, out_dir: Path) -> list[str]:  # noqa: ANN001 (CaptureCounters)
+    """The line for exchanges a capture saw and could not write (empty: none lost)."""
+    lost = c.lost_to_writing() + c.pending
+    if not lost:
+        return []
+    return [
+        f"capture lost {lost} of {c.seen} exchanges writing to {out_dir} "
+        f"({c.dropped_disk_full} disk full, {c.dropped_write_error} write errors, "
+        f"{c.dropped_encode_error} unencodable, {c.pending} never flushed); the files "
+        "there are whole: free space or fix the output directory, then capture again"
+    ]
+
+
+def _in_path_only(ctx: click.Context, names: tuple[str, ...], mode: str) -> None:
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name in names else None
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            raise click.UsageError(f"{param.opts[0]} does not apply with {mode}")
+
+
+def _capture_offpath(settings, key) -> None:  # noqa: ANN001 (imported lazily)
+    from shadowtape.capture.offpath import run_offpath
+
+    interface, out_dir = settings.interface, settings.config.out_dir
+    live = LiveLine()
+    filter_text = " or ".join(f"tcp port {p}" for p in settings.ports)
+
+    def on_started(ring: Path) -> None:
+        click.echo(f"capturing on {interface} ({filter_text}) -> {out_dir}; packets in {ring}")
+        sys.stdout.flush()
+
+    def on_tick(s: dict[str, int]) -> None:
+        live.update(
+            f"written {s['written']} of {s['seen']}  backlog {s['backlog']} files  "
+            f"dropped {s['dropped']}  "
+            f"bytes {_human_bytes(s['bytes'])}  files {s['files']}"
+        )
+
+    summary = run_offpath(settings, key, on_started=on_started, on_tick=on_tick)
+    live.clear()
+    c, p = summary.counters, summary.packets
+    run_facts().count(seen=c.seen, written=c.written, dropped=c.dropped(), files=len(summary.files))
+    click.echo(
+        f"captured {c.written} exchanges into {len(summary.files)} files in {out_dir} "
+        f"({_human_bytes(summary.bytes_written)}) from {p.inputs} packet files"
+    )
+    _packet_lines(c, p)
+    problems = _lost_to_writing(c, out_dir)
+    if summary.failure:
+        problems.insert(0, summary.failure)
+    if problems:
+        raise ShadowtapeError("; ".join(problems))
+
+
+def _packet_lines(c, p) -> None:  # noqa: ANN001 (capture and packet counters)
+    click.echo(
+        f"  packets: {p.packets}; dropped by the kernel {p.packets_dropped_kernel}, "
+        f"by the interface {p.packets_dropped_interface}, by dumpcap {p.packets_dropped_capture}"
+    )
+    click.echo(
+        f"  requests: {p.requests}; without a response {p.requests_without_response}; "
+        f"responses without a request {p.responses_without_request}; "
+        f"rejoined across packet files {p.exchanges_rejoined}"
+    )
+    click.echo(
+        f"  unreadable: {p.streams_unreassembled} TCP streams, {p.messages_cut} cut messages, "
+        f"{p.h2_headers_undecodable} HTTP/2 header blocks; packet files given up "
+        f"{p.ring_files_dropped}"
+    )
+    causes = ", ".join(f"{n} ({cause})" for cause, n in c.drop_causes().items())
+    click.echo(
+        f"  seen {c.seen} = written {c.written} + dropped {c.dropped()} + pending {c.pending}; "
+        f"dropped: {causes}"
+    )
+    click.echo(
+        f"  skipped: {c.skipped_filter} (filter), {c.skipped_sample} (sampling); "
+        f"error exchanges: {c.errors}; truncated bodies: {c.truncated_bodies}"
+    )
 
 
 @click.command("import")
@@ -296,13 +522,24 @@ def capture(
     default="fail",
     show_default=True,
     help="A bad entry fails the run (nothing is left behind) or is skipped and counted. "
-    "A file that is not valid HAR/flows always fails.",
+    "A file that is not valid HAR/flows/pcap always fails; a pcap cut short is read up to "
+    "the cut with skip.",
+)
+@with_options(packet_options)
+@click.option(
+    "--workers",
+    "workers_text",
+    metavar="N|auto",
+    help="Packet captures: files dissected at once, one tshark each [default: one per core].",
 )
 @with_options(session_options)
 def import_files(
     files: tuple[Path, ...],
     out_dir: Path,
     on_error: str,
+    ports: tuple[int, ...],
+    tls_keylog: Path | None,
+    workers_text: str | None,
     session_key: str,
     session_gap: float,
     redact_headers: tuple[str, ...],
@@ -311,19 +548,22 @@ def import_files(
     key_env: str,
     group: str | None,
 ) -> None:
-    """Turn HAR files and mitmproxy flow files into an exchanges dataset.
+    """Turn HAR files, mitmproxy flow files or packet captures into an exchanges dataset.
 
-    Reads HAR 1.2 (from browsers' dev tools or mitmproxy's save.har, `.zhar` too) and
-    mitmproxy flow files (`mitmdump -w`), streaming large ones. Credentials are replaced
-    by keyed tokens as in `shadowtape capture`; the same files and key always give the same
-    output.
+    Reads HAR 1.2 (from browsers' dev tools or mitmproxy's save.har, `.zhar` too),
+    mitmproxy flow files (`mitmdump -w`), and pcap/pcapng files (`tcpdump -w`, dumpcap,
+    Wireshark; dissected by tshark: HTTP/1.1, h2c, and HTTPS with --tls-keylog), streaming
+    large ones. Packet files given together are one capture in time order (a `tcpdump -C`
+    series): exchanges cut between two files are put back together. Credentials are
+    replaced by keyed tokens as in `shadowtape capture`; the same files and key always give
+    the same output.
 
     \b
     Example:
       shadowtape import session.har traffic.mitm --out raw/
+      shadowtape import gateway.pcapng --port 8080 --tls-keylog keys.log --out raw/
     """
-    from shadowtape.capture.importer import ImportSettings
-    from shadowtape.capture.importer import import_files as run_import
+    from shadowtape.capture.packets import packet_files
     from shadowtape.governance.access import FileAccess
     from shadowtape.keyed import Key
     from shadowtape.sessions import SessionKey
@@ -334,6 +574,28 @@ def import_files(
     facts.wrote_dataset(out_dir)
     key = Key.load(key_file, env=key_env)
     facts.use_key(key.fingerprint, key.source)
+    if packet_files(files):
+        from shadowtape.capture.packets import PacketImportSettings
+        from shadowtape.capture.tshark import DissectOptions
+
+        packet_settings = PacketImportSettings(
+            out_dir=out_dir,
+            options=DissectOptions(ports=ports, tls_keylog=tls_keylog),
+            on_error=on_error,
+            max_body=max_body,
+            session_key=SessionKey.parse(session_key),
+            session_gap=session_gap,
+            redact_headers=redact_headers,
+            workers=parse_workers(workers_text) if workers_text is not None else 0,
+            access=FileAccess.private(group),
+        )
+        _import_packets(files, packet_settings, key)
+        return
+    if ports or tls_keylog is not None or workers_text is not None:
+        raise click.UsageError("--port, --tls-keylog and --workers apply to packet captures only")
+    from shadowtape.capture.importer import ImportSettings
+    from shadowtape.capture.importer import import_files as run_import
+
     live = LiveLine()
     settings = ImportSettings(
         out_dir=out_dir,
@@ -365,6 +627,31 @@ def import_files(
         click.echo(f"  skipped {problem}", err=True)
     if summary.problem_count > len(summary.problems):
         click.echo(f"  ... and {summary.problem_count - len(summary.problems)} more", err=True)
+
+
+def _import_packets(files: tuple[Path, ...], settings, key) -> None:  # noqa: ANN001
+    from shadowtape.capture.packets import import_packets
+
+    out_dir = settings.out_dir
+    live = LiveLine()
+    summary = import_packets(
+        files,
+        settings,
+        key,
+        on_progress=lambda s: live.update(
+            f"read {s.packets.inputs}/{s.inputs} files, {s.counters.seen} exchanges"
+        ),
+    )
+    live.clear()
+    c, p = summary.counters, summary.packets
+    run_facts().count(written=c.written, files=len(summary.files))
+    click.echo(
+        f"imported {c.written} exchanges from {summary.inputs} packet files "
+        f"into {len(summary.files)} files in {out_dir}"
+    )
+    _packet_lines(c, p)
+    for path in summary.truncated:
+        click.echo(f"  {path}: cut short in the middle of a packet; read up to the cut", err=True)
 
 
 @click.command()
