@@ -139,6 +139,20 @@ def test_a_failing_command_is_recorded_with_its_exit_code(tmp_path: Path, cli, a
     assert cli("audit", "verify").exit_code == 0  # --audit-log comes from the variable
 
 
+def test_an_environment_failure_is_recorded_as_the_line_the_user_saw(
+    tmp_path: Path, cli, audit_log
+) -> None:  # noqa: ANN001
+    har = tmp_path / "one.har"
+    har.write_text('{"log": {"version": "1.2", "entries": []}}')
+    (tmp_path / "afile").write_text("")
+    result = cli("import", har, "--out", tmp_path / "afile" / "raw")
+    assert result.exit_code == 1
+    (record,) = AuditLog(audit_log).records()
+    assert record["exit_code"] == 1
+    assert record["error"].startswith(f"{tmp_path / 'afile' / 'raw'}: Not a directory")
+    assert "fix the path" in record["error"]
+
+
 def test_an_unwritable_log_fails_the_command_in_one_line_and_keeps_its_output(
     tmp_path: Path, cli, monkeypatch
 ) -> None:

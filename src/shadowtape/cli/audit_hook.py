@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 from click.core import ParameterSource
 
+from shadowtape.cli.failures import PREFIX
+from shadowtape.cli.failures import describe as describe_failure
 from shadowtape.errors import ShadowtapeError
 
 if TYPE_CHECKING:  # the governance modules load pyarrow: only once a command needs them
@@ -123,10 +125,15 @@ def _error_text(exc: BaseException | None) -> str | None:
             return str(seen)
         if isinstance(seen, click.ClickException):
             return seen.format_message()
-        if isinstance(seen, KeyboardInterrupt | click.Abort):
+        if isinstance(seen, click.Abort):
             return "interrupted"
         if not isinstance(seen, click.exceptions.Exit | SystemExit):
-            return type(seen).__name__
+            # The line cli/failures.py printed (a full disk says where and what), without
+            # the program name; the exception's name for anything it leaves to click.
+            failure = describe_failure(seen)
+            if failure is None:
+                return type(seen).__name__
+            return failure.line.removeprefix(f"{PREFIX}: ").removeprefix("error: ")
         seen = seen.__context__
     return None
 
