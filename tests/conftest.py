@@ -1,9 +1,14 @@
 """Shared test settings. Each stage keeps its own fixtures in tests/<stage>/conftest.py."""
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+
+# Kits shared across stages (tls_testkit) import by name, as each stage's own kits do.
+sys.path.insert(0, str(Path(__file__).parent))
 
 TEST_KEY = "shadowtape-test-key-0123456789abcdef"
 

@@ -31,9 +31,9 @@ from packet_testkit import (  # noqa: E402
     http1_server,
     need_tools,
     pipelined,
-    self_signed,
     server_tls,
 )
+from tls_testkit import self_signed  # noqa: E402
 
 from shadowtape.bodies import headers_for_decoded_body  # noqa: E402
 from shadowtape.keyed import is_token  # noqa: E402

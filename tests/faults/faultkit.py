@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import resource
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from manifest_testkit import write_manifest
 
 from shadowtape import schema
 from shadowtape.capture.writer import CaptureCounters, ExchangeSink, WriterSettings
@@ -184,17 +184,7 @@ def sanitized_dataset(
     with DatasetWriter(directory, metadata={schema.META_SANITIZED: "true"}, roll=roll) as w:
         w.write_exchanges([exchange(i, session=f"s{i % 3}") for i in range(rows)])
     if manifest:
-        files = [
-            {
-                "name": i.path.relative_to(directory).as_posix(),
-                "rows": i.num_rows,
-                "row_groups": i.num_row_groups,
-                "sha256": hashlib.sha256(i.path.read_bytes()).hexdigest(),
-            }
-            for i in schema.read_files(directory)
-        ]
-        doc = {"format": "shadowtape.sanitize-manifest", "version": 1, "files": files}
-        (directory / "_manifest.json").write_text(json.dumps(doc))
+        write_manifest(directory)
     return directory
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from manifest_testkit import write_manifest
 
 from shadowtape.keyed import Key, Keyed
 from shadowtape.schema import (
@@ -24,7 +25,6 @@ from shadowtape.schema import (
     DatasetWriter,
     Exchange,
     RollPolicy,
-    read_files,
     uuid7,
 )
 
@@ -286,17 +286,6 @@ def shop_sessions(n: int = 3) -> list:
             ),
         ]
     return records
-
-
-def write_manifest(directory: Path) -> None:
-    """The manifest `shadowtape sanitize` writes beside its files, which replay checks."""
-    files = [
-        {"name": i.path.relative_to(directory).as_posix(), "rows": i.num_rows,
-         "row_groups": i.num_row_groups}
-        for i in read_files(directory)
-    ]  # fmt: skip
-    doc = {"format": "shadowtape.sanitize-manifest", "version": 1, "files": files}
-    (directory / "_manifest.json").write_text(json.dumps(doc))
 
 
 # --- a server that keeps the exact bytes it was sent --------------------------------------

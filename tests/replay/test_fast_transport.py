@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from raw_http import BIG, RawServer, request_for, with_raw_server  # the kit (see conftest)
+from tls_testkit import self_signed
 
 from shadowtape.replay.config import ReplayConfig, RetryPolicy, Timeouts
 from shadowtape.replay.engine import Http1Engine, choose_engine, run_loop
@@ -228,45 +229,12 @@ def test_the_sender_records_the_same_outcome_on_both_engines() -> None:
     assert fast[paths.index("/big")][4:6] == (BIG[:1000], True)
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 def test_tls_connections_are_kept_alive(tmp_path: Path) -> None:
     import ssl
 
     from shadowtape.replay.transport import tls_context
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
 

@@ -39,9 +39,8 @@ from shadowtape.report.aggregate import load_report
 
 # The planted services' server (tests/diff/planted.py), here with routes of its own.
 sys.path.insert(0, str(Path(__file__).parent.parent / "diff"))
-sys.path.insert(0, str(Path(__file__).parent.parent / "replay"))
 import planted  # noqa: E402
-from replay_testkit import write_manifest  # noqa: E402
+from manifest_testkit import write_manifest  # noqa: E402
 
 SLOW_ROUTE = "GET /search"
 PLANTED_SLOWDOWN_S = 0.015

@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from manifest_testkit import write_manifest  # tests/ is on sys.path (tests/conftest.py)
 
 from shadowtape.schema import META_SANITIZED, DatasetWriter, Exchange, RollPolicy, uuid7
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "replay"))
-from replay_testkit import write_manifest  # noqa: E402
 
 T0 = 1_700_000_000_000_000
 

@@ -21,6 +21,7 @@ from serve_testkit import (
     timed_gets,
     write_recording,
 )
+from tls_testkit import self_signed
 
 from shadowtape import schema
 from shadowtape.http.headers import decode
@@ -282,6 +283,12 @@ def test_the_double_refuses_unsanitized_data_and_bad_options_in_one_line(tmp_pat
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (error,) = [line for line in done.stderr.splitlines() if line.startswith("shadowtape: error")]
     assert "not sanitized" in error and "--allow-unsanitized" in error
+    # Flagged sanitized is not enough: the files must be the ones sanitize's manifest lists.
+    copied = write_recording(tmp_path / "copied", [rec("x", 0, "GET", "/a")])
+    (copied / "_manifest.json").unlink()
+    done = shadowtape("serve", str(copied), "--listen", "127.0.0.1:0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no _manifest.json" in done.stderr and "--allow-unsanitized" in done.stderr
     clean = write_recording(tmp_path / "clean", [rec("x", 0, "GET", "/a")])
     bad = tmp_path / "matchers.yaml"
     bad.write_text("routes:\n  GET /a:\n    rules:\n      - {query: page, regex: '('}\n")
@@ -352,35 +359,7 @@ def test_header_bytes_and_reason_phrase_go_out_as_recorded(tmp_path: Path) -> No
 
 
 def test_tls_with_a_certificate_and_key(tmp_path: Path) -> None:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    certfile, keyfile = self_signed(tmp_path)
     dataset = write_recording(tmp_path / "clean", [rec("x", 0, "GET", "/a", response={"tls": 1})])
     double = start_serve(
         str(dataset), "--listen", "127.0.0.1:0", "--certfile", str(certfile),

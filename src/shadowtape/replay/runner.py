@@ -28,10 +28,10 @@ from shadowtape.errors import InputError
 from shadowtape.governance.lineage import META_LINEAGE, lineage_metadata
 from shadowtape.governance.routes import route_label
 from shadowtape.latency import LatencyHistogram
+from shadowtape.manifest_check import require_manifest
 from shadowtape.replay.config import ReplayConfig, Timing, check_numbers
 from shadowtape.replay.correlate import CorrelationRule, learn_rules, load_rules, parts_of
 from shadowtape.replay.engine import choose_engine, run_loop
-from shadowtape.replay.guardrails import check_manifest
 from shadowtape.replay.plan import (
     OffsetClock,
     ReorderBuffer,
@@ -137,7 +137,7 @@ def check_config(config: ReplayConfig) -> dict[str, str]:
     check_sanitized(config.source, sanitized, config.allow_unsanitized)
     # A results dataset as input carries its replay's (checked) flag and has no manifest.
     if sanitized and not config.allow_unsanitized and any(i.kind == KIND_EXCHANGES for i in infos):
-        check_manifest(config.source, [(i.path, i.num_rows, i.num_row_groups) for i in infos])
+        require_manifest(config.source, [(i.path, i.num_rows, i.num_row_groups) for i in infos])
     return meta
 
 

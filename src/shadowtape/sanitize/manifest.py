@@ -6,14 +6,14 @@ clock or path, so the same input, policy and key give a byte-identical manifest.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-MANIFEST_NAME = "_manifest.json"
-MANIFEST_FORMAT = "shadowtape.sanitize-manifest"
+from shadowtape.manifest_check import MANIFEST_FORMAT, MANIFEST_NAME, file_digest
+
+__all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "file_digest"]  # where readers of the format find it
+
 MANIFEST_VERSION = 1
 
 
@@ -24,14 +24,6 @@ class FileEntry:
     row_groups: int
     # The file's bytes as sanitize wrote them: verify reports any file changed afterwards.
     sha256: str = ""
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(slots=True)

@@ -38,10 +38,11 @@ from shadowtape import schema
 from shadowtape.errors import InputError
 from shadowtape.http import cookies, jsonpath
 from shadowtape.http.target import decode_segment, query_pairs, split_target
+from shadowtape.manifest_check import MANIFEST_NAME, FileCounts, manifest_path
+from shadowtape.manifest_check import check_manifest as check_dataset_manifest
 from shadowtape.sanitize import bodies, encoded, markers
 from shadowtape.sanitize.detectors import Detector, check_nlp_model, strict_entities
 from shadowtape.sanitize.keywords import Category, KeyVocabulary, value_fits
-from shadowtape.sanitize.manifest import MANIFEST_FORMAT, MANIFEST_NAME, file_digest
 from shadowtape.sanitize.pipeline import read_column
 from shadowtape.sanitize.policy import Policy, default_policy
 
@@ -302,48 +303,22 @@ def _body_values(
 
 
 def check_manifest(path: Path, report: VerifyReport) -> dict[str, Any]:
-    """The manifest's own findings: missing, unreadable, or not describing the files. Returns
-    the manifest ({} when there is none to read)."""
-    manifest_path = path / MANIFEST_NAME if path.is_dir() else path.parent / MANIFEST_NAME
-    where = MANIFEST_NAME
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        report.add("-", where, "MANIFEST_MISSING")
-        return {}
-    except (OSError, UnicodeDecodeError, ValueError):
-        report.add("-", where, "MANIFEST_UNREADABLE")
-        return {}
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        report.add("-", where, "MANIFEST_UNREADABLE")
-        return {}
-    base = manifest_path.parent
-    listed: dict[str, dict[str, Any]] = {}
-    for entry in manifest.get("files") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            listed[entry["name"]] = entry
-    present = {str(p.relative_to(base)) for p in schema.dataset_files(base)}
-    for name in sorted(present - set(listed)):
-        report.add("-", f"{where}:{name}", "MANIFEST_UNLISTED_FILE")
-    for name, entry in sorted(listed.items()):
-        file = base / name
-        if name not in present or not file.is_file():
-            report.add("-", f"{where}:{name}", "MANIFEST_MISSING_FILE")
-            continue
+    """The manifest's own findings: missing, unreadable, or not describing the files
+    (shadowtape.manifest_check, the check replay makes too). Returns the manifest ({} when
+    there is none to read)."""
+    base = manifest_path(path).parent
+    present: dict[str, FileCounts] = {}
+    for file in schema.dataset_files(base):
         try:
-            rows = pq.ParquetFile(file).metadata.num_rows
+            meta = pq.ParquetFile(file).metadata
+            present[file.relative_to(base).as_posix()] = (meta.num_rows, meta.num_row_groups)
         except (OSError, ValueError):
-            report.add("-", f"{where}:{name}", "MANIFEST_UNREADABLE_FILE")
-            continue
-        if rows != entry.get("rows"):
-            report.add("-", f"{where}:{name}", "MANIFEST_ROW_COUNT")
-        digest = entry.get("sha256")
-        if not digest or digest != file_digest(file):
-            report.add("-", f"{where}:{name}", "MANIFEST_ALTERED_FILE")
-    total = sum(e.get("rows", 0) for e in listed.values() if isinstance(e.get("rows"), int))
-    if manifest.get("rows") != total:
-        report.add("-", where, "MANIFEST_ROW_COUNT")
-    return manifest
+            present[file.relative_to(base).as_posix()] = None
+    checked = check_dataset_manifest(path, present)
+    for problem in checked.problems:
+        where = f"{MANIFEST_NAME}:{problem.name}" if problem.name else MANIFEST_NAME
+        report.add("-", where, problem.code)
+    return checked.manifest
 
 
 def verify_dataset(

@@ -28,6 +28,7 @@ from shadowtape.errors import InputError, ShadowtapeError
 from shadowtape.http.headers import decode as decode_header
 from shadowtape.http.target import query_pairs
 from shadowtape.keyed import Key, Keyed
+from shadowtape.manifest_check import require_manifest
 from shadowtape.route_table import load_routes
 from shadowtape.schema import (
     KIND_EXCHANGES,
@@ -36,6 +37,7 @@ from shadowtape.schema import (
     capture_metadata,
     check_sanitized,
     dataset_metadata,
+    read_files,
     uuid7,
 )
 from shadowtape.serve.compare import RequestView
@@ -124,7 +126,11 @@ class Double:
         meta = dataset_metadata(config.source, KIND_EXCHANGES)
         if not meta:
             raise InputError(f"{config.source}: the dataset has no files; nothing to serve")
-        check_sanitized(config.source, meta.get(META_SANITIZED) == "true", config.allow_unsanitized)
+        sanitized = meta.get(META_SANITIZED) == "true"
+        check_sanitized(config.source, sanitized, config.allow_unsanitized)
+        if sanitized and not config.allow_unsanitized:
+            infos = read_files(config.source, KIND_EXCHANGES)
+            require_manifest(config.source, [(i.path, i.num_rows, i.num_row_groups) for i in infos])
         matchers = load_matchers(config.matchers) if config.matchers else MatcherSet()
         routes = load_routes(config.routes) if config.routes else None
         session_key = config.parsed_session_key
