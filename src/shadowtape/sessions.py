@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from shadowtape.errors import InputError
 from shadowtape.http.cookies import named_cookies
 from shadowtape.keyed import Keyed
 from shadowtape.schema import Pairs
-
-if TYPE_CHECKING:
-    from shadowtape.capture.shared_sessions import SharedSessionTable
 
 # Cookie names that frameworks use for their session: the `auto` session key looks for these.
 SESSION_COOKIE_NAMES = frozenset(
@@ -108,6 +106,20 @@ class _ClientState:
     last_seen_us: int
 
 
+class SharedSessions(Protocol):
+    """Where several processes keep one set of session counters (capture --workers keeps
+    them in shadowtape.capture.shared_sessions); this layer needs only the one call."""
+
+    def assign(
+        self,
+        session_id: str | None,
+        client: str,
+        at_us: int,
+        gap_us: int,
+        name_client_session: Callable[[str, int], str],
+    ) -> tuple[str, int]: ...
+
+
 @dataclass(slots=True)
 class SessionTracker:
     """Assigns (session_id, seq) to requests in the order they start.
@@ -123,7 +135,7 @@ class SessionTracker:
     max_sessions: int = MAX_TRACKED_SESSIONS
     _seq: OrderedDict[str, int] = field(default_factory=OrderedDict)
     _clients: OrderedDict[str, _ClientState] = field(default_factory=OrderedDict)
-    shared: SharedSessionTable | None = None
+    shared: SharedSessions | None = None
 
     def assign(self, headers: Pairs, client: str | None, at_us: int) -> tuple[str, int]:
         identity = None if self.key.kind == "client" else session_identity(self.key, headers)
