@@ -180,3 +180,10 @@ def test_base_urls():
     assert target.host_header("http://[::1]:9000") == "[::1]:9000"
     assert target.join_url("http://s/api", "/p?x=rY3NFD4=") == "http://s/api/p?x=rY3NFD4="
     assert target.join_url("http://s", "*") == "http://s/*"
+
+
+def test_a_kept_parameter_keeps_its_spelling_when_the_matcher_keeps_another_run():
+    # Hypothesis found it: old ("", "") and ("a", "") cross over in the new order; the
+    # matcher keeps one run, and the other parameter kept its spelling only by this rule.
+    assert target.rewrite_query("=&a", [("a", ""), ("", "")]) == "a&="
+    assert target.rewrite_query("x=%41&y=1", [("y", "1"), ("x", "A")]) == "y=1&x=%41"

@@ -157,23 +157,41 @@ def rewrite_query(raw_query: str, new_pairs: Sequence[tuple[str, str]]) -> str:
             same = p.name == name and p.value == value
             items.append(p.raw if same else _respell(p, name, value))
         return "&".join(items)
+    opcodes = SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+    # Old items outside the matched runs, and which of them each new pair takes. A pair that
+    # is the same as one of them keeps that item's spelling wherever it moved (the matcher
+    # keeps one of two crossing runs, and the other would be respelled otherwise).
+    spare = {i for tag, i1, i2, _, _ in opcodes if tag != "equal" for i in range(i1, i2)}
+    taken: dict[int, int] = {}
+    for tag, _, _, j1, j2 in opcodes:
+        if tag == "equal":
+            continue
+        for j in range(j1, j2):
+            k = next((i for i in sorted(spare) if old[i] == new[j]), None)
+            if k is not None:
+                spare.discard(k)
+                taken[j] = k
     out: list[str] = []
-    matcher = SequenceMatcher(None, old, new, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, i2, j1, j2 in opcodes:
         if tag == "equal":
             out += [real[i].raw for i in range(i1, i2)]
             continue
-        unused = list(range(i1, i2))
-        for name, value in new[j1:j2]:
-            # The same name first (a value changed), else the same value (a renamed key).
-            k = next((i for i in unused if real[i].name == name), None)
+        unused = [i for i in range(i1, i2) if i in spare]
+        for j in range(j1, j2):
+            name, value = new[j]
+            k = taken.get(j)
+            # Else the same name first (a value changed), else the same value (a renamed key).
+            if k is None:
+                k = next((i for i in unused if real[i].name == name), None)
             if k is None:
                 k = next((i for i in unused if real[i].value == value), None)
             if k is None:
                 out.append(_fresh(name, value))
-            else:
+                continue
+            if k in unused:
                 unused.remove(k)
-                out.append(_respell(real[k], name, value))
+                spare.discard(k)
+            out.append(_respell(real[k], name, value))
     return "&".join(out)
 
 
