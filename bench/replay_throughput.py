@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shadowtape.schema import META_SANITIZED, DatasetWriter, Exchange, RollPolicy, uuid7
+from shadowtape.schema import DatasetWriter, Exchange, RollPolicy, uuid7
 
 T0 = 1_750_000_000_000_000
 BASELINE_PAIRS = 3
@@ -87,9 +87,9 @@ def _serve(port_queue: multiprocessing.Queue) -> None:
 
 def make_dataset(directory: Path, n: int, sessions: int, span_s: float, host: str) -> Path:
     """n GET exchanges spread over `sessions` sessions and `span_s` recorded seconds."""
-    writer = DatasetWriter(
-        directory, metadata={META_SANITIZED: "true"}, roll=RollPolicy(row_group_rows=10_000)
-    )
+    # Made up here, no user data: replayed with --allow-unsanitized (a sanitized flag would
+    # need the manifest only sanitize writes).
+    writer = DatasetWriter(directory, roll=RollPolicy(row_group_rows=10_000))
     step = span_s * 1_000_000 / max(n, 1)
     chunk: list[Exchange] = []
     for i in range(n):
@@ -192,6 +192,7 @@ def run_replay(dataset: Path, url: str, out: Path, *extra: str) -> dict:
             "--correlate",
             "off",
             "--overwrite",
+            "--allow-unsanitized",
             *extra,
         ],
         timeout=1800,

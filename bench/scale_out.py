@@ -140,6 +140,7 @@ def bench_replay(work: Path, requests: int) -> dict[str, object]:
                 timing=Timing("max"),
                 concurrency=32,
                 correlate="off",
+                allow_unsanitized=True,  # made-up data (replay_throughput.make_dataset)
                 handle_signals=False,
             )
             start = time.perf_counter()
