@@ -296,17 +296,11 @@ def capture(
             "(off path, from packets)"
         )
     if interface is not None:
-        _in_path_only(ctx, ("listen", "queue_size"), "--interface")
+        _refuse_options(ctx, ("listen", "queue_size"), "--interface")
         from shadowtape.capture.config import build_config
         from shadowtape.capture.offpath import OffPathSettings
-        from shadowtape.keyed import Key
 
-        facts = run_facts()
-        facts.target = f"interface {interface}"
-        facts.wrote_dataset(out_dir)
-        key = Key.load(key_file, env=key_env)
-        facts.use_key(key.fingerprint, key.source)
-
+        key = _audited_capture(f"interface {interface}", out_dir, key_file, key_env)
         config = build_config(
             out_dir=out_dir,
             key_file=key_file,
@@ -337,26 +331,17 @@ def capture(
         )
         _capture_offpath(offpath, key)
         return
-    _in_path_only(
-        ctx,
-        ("ports", "tls_keylog", "ring_dir", "ring_file_size", "ring_file_seconds")
-        + ("buffer_size", "backlog_size", "nice"),
-        "--upstream",
-    )
+    _refuse_options(ctx, _OFF_PATH_OPTIONS, "--upstream")
     assert upstream is not None
     from shadowtape.capture.proxy import ProxySettings, parse_upstream
     from shadowtape.capture.workers import run_capture_workers
-    from shadowtape.keyed import Key
     from shadowtape.targets import parse_listen
 
     workers = parse_workers(workers_text)
     host, port = parse_listen(listen)
     upstream_url = parse_upstream(upstream)
+    _audited_capture(upstream_url, out_dir, key_file, key_env)
     facts = run_facts()
-    facts.target = upstream_url
-    facts.wrote_dataset(out_dir)
-    key = Key.load(key_file, env=key_env)
-    facts.use_key(key.fingerprint, key.source)
     live = LiveLine()
 
     def on_listening(url: str) -> None:
@@ -405,11 +390,7 @@ def capture(
         f"captured {c.written} exchanges into {len(summary.files)} files in {out_dir} "
         f"({_human_bytes(summary.bytes_written)})"
     )
-    causes = ", ".join(f"{n} ({cause})" for cause, n in c.drop_causes().items())
-    click.echo(
-        f"  seen {c.seen} = written {c.written} + dropped {c.dropped()} + pending {c.pending}; "
-        f"dropped: {causes}"
-    )
+    click.echo(_accounting_line(c))
     click.echo(f"  skipped: {c.skipped_filter} (filter), {c.skipped_sample} (sampling)")
     click.echo(
         f"  error exchanges: {c.errors}; truncated bodies: {c.truncated_bodies}; "
@@ -440,7 +421,42 @@ def _lost_to_writing(c, out_dir: Path) -> list[str]:  # noqa: ANN001 (CaptureCou
     ]
 
 
-def _in_path_only(ctx: click.Context, names: tuple[str, ...], mode: str) -> None:
+# Options only off-path capture reads: given with --upstream, they are a mistake to point out.
+_OFF_PATH_OPTIONS = (
+    "ports",
+    "tls_keylog",
+    "ring_dir",
+    "ring_file_size",
+    "ring_file_seconds",
+    "buffer_size",
+    "backlog_size",
+    "nice",
+)
+
+
+def _audited_capture(target: str, out_dir: Path, key_file: Path | None, key_env: str):  # noqa: ANN202 (Key, imported lazily)
+    """Load the key and tell the audit record what this capture records, and where."""
+    from shadowtape.keyed import Key
+
+    facts = run_facts()
+    facts.target = target
+    facts.wrote_dataset(out_dir)
+    key = Key.load(key_file, env=key_env)
+    facts.use_key(key.fingerprint, key.source)
+    return key
+
+
+def _accounting_line(c) -> str:  # noqa: ANN001 (CaptureCounters)
+    """written + dropped (by cause) + pending = seen, as every capture summary says it."""
+    causes = ", ".join(f"{n} ({cause})" for cause, n in c.drop_causes().items())
+    return (
+        f"  seen {c.seen} = written {c.written} + dropped {c.dropped()} + pending {c.pending}; "
+        f"dropped: {causes}"
+    )
+
+
+def _refuse_options(ctx: click.Context, names: tuple[str, ...], mode: str) -> None:
+    """A usage error for any of `names` given explicitly (not by default or config)."""
     for param in ctx.command.params:
         source = ctx.get_parameter_source(param.name) if param.name in names else None
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
@@ -496,11 +512,7 @@ def _packet_lines(c, p) -> None:  # noqa: ANN001 (capture and packet counters)
         f"{p.h2_headers_undecodable} HTTP/2 header blocks; packet files given up "
         f"{p.ring_files_dropped}"
     )
-    causes = ", ".join(f"{n} ({cause})" for cause, n in c.drop_causes().items())
-    click.echo(
-        f"  seen {c.seen} = written {c.written} + dropped {c.dropped()} + pending {c.pending}; "
-        f"dropped: {causes}"
-    )
+    click.echo(_accounting_line(c))
     click.echo(
         f"  skipped: {c.skipped_filter} (filter), {c.skipped_sample} (sampling); "
         f"error exchanges: {c.errors}; truncated bodies: {c.truncated_bodies}"

@@ -187,13 +187,9 @@ class StrictScanner:
         return tuple(f.entity for f in self.detector.find(text, words))
 
     def _inner(self, text: str, depth: int) -> tuple[str, ...]:
-        if text.lstrip()[:1] in ("{", "["):
-            try:
-                doc = json.loads(text)
-            except (ValueError, RecursionError):
-                pass
-            else:
-                return tuple(e for _, v, p in _json_values(doc, ()) for e in self.check(v, p))
+        doc = _json_or_none(text)
+        if doc is not None:
+            return tuple(e for _, v, p in _json_values(doc, ()) for e in self.check(v, p))
         return self._entities(text, "", depth)
 
     def _scrubbed_secret(self, value: str) -> bool:
@@ -299,6 +295,17 @@ def _body_values(
             return ((f"{where}:{n}", v, (n,)) for n, v in bodies.parse_form(text))
         return iter(((where, text, ()),))
     except bodies.Undecodable:
+        return None
+
+
+def _json_or_none(text: str) -> Any:
+    """A decoded value that holds a JSON object or array; None for anything else, which is
+    then scanned as text."""
+    if text.lstrip()[:1] not in ("{", "["):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
         return None
 
 
